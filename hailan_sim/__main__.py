@@ -1,0 +1,5 @@
+import sys
+
+from hailan_sim.cli import main
+
+sys.exit(main())

@@ -1,0 +1,210 @@
+"""The ``hailan-sim`` command line.
+
+Exit codes: 0 success, 2 bad input (the message names the file, the field and what is
+allowed; never a traceback). Machine-readable output with ``--json`` goes to stdout;
+progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from models import ScenarioError, analyse, load_scenario
+from models.scenario import Scenario
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own usage errors also exit 2
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"hailan-sim: error: {message}\n")
+
+
+def _positive(kind: type):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {text}")
+    return value
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="hailan-sim",
+        description="Deterministic discrete-event simulator of the HaiLan Pro microservices.",
+        epilog="Without SCENARIO, commands use the built-in default scenario (the spec's twelve services).",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    run = sub.add_parser("run", help="simulate a scenario and summarise the run",
+                         description="Simulate a scenario and print per-endpoint and per-service results.")
+    run.add_argument("scenario", nargs="?", metavar="SCENARIO", help="scenario YAML file (default: built-in)")
+    run.add_argument("--seed", type=_seed, help="override run.seed")
+    run.add_argument("--duration", type=_positive(float), metavar="S", help="override run.duration_s (seconds)")
+    run.add_argument("--warmup", type=float, metavar="S", help="override run.warmup_s (seconds)")
+    run.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+    run.add_argument("--events", metavar="FILE", help="write the event log (.parquet, otherwise CSV)")
+    run.add_argument("--no-progress", action="store_true", help="never show the progress bar")
+
+    topo = sub.add_parser("topology", help="services, dependencies, cycles and blast radius",
+                          description="Print services, ports, dependencies, dependency cycles and "
+                                      "each component's transitive dependents.")
+    topo.add_argument("scenario", nargs="?", metavar="SCENARIO", help="scenario YAML file (default: built-in)")
+    topo.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+
+    sub.add_parser("schema", help="print the JSON Schema of a scenario file",
+                   description="Print the JSON Schema every scenario file must satisfy.")
+    return p
+
+
+def _load(path: Optional[str]) -> Scenario:
+    return load_scenario(path)
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(Scenario.model_json_schema(), indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def _cmd_topology(args: argparse.Namespace) -> int:
+    scenario = _load(args.scenario)
+    report = analyse(scenario)
+    if args.json:
+        print(json.dumps({"scenario": scenario.name, **report.to_dict()}, indent=2))
+        return EXIT_OK
+    print(f"scenario {scenario.name}: {len(report.services)} services, "
+          f"{len(report.infrastructure)} infrastructure components\n")
+    width = max(len(s["name"]) for s in report.services)
+    print(f"{'service':<{width}}  port   inst  depends on")
+    for s in report.services:
+        print(f"{s['name']:<{width}}  {s['port']:<5}  {s['instances']:<4}  {', '.join(s['depends_on']) or '-'}")
+    if report.infrastructure:
+        print()
+        for c in report.infrastructure:
+            port = c["port"] if c["port"] is not None else "-"
+            print(f"{c['name']:<{width}}  {port!s:<5}  {c['kind']} (capacity {c['capacity']})")
+    print("\ndependency cycles:")
+    for cycle in report.cycles:
+        print("  " + " -> ".join([*cycle, cycle[0]]))
+    if not report.cycles:
+        print("  none")
+    print("\ntransitive dependents (blast radius if it fails):")
+    for name, deps in report.dependents.items():
+        print(f"  {name:<{width}}  {len(deps):>2}  {', '.join(deps) or '-'}")
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from sim import simulate
+
+    scenario = _load(args.scenario)
+    changes = {}
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    if args.duration is not None:
+        changes["duration_s"] = args.duration
+    if args.warmup is not None:
+        changes["warmup_s"] = args.warmup
+    if changes:
+        try:
+            scenario = scenario.with_run(**changes)
+        except Exception as exc:  # pydantic ValidationError
+            msg = getattr(exc, "errors", lambda: [{"msg": str(exc)}])()[0]["msg"]
+            raise ScenarioError("command line", msg.removeprefix("Value error, ")) from None
+    if args.events:
+        events_path = Path(args.events)
+        if not events_path.parent.exists():
+            raise ScenarioError(args.events, "the folder for --events does not exist")
+    started = time.perf_counter()
+    result = simulate(scenario, keep_events=bool(args.events),
+                      progress=False if args.no_progress else None)
+    wall = time.perf_counter() - started
+    if args.events:
+        result.write_events(args.events)
+    if args.json:
+        out = {"scenario": scenario.name, **result.to_dict(), "wall_s": round(wall, 3)}
+        print(json.dumps(out, indent=2))
+        return EXIT_OK
+    _print_run(scenario, result, wall)
+    return EXIT_OK
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.1f}"
+    return str(v)
+
+
+def _table(title: str, key: str, rows: dict, columns: list[str]) -> None:
+    width = max([len(key), *map(len, rows)])
+    print(title)
+    print(f"  {key:<{width}}  " + "  ".join(f"{c:>9}" for c in columns))
+    for name, row in rows.items():
+        print(f"  {name:<{width}}  " + "  ".join(f"{_fmt(row[c]):>9}" for c in columns))
+    print()
+
+
+def _print_run(scenario: Scenario, result, wall: float) -> None:
+    d = result.to_dict()
+    req = d["requests"]
+    total = sum(v for k, v in req.items() if k != "unfinished")
+    print(f"scenario {scenario.name}  seed {d['seed']}  {d['duration_s']:g} s simulated "
+          f"(warm-up {d['warmup_s']:g} s) in {wall:.1f} s wall, {d['sim_events']} events")
+    ok = req["ok"] / total * 100 if total else 0.0
+    print(f"requests: {total} after warm-up, {ok:.2f}% ok, {req['error']} error, "
+          f"{req['timeout']} timeout, {req['rejected']} rejected, {req['unfinished']} unfinished\n")
+    cols = ["ok", "error", "timeout", "rejected", "p50_ms", "p95_ms", "p99_ms", "max_ms"]
+    _table("endpoints", "endpoint", d["endpoints"], cols)
+    _table("services (calls as their callers saw them)", "service", d["services"],
+           [*cols[:4], "p50_ms", "p99_ms", "utilisation", "max_queue", "orphaned_calls"])
+    if d["infrastructure"]:
+        _table("infrastructure", "component", d["infrastructure"],
+               ["ok", "error", "timeout", "rejected", "p50_ms", "p99_ms", "utilisation"])
+    print(f"event log sha256 {d['event_log_sha256']}")
+
+
+_COMMANDS = {"run": _cmd_run, "topology": _cmd_topology, "schema": _cmd_schema}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except ScenarioError as exc:
+        print(f"hailan-sim: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:  # e.g. piped into head
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""Probability distributions a scenario can name, and the batched samplers that draw from them.
+
+A distribution is data (a frozen pydantic model discriminated on ``dist``); it knows its
+mean and how to draw a batch of values from a numpy ``Generator``. The engine draws through
+:class:`Sampler`, which pulls values a block at a time from one named stream: numpy's
+per-call overhead is far larger than the draw itself, and a fixed block size keeps the
+sequence a stream produces independent of anything but the stream's own consumption.
+
+Distributions are unit-free: the field that holds one names the unit (``service_time_ms``,
+``latency_ms``). Count distributions (for repeated calls) are a separate, integer-valued
+family so their means are exact.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, Union
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from models._base import Frozen
+
+__all__ = [
+    "Constant",
+    "CountDistribution",
+    "Discrete",
+    "Distribution",
+    "Empirical",
+    "Exponential",
+    "Gamma",
+    "LogNormal",
+    "Poisson",
+    "Sampler",
+    "Uniform",
+    "UniformInt",
+]
+
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class Exponential(Frozen):
+    """Exponential with the given mean (memoryless service: the M in M/M/c)."""
+
+    dist: Literal["exponential"]
+    mean: PositiveFloat
+
+    def expected(self) -> float:
+        return self.mean
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.exponential(self.mean, n)
+
+
+class Constant(Frozen):
+    """Always ``value`` (the D in M/D/1)."""
+
+    dist: Literal["constant"]
+    value: NonNegativeFloat
+
+    def expected(self) -> float:
+        return self.value
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return np.full(n, self.value)
+
+
+class Uniform(Frozen):
+    """Uniform on ``[low, high)``."""
+
+    dist: Literal["uniform"]
+    low: NonNegativeFloat
+    high: NonNegativeFloat
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Uniform:
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+        return self
+
+    def expected(self) -> float:
+        return (self.low + self.high) / 2
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.uniform(self.low, self.high, n)
+
+
+class LogNormal(Frozen):
+    """Lognormal given by its median and the sigma of the underlying normal.
+
+    The median is what people read off a latency dashboard (p50); ``sigma`` sets the tail:
+    p99 = median * exp(2.326 * sigma).
+    """
+
+    dist: Literal["lognormal"]
+    median: PositiveFloat
+    sigma: NonNegativeFloat
+
+    def expected(self) -> float:
+        return self.median * math.exp(self.sigma**2 / 2)
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.lognormal(math.log(self.median), self.sigma, n)
+
+
+class Gamma(Frozen):
+    """Gamma with numpy's ``shape`` (k) and ``scale`` (theta); mean k * theta."""
+
+    dist: Literal["gamma"]
+    shape: PositiveFloat
+    scale: PositiveFloat
+
+    def expected(self) -> float:
+        return self.shape * self.scale
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.gamma(self.shape, self.scale, n)
+
+
+class Empirical(Frozen):
+    """A distribution given by measured quantiles, e.g. from a latency dashboard.
+
+    ``quantiles`` is a list of ``[p, value]`` pairs with p strictly increasing from 0 to 1
+    and values non-decreasing; draws interpolate the inverse CDF linearly between them.
+    """
+
+    dist: Literal["empirical"]
+    quantiles: list[tuple[Annotated[float, Field(ge=0, le=1)], NonNegativeFloat]] = Field(
+        min_length=2
+    )
+
+    @model_validator(mode="after")
+    def _monotone(self) -> Empirical:
+        ps = [p for p, _ in self.quantiles]
+        xs = [x for _, x in self.quantiles]
+        if ps[0] != 0.0 or ps[-1] != 1.0:
+            raise ValueError("quantiles must start at p=0 and end at p=1")
+        if any(b <= a for a, b in zip(ps, ps[1:])):
+            raise ValueError("quantile probabilities must be strictly increasing")
+        if any(b < a for a, b in zip(xs, xs[1:])):
+            raise ValueError("quantile values must be non-decreasing")
+        return self
+
+    def expected(self) -> float:
+        # Piecewise-linear inverse CDF: the mean is the trapezoid area under it.
+        return sum(
+            (p1 - p0) * (x0 + x1) / 2
+            for (p0, x0), (p1, x1) in zip(self.quantiles, self.quantiles[1:])
+        )
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        ps = np.array([p for p, _ in self.quantiles])
+        xs = np.array([x for _, x in self.quantiles])
+        return np.interp(rng.random(n), ps, xs)
+
+
+Distribution = Annotated[
+    Union[Exponential, Constant, Uniform, LogNormal, Gamma, Empirical],
+    Field(discriminator="dist"),
+]
+
+
+class Poisson(Frozen):
+    """Poisson-distributed count with the given mean."""
+
+    dist: Literal["poisson"]
+    mean: NonNegativeFloat
+
+    def expected(self) -> float:
+        return self.mean
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.poisson(self.mean, n)
+
+
+class UniformInt(Frozen):
+    """Integer uniform on ``[low, high]`` inclusive."""
+
+    dist: Literal["uniform_int"]
+    low: Annotated[int, Field(ge=0)]
+    high: Annotated[int, Field(ge=0)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> UniformInt:
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+        return self
+
+    def expected(self) -> float:
+        return (self.low + self.high) / 2
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.integers(self.low, self.high, n, endpoint=True)
+
+
+class Discrete(Frozen):
+    """A count drawn from ``weights``: a list of ``[count, weight]`` pairs."""
+
+    dist: Literal["discrete"]
+    weights: list[tuple[Annotated[int, Field(ge=0)], PositiveFloat]] = Field(min_length=1)
+
+    def expected(self) -> float:
+        total = sum(w for _, w in self.weights)
+        return sum(k * w for k, w in self.weights) / total
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        ks = np.array([k for k, _ in self.weights])
+        ws = np.array([w for _, w in self.weights], dtype=float)
+        return rng.choice(ks, size=n, p=ws / ws.sum())
+
+
+CountDistribution = Annotated[
+    Union[Poisson, UniformInt, Discrete], Field(discriminator="dist")
+]
+
+
+class Sampler:
+    """Draws one value at a time from ``dist`` on its own stream, a block at a time.
+
+    ``scale`` multiplies every draw (1e-3 turns a ``*_ms`` distribution into seconds).
+    The block size is fixed, so the k-th value a sampler returns depends only on its
+    stream and k, never on when or by whom it was asked for.
+    """
+
+    __slots__ = ("_dist", "_rng", "_scale", "_buf", "_i", "_n")
+
+    BLOCK = 1024
+
+    def __init__(self, dist, rng: np.random.Generator, scale: float = 1.0) -> None:
+        self._dist = dist
+        self._rng = rng
+        self._scale = scale
+        self._buf: list = []
+        self._i = 0
+        self._n = 0
+
+    def _refill(self) -> None:
+        block = self._dist.draw(self._rng, self.BLOCK)
+        if self._scale != 1.0:
+            block = block * self._scale
+        self._buf = block.tolist()
+        self._i = 0
+        self._n = len(self._buf)
+
+    def __call__(self):
+        # NOTE: hot path; kept to a compare, an index and an increment.
+        if self._i == self._n:
+            self._refill()
+        i = self._i
+        self._i = i + 1
+        return self._buf[i]
+
+
+class UniformSampler(Sampler):
+    """Uniform draws on [0, 1) from a stream, a block at a time (choices, coin flips)."""
+
+    __slots__ = ()
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        super().__init__(None, rng)
+
+    def _refill(self) -> None:
+        self._buf = self._rng.random(self.BLOCK).tolist()
+        self._i = 0
+        self._n = self.BLOCK

@@ -1,0 +1,506 @@
+"""The scenario: everything a run depends on, as validated, immutable data.
+
+A scenario is loaded from YAML (see :mod:`models.loader`) or built in code; either way it
+passes through these pydantic models, so a run never starts from data it cannot honour.
+Cross-references (dependencies, call targets, recursion) are checked by
+:mod:`models.topology` once the fields themselves are valid.
+
+Units are in the field names: ``*_s`` seconds, ``*_ms`` milliseconds, ``rate`` per second.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import (
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from models._base import Frozen
+from models.distributions import Constant, CountDistribution, Distribution
+
+__all__ = [
+    "Arrival",
+    "CallNode",
+    "ChoiceNode",
+    "ChoiceOption",
+    "Endpoint",
+    "Infrastructure",
+    "Link",
+    "MaybeNode",
+    "Network",
+    "Node",
+    "Operation",
+    "ParNode",
+    "PiecewiseArrival",
+    "Placement",
+    "PoissonArrival",
+    "Policies",
+    "PublishNode",
+    "RepeatNode",
+    "Run",
+    "Scenario",
+    "SeqNode",
+    "Service",
+    "TreeNode",
+    "Workload",
+    "split_target",
+]
+
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Probability = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Name = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z][a-z0-9-]*$",
+        max_length=63,
+        description="lower-case letters, digits and '-', starting with a letter",
+    ),
+]
+# "service.operation", or the bare name of an infrastructure component.
+Target = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z][a-z0-9-]*(\.[A-Za-z_][A-Za-z0-9_]*)?$",
+        description="'service.operation', or the name of an infrastructure component",
+    ),
+]
+
+
+def split_target(target: str) -> tuple[str, Optional[str]]:
+    """``"user-service.get_user"`` -> ``("user-service", "get_user")``; ``"redis"`` -> ``("redis", None)``."""
+    name, _, op = target.partition(".")
+    return name, (op or None)
+
+
+# --------------------------------------------------------------------------- call trees
+
+
+class CallNode(Frozen):
+    """A synchronous call: the caller waits for the answer (or its timeout)."""
+
+    call: Target
+    timeout_s: Optional[PositiveFloat] = Field(
+        None, description="overrides policies.timeout_s for this call site"
+    )
+
+
+class PublishNode(Frozen):
+    """An asynchronous call through the message queue: the caller waits only for the
+    broker's confirm; the consumer's operation runs when a consumer instance takes it."""
+
+    publish: Target
+    via: Optional[Name] = Field(
+        None, description="the queue component; default: the scenario's only one"
+    )
+
+
+class SeqNode(Frozen):
+    """Children one after another; the first failure stops the sequence (as ``await`` does)."""
+
+    seq: list[TreeNode] = Field(min_length=1)
+
+
+class ParNode(Frozen):
+    """Children at once; fails as soon as one fails, like ``Promise.all`` (the others run on)."""
+
+    par: list[TreeNode] = Field(min_length=1)
+
+
+class MaybeNode(Frozen):
+    """The child with probability ``p``, otherwise nothing (a cache miss, an optional step)."""
+
+    maybe: TreeNode
+    p: Probability
+
+
+class ChoiceOption(Frozen):
+    weight: PositiveFloat
+    do: TreeNode
+
+
+class ChoiceNode(Frozen):
+    """Exactly one option, chosen with probability proportional to its weight."""
+
+    choice: list[ChoiceOption] = Field(min_length=1)
+
+
+class RepeatNode(Frozen):
+    """The child ``count`` times (a fixed number or a count distribution), in sequence or in parallel."""
+
+    repeat: TreeNode
+    count: Union[Annotated[int, Field(ge=0, le=1000)], CountDistribution]
+    parallel: bool = False
+
+
+_NODE_KEYS = ("call", "publish", "seq", "par", "maybe", "choice", "repeat")
+
+
+def _node_tag(value: Any) -> Optional[str]:
+    if isinstance(value, dict):
+        keys = [k for k in _NODE_KEYS if k in value]
+        return keys[0] if len(keys) == 1 else None
+    for key, cls in zip(
+        _NODE_KEYS,
+        (CallNode, PublishNode, SeqNode, ParNode, MaybeNode, ChoiceNode, RepeatNode),
+    ):
+        if isinstance(value, cls):
+            return key
+    return None
+
+
+TreeNode = Annotated[
+    Union[
+        Annotated[CallNode, Tag("call")],
+        Annotated[PublishNode, Tag("publish")],
+        Annotated[SeqNode, Tag("seq")],
+        Annotated[ParNode, Tag("par")],
+        Annotated[MaybeNode, Tag("maybe")],
+        Annotated[ChoiceNode, Tag("choice")],
+        Annotated[RepeatNode, Tag("repeat")],
+    ],
+    Discriminator(
+        _node_tag,
+        custom_error_type="call_tree_node",
+        custom_error_message=(
+            "a call-tree node is a mapping with exactly one of the keys "
+            "call, publish, seq, par, maybe, choice, repeat"
+        ),
+    ),
+]
+
+for _m in (SeqNode, ParNode, MaybeNode, ChoiceOption, ChoiceNode, RepeatNode):
+    _m.model_rebuild()
+
+
+# --------------------------------------------------------------------------- topology
+
+
+class Operation(Frozen):
+    """One operation a service offers: its own work, then its downstream calls."""
+
+    service_time_ms: Distribution
+    error_probability: Probability = Field(
+        0.0, description="chance the operation fails on its own after its service time"
+    )
+    calls: Optional[TreeNode] = Field(
+        None, description="downstream calls made after the operation's own service time"
+    )
+
+
+class Service(Frozen):
+    name: Name
+    port: Annotated[int, Field(ge=1, le=65535)]
+    instances: Annotated[int, Field(ge=1, le=10_000)]
+    workers: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        description="calls one instance serves at once"
+    )
+    queue_limit: Optional[Annotated[int, Field(ge=0)]] = Field(
+        None, description="calls that may wait for a worker; a full queue rejects; null: unbounded"
+    )
+    startup_s: NonNegativeFloat = Field(
+        0.0, description="time from (re)start until an instance can serve"
+    )
+    blocking_calls: bool = Field(
+        False,
+        description=(
+            "true: a worker stays busy while its downstream calls are outstanding "
+            "(thread-per-request servers); false: it is freed after the operation's own "
+            "service time (an event loop, like the spec's Node.js services)"
+        ),
+    )
+    depends_on: list[Name] = Field(
+        default_factory=list, description="services and infrastructure this service calls"
+    )
+    placement: Optional[list[Name]] = Field(
+        None,
+        min_length=1,
+        description="nodes for instance 0, 1, ... (cycled); default: spread over all nodes",
+    )
+    operations: dict[
+        Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], Operation
+    ] = Field(min_length=1)
+
+
+class Infrastructure(Frozen):
+    """A shared component the spec names (gateway, registry, Redis, RabbitMQ, MySQL/PG):
+    a capacity-limited server whose every use costs ``latency_ms``."""
+
+    name: Name
+    kind: Literal["gateway", "registry", "cache", "queue", "database"]
+    port: Optional[Annotated[int, Field(ge=1, le=65535)]] = None
+    capacity: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        description="operations served at once"
+    )
+    queue_limit: Optional[Annotated[int, Field(ge=0)]] = None
+    latency_ms: Distribution
+    timeout_s: Optional[PositiveFloat] = Field(
+        None, description="client timeout for calls to it; null: wait (most DB/Redis clients' default)"
+    )
+    placement: Optional[Name] = None
+    prefetch: Annotated[int, Field(ge=1)] = Field(
+        10, description="queue only: unacknowledged messages per consumer instance"
+    )
+    redelivery_delay_s: NonNegativeFloat = Field(
+        1.0, description="queue only: delay before a failed delivery is retried"
+    )
+
+
+class Node(Frozen):
+    """A host; every instance placed on it shares its fate (zone/node faults)."""
+
+    name: Name
+    zone: Name
+
+
+class Link(Frozen):
+    """Latency of one direction between two components, overriding the network default."""
+
+    src: Name
+    dst: Name
+    latency_ms: Distribution
+
+
+class Network(Frozen):
+    latency_ms: Distribution = Field(
+        default_factory=lambda: Constant(dist="constant", value=0.0),
+        description="one-way latency of every hop (request and response each pay one)",
+    )
+    links: list[Link] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- workload
+
+
+class PoissonArrival(Frozen):
+    kind: Literal["poisson"]
+    rate: PositiveFloat = Field(description="arrivals per second")
+
+
+class PiecewiseArrival(Frozen):
+    """A Poisson process whose rate is a step function of time.
+
+    ``steps`` are ``[t_s, rate]`` pairs: from ``t_s`` on the rate is ``rate`` (per second)
+    until the next step. Or ``csv``: a file with header ``t_s,rate`` giving the same table
+    (read when the scenario is loaded; the table is then part of the scenario). ``scale``
+    multiplies every rate; ``period_s`` repeats the table with that period.
+    """
+
+    kind: Literal["piecewise"]
+    steps: Optional[
+        list[tuple[NonNegativeFloat, NonNegativeFloat]]
+    ] = Field(None, min_length=1)
+    csv: Optional[str] = None
+    scale: PositiveFloat = 1.0
+    period_s: Optional[PositiveFloat] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_csv(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict) or data.get("steps") is not None:
+            return data
+        path = data.get("csv")
+        if not isinstance(path, str):
+            return data
+        base = Path((info.context or {}).get("base_dir", "."))
+        file = Path(path) if Path(path).is_absolute() else base / path
+        try:
+            with file.open(newline="") as fh:
+                rows = list(csv.DictReader(fh))
+        except OSError as exc:
+            raise ValueError(f"cannot read arrival table {str(file)!r}: {exc.strerror}") from None
+        steps = []
+        for lineno, row in enumerate(rows, start=2):
+            try:
+                steps.append((float(row["t_s"]), float(row["rate"])))
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(
+                    f"{file}:{lineno}: expected numeric columns 't_s' and 'rate'"
+                ) from None
+        return {**data, "steps": steps}
+
+    @model_validator(mode="after")
+    def _check(self) -> PiecewiseArrival:
+        if self.steps is None:
+            raise ValueError("give either 'steps' or 'csv'")
+        ts = [t for t, _ in self.steps]
+        if ts[0] != 0:
+            raise ValueError("the first step must start at t_s = 0")
+        if any(b <= a for a, b in zip(ts, ts[1:])):
+            raise ValueError("step times must be strictly increasing")
+        if not any(r > 0 for _, r in self.steps):
+            raise ValueError("at least one step must have a rate > 0")
+        if self.period_s is not None and self.period_s <= ts[-1]:
+            raise ValueError(f"period_s ({self.period_s}) must exceed the last step time ({ts[-1]})")
+        return self
+
+    def mean_rate(self, horizon_s: float) -> float:
+        """Average rate over ``[0, horizon_s)`` (for capacity estimates)."""
+        from models.arrivals import cumulative_rate
+
+        return cumulative_rate(self, horizon_s) / horizon_s
+
+
+Arrival = Annotated[Union[PoissonArrival, PiecewiseArrival], Field(discriminator="kind")]
+
+
+class Endpoint(Frozen):
+    """A user-facing operation: requests enter through the gateway to ``entry``."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*$")]
+    entry: Target = Field(description="'service.operation' the request calls first")
+    weight: Optional[PositiveFloat] = Field(
+        None, description="share of workload.arrival (the mix); needs workload.arrival"
+    )
+    arrival: Optional[Arrival] = Field(None, description="this endpoint's own arrival process")
+    timeout_s: Optional[PositiveFloat] = Field(
+        60.0,
+        description="how long the gateway waits for the entry service (nginx proxy_read_timeout default: 60 s)",
+    )
+    idempotent: bool = False
+
+
+class Workload(Frozen):
+    arrival: Optional[Arrival] = Field(
+        None, description="total arrivals, split over endpoints by weight"
+    )
+    endpoints: list[Endpoint] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _mix(self) -> Workload:
+        for i, ep in enumerate(self.endpoints):
+            if ep.arrival is None and ep.weight is None:
+                raise ValueError(
+                    f"endpoints[{i}] ({ep.name}) needs a 'weight' (share of workload.arrival) "
+                    "or its own 'arrival'"
+                )
+            if ep.arrival is None and self.arrival is None:
+                raise ValueError(
+                    f"endpoints[{i}] ({ep.name}) has a weight but workload.arrival is not set"
+                )
+            if ep.arrival is not None and ep.weight is not None:
+                raise ValueError(
+                    f"endpoints[{i}] ({ep.name}) has both 'weight' and 'arrival'; give one"
+                )
+        return self
+
+    def shares(self) -> dict[str, float]:
+        """Each weighted endpoint's fraction of ``arrival``."""
+        total = sum(ep.weight or 0.0 for ep in self.endpoints)
+        return {ep.name: (ep.weight or 0.0) / total for ep in self.endpoints if ep.weight}
+
+
+# --------------------------------------------------------------------------- run & policies
+
+
+class Run(Frozen):
+    duration_s: PositiveFloat = Field(300.0, description="arrivals stop at this time")
+    warmup_s: NonNegativeFloat = Field(
+        0.0, description="requests starting earlier are left out of the summaries"
+    )
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+    window_s: PositiveFloat = Field(1.0, description="width of the per-window series")
+    cold_start: bool = Field(
+        False, description="true: every instance starts at t=0 and pays its startup_s"
+    )
+    drain_s: NonNegativeFloat = Field(
+        120.0,
+        description="after duration_s, how long in-flight requests may still finish",
+    )
+
+    @model_validator(mode="after")
+    def _warmup(self) -> Run:
+        if self.warmup_s >= self.duration_s:
+            raise ValueError(
+                f"warmup_s ({self.warmup_s}) must be less than duration_s ({self.duration_s})"
+            )
+        return self
+
+
+class Policies(Frozen):
+    """Client behaviour on every internal call. The resilience mechanisms extend this."""
+
+    timeout_s: Optional[PositiveFloat] = Field(
+        5.0, description="per-call timeout (the spec's axios timeout: 5000 ms); null: wait forever"
+    )
+
+
+class Placement(Frozen):
+    """Where one instance runs (resolved from the scenario; not written by users)."""
+
+    instance: str
+    node: str
+    zone: str
+
+
+class Scenario(Frozen):
+    """A complete, self-contained description of one simulated system and run."""
+
+    version: Literal[1] = 1
+    name: Name
+    description: str = ""
+    run: Run = Field(default_factory=Run)
+    network: Network = Field(default_factory=Network)
+    nodes: list[Node] = Field(
+        default_factory=lambda: [Node(name="node-1", zone="zone-a")], min_length=1
+    )
+    infrastructure: list[Infrastructure] = Field(default_factory=list)
+    services: list[Service] = Field(min_length=1)
+    workload: Workload
+    policies: Policies = Field(default_factory=Policies)
+
+    @model_validator(mode="after")
+    def _references(self) -> Scenario:
+        from models.topology import check_references
+
+        check_references(self)
+        return self
+
+    # ------------------------------------------------------------------ conveniences
+
+    def service(self, name: str) -> Service:
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def component(self, name: str) -> Union[Service, Infrastructure]:
+        for c in (*self.services, *self.infrastructure):
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def with_run(self, **changes: Any) -> Scenario:
+        """A copy with ``run`` fields changed, validated again (e.g. ``seed=7``)."""
+        data = self.model_dump(mode="python", round_trip=True)
+        data["run"] = {**data["run"], **changes}
+        return Scenario.model_validate(data)
+
+    def placements(self) -> list[Placement]:
+        """Every service instance with its node and zone, in a fixed order."""
+        zone = {n.name: n.zone for n in self.nodes}
+        out = []
+        for s in self.services:
+            order = s.placement or [n.name for n in self.nodes]
+            for i in range(s.instances):
+                node = order[i % len(order)]
+                out.append(Placement(instance=f"{s.name}-{i}", node=node, zone=zone[node]))
+        return out
+
+    @field_validator("nodes")
+    @classmethod
+    def _unique_nodes(cls, nodes: list[Node]) -> list[Node]:
+        seen: set[str] = set()
+        for i, n in enumerate(nodes):
+            if n.name in seen:
+                raise ValueError(f"nodes[{i}]: duplicate node name {n.name!r}")
+            seen.add(n.name)
+        return nodes

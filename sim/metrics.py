@@ -1,0 +1,146 @@
+"""Streaming metrics, aggregated a batch at a time with numpy.
+
+The engine appends one tuple per completed request or call, ``(t, key, outcome, latency,
+tracked)``; :meth:`Recorder.flush` (called by the runner at fixed points in simulated time)
+folds the batch into:
+
+* per-key summaries of the tracked completions (those that started after the warm-up):
+  exact counts by outcome, sum and maximum of latency, and a log-bucketed histogram
+  (buckets 1% wide, as HdrHistogram with two significant digits), so a summary percentile
+  is within 0.5% of the exact order statistic;
+* per-window rows for every completion, by completion time, with *exact* per-window
+  percentiles: completions arrive in time order, so a window is final once the clock has
+  passed its end, and only the open window's records are carried to the next batch.
+
+Memory is bounded by the number of keys, the number of windows and one batch, never by
+the number of requests.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["OUTCOMES", "OUTCOME_INDEX", "Recorder"]
+
+OUTCOMES = ("ok", "error", "timeout", "rejected")
+OUTCOME_INDEX = {o: i for i, o in enumerate(OUTCOMES)}
+
+_BUCKETS = 4096
+_LOG_BASE = math.log(1.01)
+_FLOOR_S = 1e-6  # latencies under a microsecond share bucket 0
+
+
+def buckets_of(seconds: np.ndarray) -> np.ndarray:
+    """Log-bucket index of each latency (seconds)."""
+    with np.errstate(divide="ignore"):
+        idx = np.floor(np.log(seconds / _FLOOR_S) / _LOG_BASE) + 1
+    idx[seconds < _FLOOR_S] = 0
+    return np.minimum(idx, _BUCKETS - 1).astype(np.int64)
+
+
+def bucket_value(index: int) -> float:
+    """Seconds at the geometric middle of a bucket."""
+    if index == 0:
+        return 0.0
+    return math.exp((index - 0.5) * _LOG_BASE) * _FLOOR_S
+
+
+def nearest_rank(sorted_values: np.ndarray, q: float) -> float:
+    """The q-quantile by the nearest-rank rule (the smallest value with at least q of the mass)."""
+    n = len(sorted_values)
+    return float(sorted_values[max(1, math.ceil(q * n)) - 1])
+
+
+class Recorder:
+    """Outcomes and latencies of completions, per key (an endpoint or a service)."""
+
+    def __init__(self, keys: list[str], window_s: float) -> None:
+        self.keys = keys
+        self.width = window_s
+        k = len(keys)
+        self.buf: list[tuple] = []
+        self.counts = np.zeros((k, 4), dtype=np.int64)
+        self.hist = np.zeros((k, _BUCKETS), dtype=np.int64)
+        self.total = np.zeros(k)
+        self.max = np.zeros(k)
+        self._carry = np.empty((0, 5))
+        self._rows: list[tuple] = []
+
+    def flush(self, now: Optional[float]) -> None:
+        """Fold buffered completions in; finalise windows that end at or before ``now``
+        (every window when ``now`` is None: the run is over)."""
+        if self.buf:
+            batch = np.array(self.buf, dtype=float)
+            self.buf.clear()
+            self._summarise(batch)
+            pending = np.concatenate([self._carry, batch]) if len(self._carry) else batch
+        else:
+            pending = self._carry
+        if not len(pending):
+            return
+        w = np.floor(pending[:, 0] / self.width)
+        if now is None:
+            done = np.ones(len(pending), dtype=bool)
+        else:
+            done = w < math.floor(now / self.width)
+        if done.any():
+            self._windows(pending[done], w[done])
+        self._carry = pending[~done]
+
+    def _summarise(self, batch: np.ndarray) -> None:
+        tracked = batch[batch[:, 4] == 1.0]
+        if not len(tracked):
+            return
+        k = self.counts.shape[0]
+        key = tracked[:, 1].astype(np.int64)
+        out = tracked[:, 2].astype(np.int64)
+        lat = tracked[:, 3]
+        self.counts += np.bincount(key * 4 + out, minlength=k * 4).reshape(k, 4)
+        self.hist += np.bincount(key * _BUCKETS + buckets_of(lat), minlength=k * _BUCKETS).reshape(k, _BUCKETS)
+        self.total += np.bincount(key, weights=lat, minlength=k)
+        np.maximum.at(self.max, key, lat)
+
+    def _windows(self, rows: np.ndarray, w: np.ndarray) -> None:
+        key = rows[:, 1].astype(np.int64)
+        order = np.lexsort((rows[:, 3], key, w))
+        rows, w, key = rows[order], w[order], key[order]
+        group = w * len(self.keys) + key
+        starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+        ends = np.r_[starts[1:], len(rows)]
+        for s, e in zip(starts.tolist(), ends.tolist()):
+            lat = rows[s:e, 3]
+            counts = np.bincount(rows[s:e, 2].astype(np.int64), minlength=4)
+            self._rows.append((
+                int(key[s]), float(w[s]) * self.width, *counts.tolist(),
+                nearest_rank(lat, 0.5), nearest_rank(lat, 0.99),
+            ))
+
+    def summary(self, index: int) -> dict:
+        """Counts by outcome and latency figures (ms) of one key's tracked completions."""
+        counts = self.counts[index]
+        n = int(counts.sum())
+        out = {o: int(counts[i]) for i, o in enumerate(OUTCOMES)}
+        out["total"] = n
+        if n == 0:
+            out.update(mean_ms=None, p50_ms=None, p95_ms=None, p99_ms=None, max_ms=None)
+            return out
+        cum = np.cumsum(self.hist[index])
+        mx = float(self.max[index])
+
+        def q(p: float) -> float:
+            b = int(np.searchsorted(cum, max(1, math.ceil(p * n))))
+            return min(bucket_value(b), mx) * 1000
+
+        out.update(
+            mean_ms=float(self.total[index]) / n * 1000,
+            p50_ms=q(0.50), p95_ms=q(0.95), p99_ms=q(0.99), max_ms=mx * 1000,
+        )
+        return out
+
+    def window_rows(self) -> list[tuple]:
+        """``(key index, window start s, ok, error, timeout, rejected, p50 s, p99 s)`` rows,
+        in the order windows were finalised (by window, then key)."""
+        return self._rows

@@ -1,0 +1,126 @@
+"""What a run produced: summaries, per-window series and (optionally) the event log.
+
+Tables are pandas DataFrames with one documented row per key, ready for a notebook.
+Summaries count only requests and calls that *started* at or after the warm-up; window
+series cover the whole run, by completion time, so the warm-up stays visible in plots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import pandas as pd
+
+from sim.eventlog import COLUMNS
+from sim.metrics import OUTCOMES
+
+__all__ = ["Result"]
+
+_INT_COLUMNS = {*OUTCOMES, "total", "max_queue", "orphaned_calls", "served", "rejected_at_callee"}
+_SUMMARY_COLUMNS = [*OUTCOMES, "total", "mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms"]
+
+
+@dataclass(frozen=True, eq=False)
+class Result:
+    """The outcome of :func:`sim.simulate`. Every field is a pure function of the scenario.
+
+    Attributes:
+        seed, duration_s, warmup_s: the run's settings.
+        end_s: simulated time when the run stopped (after draining in-flight requests).
+        event_log_sha256: SHA-256 of the canonical event log (:mod:`sim.eventlog`).
+        event_count: records in the event log.
+        sim_events: events the SimPy kernel processed.
+        requests: counts by outcome of requests that started after the warm-up.
+        unfinished_requests: requests still open when the drain time ran out.
+        messages_pending: messages not yet acknowledged at the end.
+        endpoints: one row per endpoint: counts by outcome and latency (ms).
+        services: one row per service and infrastructure component, as its callers saw it:
+            counts by outcome and latency (ms), plus utilisation (busy workers / workers,
+            time-averaged after the warm-up), mean and max queue length, calls served,
+            rejected, and orphaned work (calls finished after their caller gave up, and the
+            seconds the callee spent on them after that).
+        instances: the same per-instance figures (utilisation, queue, orphans).
+        windows: one row per endpoint and window: window start (s), counts by outcome,
+            success ratio, p50/p99 latency (ms).
+        service_windows: the same per service and window (calls as callers saw them).
+    """
+
+    seed: int
+    duration_s: float
+    warmup_s: float
+    end_s: float
+    event_log_sha256: str
+    event_count: int
+    sim_events: int
+    requests: dict[str, int]
+    unfinished_requests: int
+    messages_pending: int
+    endpoints: pd.DataFrame
+    services: pd.DataFrame
+    instances: pd.DataFrame
+    windows: pd.DataFrame
+    service_windows: pd.DataFrame
+    streams: list[str] = field(repr=False)
+    _events: Optional[list[tuple]] = field(default=None, repr=False)
+
+    @property
+    def has_events(self) -> bool:
+        return self._events is not None
+
+    def events(self) -> pd.DataFrame:
+        """The event log as a DataFrame (columns: :data:`sim.eventlog.COLUMNS`).
+
+        Only available when the run kept it (``simulate(..., keep_events=True)``).
+        """
+        if self._events is None:
+            raise ValueError(
+                "this run did not keep its event log; run simulate(scenario, keep_events=True)"
+            )
+        df = pd.DataFrame.from_records(self._events, columns=list(COLUMNS))
+        for col in ("request", "call", "parent"):
+            df[col] = df[col].astype("Int64")
+        for col in ("event", "source", "target", "instance", "operation", "outcome"):
+            df[col] = df[col].astype("string")
+        return df
+
+    def write_events(self, path: Union[str, Path]) -> Path:
+        """Write the event log to ``path``: Parquet for ``.parquet``, else CSV."""
+        p = Path(path)
+        df = self.events()
+        if p.suffix == ".parquet":
+            df.to_parquet(p, index=False)
+        else:
+            df.to_csv(p, index=False)
+        return p
+
+    def to_dict(self) -> dict:
+        """A JSON-ready summary (the CLI's ``--json`` adds ``wall_s``)."""
+
+        def rows(df: pd.DataFrame, extra: tuple[str, ...] = ()) -> dict:
+            out = {}
+            for name, row in df.iterrows():
+                d = {}
+                for col in (*_SUMMARY_COLUMNS, *extra):
+                    v = row[col]
+                    d[col] = None if pd.isna(v) else (int(v) if col in _INT_COLUMNS else float(v))
+                out[str(name)] = d
+            return out
+
+        svc = self.services
+        extra = ("utilisation", "mean_queue", "max_queue", "orphaned_calls", "orphaned_s")
+        return {
+            "seed": self.seed,
+            "duration_s": self.duration_s,
+            "warmup_s": self.warmup_s,
+            "end_s": self.end_s,
+            "event_log_sha256": self.event_log_sha256,
+            "event_count": self.event_count,
+            "sim_events": self.sim_events,
+            "requests": {**self.requests, "unfinished": self.unfinished_requests},
+            "messages_pending": self.messages_pending,
+            "endpoints": rows(self.endpoints),
+            "services": rows(svc[svc["kind"] == "service"], extra),
+            "infrastructure": rows(svc[svc["kind"] != "service"], extra),
+        }

@@ -1,0 +1,166 @@
+"""``simulate(scenario) -> Result``: the one entry point to a run.
+
+The run advances in fixed slices of simulated time whether or not anyone watches, so
+progress output cannot change the order of events; keeping the event log only keeps what
+is hashed anyway. Arrivals stop at ``duration_s``; the run then drains (requests in flight
+finish, queued messages are delivered) for at most ``drain_s`` more.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import pandas as pd
+
+from models.scenario import Scenario
+from sim.engine import Engine
+from sim.metrics import OUTCOMES
+from sim.result import Result
+
+__all__ = ["simulate"]
+
+_MIN_SLICES = 200
+_FLUSH_AT = 16384
+
+
+def simulate(
+    scenario: Scenario,
+    *,
+    keep_events: bool = False,
+    progress: Optional[bool] = False,
+) -> Result:
+    """Run ``scenario`` and return its :class:`Result`.
+
+    Args:
+        scenario: what to run (its ``run.seed`` fixes every random draw).
+        keep_events: keep the full event log in the result (memory grows with the run).
+        progress: show a progress bar on stderr: ``True``, ``False``, or ``None`` for
+            "only if the run takes more than two seconds".
+    """
+    engine = Engine(scenario, keep_events=keep_events)
+    env = engine.env
+    engine.start()
+    run = scenario.run
+    # Fixed slices of simulated time, the same whether or not a bar is shown. A slice is at
+    # most one second, so what the recorders buffer between flushes does not grow with
+    # the run's length.
+    step = min(run.duration_s / _MIN_SLICES, 1.0)
+    bar = None
+    if progress is not False:
+        from tqdm import tqdm
+
+        bar = tqdm(total=round(run.duration_s), unit="sim s", file=sys.stderr,
+                   delay=0 if progress else 2.0, leave=False, dynamic_ncols=True)
+    shown = 0
+    recorders = (engine.request_rec, engine.call_rec)
+    # Drain after duration_s: same slicing, until nothing is in flight or drain_s is up.
+    limit = run.duration_s + run.drain_s
+    i = 0
+    while True:
+        i += 1
+        t = min(step * i, limit)
+        if t >= run.duration_s and t - step < run.duration_s:
+            t = run.duration_s
+        env.run(until=t)
+        for rec in recorders:
+            if len(rec.buf) >= _FLUSH_AT:
+                rec.flush(env.now)
+        if len(engine.log.buf) >= _FLUSH_AT:
+            engine.log.flush()
+        if bar is not None:
+            now = min(round(env.now), round(run.duration_s))
+            bar.update(now - shown)
+            shown = now
+        if t >= run.duration_s and (
+            t >= limit
+            or not (engine.outstanding or engine.messages_pending)
+            or env.peek() == float("inf")
+        ):
+            break
+    if bar is not None:
+        bar.close()
+    for rec in recorders:
+        rec.flush(None)
+    return _result(engine)
+
+
+def _result(engine: Engine) -> Result:
+    sc = engine.scenario
+    run = sc.run
+    measured = run.duration_s - run.warmup_s
+    req = engine.request_rec
+    calls = engine.call_rec
+
+    endpoints = pd.DataFrame(
+        [{"endpoint": e.name, **req.summary(e.key)} for e in engine.endpoints]
+    ).set_index("endpoint")
+
+    svc_rows, inst_rows = [], []
+    for svc in engine.services.values():
+        workers = qarea = barea = 0.0
+        qmax = served = rejected = orphans = 0
+        orphan_s = 0.0
+        for inst in svc.instances:
+            iq = inst.snap[2] - inst.snap[0]
+            ib = inst.snap[3] - inst.snap[1]
+            inst_rows.append({
+                "instance": inst.name, "service": svc.name, "node": inst.node, "zone": inst.zone,
+                "utilisation": ib / (inst.workers * measured), "mean_queue": iq / measured,
+                "max_queue": inst.qmax, "served": inst.served, "rejected": inst.rejected,
+                "orphaned_calls": inst.orphans, "orphaned_s": inst.orphan_s,
+            })
+            workers += inst.workers
+            qarea += iq
+            barea += ib
+            qmax = max(qmax, inst.qmax)
+            served += inst.served
+            rejected += inst.rejected
+            orphans += inst.orphans
+            orphan_s += inst.orphan_s
+        svc_rows.append({
+            "service": svc.name,
+            "kind": "service" if svc.infra is None else svc.infra.kind,
+            **calls.summary(svc.key),
+            "utilisation": barea / (workers * measured),
+            "mean_queue": qarea / measured,
+            "max_queue": qmax,
+            "served": served,
+            "rejected_at_callee": rejected,
+            "orphaned_calls": orphans,
+            "orphaned_s": orphan_s,
+        })
+    services = pd.DataFrame(svc_rows).set_index("service")
+    instances = pd.DataFrame(inst_rows).set_index("instance")
+
+    def window_frame(key: str, rec) -> pd.DataFrame:
+        cols = [key, "window_start_s", *OUTCOMES, "p50_ms", "p99_ms"]
+        df = pd.DataFrame(rec.window_rows(), columns=cols)
+        df[key] = [rec.keys[k] for k in df[key]]
+        df["total"] = df[list(OUTCOMES)].sum(axis=1)
+        df["success_ratio"] = df["ok"] / df["total"]
+        df["p50_ms"] *= 1000
+        df["p99_ms"] *= 1000
+        df = df.sort_values([key, "window_start_s"], kind="stable").reset_index(drop=True)
+        return df[[key, "window_start_s", *OUTCOMES, "total", "success_ratio", "p50_ms", "p99_ms"]]
+
+    counts = req.counts.sum(axis=0)
+    return Result(
+        seed=run.seed,
+        duration_s=run.duration_s,
+        warmup_s=run.warmup_s,
+        end_s=engine.env.now,
+        event_log_sha256=engine.log.sha256(),
+        event_count=engine.log.count,
+        sim_events=engine.env_events(),
+        requests={o: int(counts[i]) for i, o in enumerate(OUTCOMES)},
+        unfinished_requests=engine.outstanding,
+        messages_pending=engine.messages_pending,
+        endpoints=endpoints,
+        services=services,
+        instances=instances,
+        windows=window_frame("endpoint", req),
+        service_windows=window_frame("service", calls),
+        streams=engine.streams.names,
+        _events=engine.log.kept,
+    )
