@@ -69,7 +69,7 @@ class _Instance:
     __slots__ = (
         "name", "svc", "index", "node", "zone", "workers", "free", "queue", "qlimit", "up",
         "last", "qarea", "barea", "qmax", "served", "rejected", "orphans", "orphan_s",
-        "snap", "credit",
+        "snap", "credit", "wait_sum", "wait_n",
     )
 
     def __init__(self, svc: "_Service", index: int, node: str, zone: str) -> None:
@@ -93,6 +93,8 @@ class _Instance:
         self.orphan_s = 0.0
         self.snap = [0.0, 0.0, 0.0, 0.0]  # (qarea, barea) at warm-up, then at the end
         self.credit = 0  # unacknowledged deliveries this instance may still take
+        self.wait_sum = 0.0  # time tracked calls spent queued here before a worker took them
+        self.wait_n = 0
 
 
 class _Op:
@@ -131,7 +133,7 @@ class _Service:
 
 class _Call:
     __slots__ = ("id", "req", "parent", "source", "src_svc", "op", "inst", "t0", "k",
-                 "finished", "t_abandon", "hold", "status", "track")
+                 "finished", "t_abandon", "hold", "status", "track", "t_arrive")
 
     def __init__(self, cid, req, parent, source, src_svc, op, t0, k, track):
         self.id = cid
@@ -435,6 +437,7 @@ class Engine:
 
     def _arrive_at(self, c: _Call) -> None:
         inst = c.inst
+        c.t_arrive = self.env.now
         if not inst.up:
             self._answer(c, "error")  # connection refused
             return
@@ -457,7 +460,11 @@ class Engine:
 
     def _serve(self, c: _Call) -> None:
         env = self.env
-        c.hold = env.now
+        now = c.hold = env.now
+        if c.track:
+            inst = c.inst
+            inst.wait_sum += now - c.t_arrive
+            inst.wait_n += 1
         _At(env, c.op.sample(), self._served, c)
 
     def _served(self, ev) -> None:

@@ -38,7 +38,8 @@ class Result:
         endpoints: one row per endpoint: counts by outcome and latency (ms).
         services: one row per service and infrastructure component, as its callers saw it:
             counts by outcome and latency (ms), plus utilisation (busy workers / workers,
-            time-averaged after the warm-up), mean and max queue length, calls served,
+            time-averaged after the warm-up), mean and max queue length, mean wait for a
+            worker (ms, of calls that started after the warm-up), calls served,
             rejected, and orphaned work (calls finished after their caller gave up, and the
             seconds the callee spent on them after that).
         instances: the same per-instance figures (utilisation, queue, orphans).
@@ -109,7 +110,7 @@ class Result:
             return out
 
         svc = self.services
-        extra = ("utilisation", "mean_queue", "max_queue", "orphaned_calls", "orphaned_s")
+        extra = ("utilisation", "mean_queue", "mean_wait_ms", "max_queue", "orphaned_calls", "orphaned_s")
         return {
             "seed": self.seed,
             "duration_s": self.duration_s,

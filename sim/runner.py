@@ -99,14 +99,15 @@ def _result(engine: Engine) -> Result:
     svc_rows, inst_rows = [], []
     for svc in engine.services.values():
         workers = qarea = barea = 0.0
-        qmax = served = rejected = orphans = 0
-        orphan_s = 0.0
+        qmax = served = rejected = orphans = wait_n = 0
+        orphan_s = wait_sum = 0.0
         for inst in svc.instances:
             iq = inst.snap[2] - inst.snap[0]
             ib = inst.snap[3] - inst.snap[1]
             inst_rows.append({
                 "instance": inst.name, "service": svc.name, "node": inst.node, "zone": inst.zone,
                 "utilisation": ib / (inst.workers * measured), "mean_queue": iq / measured,
+                "mean_wait_ms": inst.wait_sum / inst.wait_n * 1000 if inst.wait_n else None,
                 "max_queue": inst.qmax, "served": inst.served, "rejected": inst.rejected,
                 "orphaned_calls": inst.orphans, "orphaned_s": inst.orphan_s,
             })
@@ -118,12 +119,15 @@ def _result(engine: Engine) -> Result:
             rejected += inst.rejected
             orphans += inst.orphans
             orphan_s += inst.orphan_s
+            wait_sum += inst.wait_sum
+            wait_n += inst.wait_n
         svc_rows.append({
             "service": svc.name,
             "kind": "service" if svc.infra is None else svc.infra.kind,
             **calls.summary(svc.key),
             "utilisation": barea / (workers * measured),
             "mean_queue": qarea / measured,
+            "mean_wait_ms": wait_sum / wait_n * 1000 if wait_n else None,
             "max_queue": qmax,
             "served": served,
             "rejected_at_callee": rejected,
