@@ -156,9 +156,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _fmt(v) -> str:
+def _fmt(v, column: str) -> str:
     if v is None:
         return "-"
+    if column == "utilisation":
+        return f"{v:.3f}"
     if isinstance(v, float):
         return f"{v:.1f}"
     return str(v)
@@ -167,9 +169,9 @@ def _fmt(v) -> str:
 def _table(title: str, key: str, rows: dict, columns: list[str]) -> None:
     width = max([len(key), *map(len, rows)])
     print(title)
-    print(f"  {key:<{width}}  " + "  ".join(f"{c:>9}" for c in columns))
+    print(f"  {key:<{width}}  " + "  ".join(f"{c:>11}" for c in columns))
     for name, row in rows.items():
-        print(f"  {name:<{width}}  " + "  ".join(f"{_fmt(row[c]):>9}" for c in columns))
+        print(f"  {name:<{width}}  " + "  ".join(f"{_fmt(row[c], c):>11}" for c in columns))
     print()
 
 

@@ -12,9 +12,9 @@ import bisect
 import math
 from typing import Union
 
-from models.scenario import PiecewiseArrival, PoissonArrival
+from models.scenario import PiecewiseArrival, PoissonArrival, TraceArrival
 
-__all__ = ["RateSchedule", "cumulative_rate"]
+__all__ = ["RateSchedule", "TraceSchedule", "cumulative_rate", "schedule_for"]
 
 
 class RateSchedule:
@@ -88,6 +88,34 @@ class RateSchedule:
         return total
 
 
-def cumulative_rate(arrival: Union[PoissonArrival, PiecewiseArrival], horizon_s: float) -> float:
+class TraceSchedule:
+    """Arrivals at listed times. Stateful: each call returns the next listed time."""
+
+    __slots__ = ("_times", "_i")
+
+    def __init__(self, arrival: TraceArrival) -> None:
+        self._times = list(arrival.times_s)
+        self._i = 0
+
+    def next_arrival(self, now: float, e: float) -> float:
+        """The next listed time (``e`` is ignored; inf when the list is exhausted)."""
+        if self._i == len(self._times):
+            return math.inf
+        t = self._times[self._i]
+        self._i += 1
+        return max(t, now)
+
+    def integral(self, t0: float, t1: float) -> float:
+        return float(sum(1 for t in self._times if t0 <= t < t1))
+
+
+def schedule_for(arrival, factor: float = 1.0):
+    """A fresh schedule object for an arrival process (``factor`` scales rates)."""
+    if isinstance(arrival, TraceArrival):
+        return TraceSchedule(arrival)
+    return RateSchedule(arrival, factor)
+
+
+def cumulative_rate(arrival: Union[PoissonArrival, PiecewiseArrival, TraceArrival], horizon_s: float) -> float:
     """Expected arrivals of ``arrival`` in ``[0, horizon_s)``."""
-    return RateSchedule(arrival).integral(0.0, horizon_s)
+    return schedule_for(arrival).integral(0.0, horizon_s)

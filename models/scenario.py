@@ -50,6 +50,7 @@ __all__ = [
     "SeqNode",
     "Service",
     "TreeNode",
+    "TraceArrival",
     "Workload",
     "split_target",
 ]
@@ -349,7 +350,24 @@ class PiecewiseArrival(Frozen):
         return cumulative_rate(self, horizon_s) / horizon_s
 
 
-Arrival = Annotated[Union[PoissonArrival, PiecewiseArrival], Field(discriminator="kind")]
+class TraceArrival(Frozen):
+    """Requests at exactly the listed times (seconds): replay recorded traffic, or pin a
+    test's arrivals."""
+
+    kind: Literal["trace"]
+    times_s: list[NonNegativeFloat] = Field(min_length=1)
+
+    @field_validator("times_s")
+    @classmethod
+    def _sorted(cls, times: list[float]) -> list[float]:
+        if any(b < a for a, b in zip(times, times[1:])):
+            raise ValueError("times_s must be in non-decreasing order")
+        return times
+
+
+Arrival = Annotated[
+    Union[PoissonArrival, PiecewiseArrival, TraceArrival], Field(discriminator="kind")
+]
 
 
 class Endpoint(Frozen):
@@ -376,6 +394,11 @@ class Workload(Frozen):
 
     @model_validator(mode="after")
     def _mix(self) -> Workload:
+        if isinstance(self.arrival, TraceArrival):
+            raise ValueError(
+                "workload.arrival cannot be a trace (a list of times cannot be split by weight); "
+                "give each endpoint its own 'arrival: {kind: trace, ...}'"
+            )
         for i, ep in enumerate(self.endpoints):
             if ep.arrival is None and ep.weight is None:
                 raise ValueError(

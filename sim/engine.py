@@ -24,7 +24,7 @@ from collections import deque
 from typing import Callable, Optional
 
 import simpy
-from simpy.events import NORMAL, Event
+from simpy.events import NORMAL, URGENT, Event
 
 from models.scenario import (
     CallNode,
@@ -38,7 +38,7 @@ from models.scenario import (
     SeqNode,
     split_target,
 )
-from models.arrivals import RateSchedule
+from models.arrivals import schedule_for
 from models.distributions import Constant, Exponential
 from sim.eventlog import EventLog
 from sim.metrics import OUTCOME_INDEX, Recorder
@@ -60,6 +60,19 @@ class _At(Event):
         self._ok = True
         self.arg = arg
         env.schedule(self, NORMAL, delay)
+
+
+class _AtFirst(_At):
+    """Like :class:`_At`, but ahead of ordinary events at the same instant (and of the
+    runner's stop at that instant): for bookkeeping that must see a boundary time."""
+
+    def __init__(self, env: simpy.Environment, delay: float, fn: Callable, arg) -> None:
+        self.env = env
+        self.callbacks = [fn]
+        self._value = None
+        self._ok = True
+        self.arg = arg
+        env.schedule(self, URGENT, delay)
 
 
 # --------------------------------------------------------------------------- runtime state
@@ -252,9 +265,9 @@ class Engine:
             e.entry = self.services[svc_name].ops[op_name]
             e.timeout = ep.timeout_s
             if ep.arrival is not None:
-                e.schedule = RateSchedule(ep.arrival)
+                e.schedule = schedule_for(ep.arrival)
             else:
-                e.schedule = RateSchedule(sc.workload.arrival, shares[ep.name])
+                e.schedule = schedule_for(sc.workload.arrival, shares[ep.name])
             e.draw = streams.sampler(f"arrive/{ep.name}", _UNIT_EXP)
             e.key = len(self.endpoints)
             self.endpoints.append(e)
@@ -330,8 +343,8 @@ class Engine:
             t = e.schedule.next_arrival(0.0, e.draw())
             if t < self.duration:
                 _At(env, t, self._arrival, e)
-        _At(env, self.warmup, self._snapshot, 0)
-        _At(env, self.duration, self._close, 2)
+        _AtFirst(env, self.warmup, self._snapshot, 0)
+        _AtFirst(env, self.duration, self._close, 2)
 
     def _set_up(self, inst: _Instance) -> None:
         inst.up = True
@@ -453,7 +466,8 @@ class Engine:
             if len(q) > inst.qmax:
                 inst.qmax = len(q)
             return
-        inst.rejected += 1
+        if c.track:
+            inst.rejected += 1
         self._rec((self.env.now, "work_end", c.req.id, c.id, None, c.source, inst.svc.name,
                    inst.name, c.op.name, "rejected"))
         self._answer(c, "rejected")
@@ -501,10 +515,12 @@ class Engine:
         if c.op.blocking:
             self._release(inst)
         now = self.env.now
-        inst.served += 1
+        if c.track:
+            inst.served += 1
         if c.t_abandon is not None:
-            inst.orphans += 1
-            inst.orphan_s += now - c.t_abandon
+            if c.track:
+                inst.orphans += 1
+                inst.orphan_s += now - c.t_abandon
             self._rec((now, "orphan_end", c.req.id, c.id, None, c.source, inst.svc.name, inst.name,
                        c.op.name, status))
             return

@@ -39,9 +39,9 @@ class Result:
         services: one row per service and infrastructure component, as its callers saw it:
             counts by outcome and latency (ms), plus utilisation (busy workers / workers,
             time-averaged after the warm-up), mean and max queue length, mean wait for a
-            worker (ms, of calls that started after the warm-up), calls served,
-            rejected, and orphaned work (calls finished after their caller gave up, and the
-            seconds the callee spent on them after that).
+            worker (ms), calls served, rejected, and orphaned work (calls finished after
+            their caller gave up, and the seconds the callee spent on them after that); the
+            counts, like the summaries, cover calls that started after the warm-up.
         instances: the same per-instance figures (utilisation, queue, orphans).
         windows: one row per endpoint and window: window start (s), counts by outcome,
             success ratio, p50/p99 latency (ms).
