@@ -128,7 +128,7 @@ class _Service:
     """A service or an infrastructure component: a set of identical instances."""
 
     __slots__ = ("name", "infra", "workers", "qlimit", "instances", "up", "ops", "key",
-                 "pick", "startup", "consumers")
+                 "startup", "consumers")
 
     def __init__(self, name, infra, workers, qlimit, startup):
         self.name = name
@@ -140,7 +140,6 @@ class _Service:
         self.up: list[_Instance] = []
         self.ops: dict[Optional[str], _Op] = {}
         self.key = 0  # row of this service in the engine's call recorder
-        self.pick = None  # uniform sampler a caller service uses to pick instances
         self.consumers: list = []  # message queues this service consumes from
 
 
@@ -176,7 +175,9 @@ class _Request:
 
 
 class _Endpoint:
-    __slots__ = ("name", "entry", "timeout", "schedule", "draw", "key")
+    # ``client`` is the source name of its requests' first call: each endpoint's users are
+    # their own component, with their own network and instance-pick streams.
+    __slots__ = ("name", "entry", "timeout", "schedule", "draw", "key", "client")
 
 
 class _MessageQueue:
@@ -246,10 +247,7 @@ class Engine:
                 tree = self._compile(op.calls, s.name, f"{s.name}.{name}") if op.calls else None
                 svc.ops[name] = _Op(svc, name, streams.sampler(f"svc/{s.name}.{name}", op.service_time_ms, 1e-3),
                                     op.error_probability, err_u, tree, s.blocking_calls)
-        # Each calling component picks instances with its own stream.
-        for name, svc in self.services.items():
-            svc.pick = streams.uniform(f"pick/{name}")
-        self._client_pick = streams.uniform("pick/client")
+        self._picks: dict = {}
         for i, svc in enumerate(self.services.values()):
             svc.key = i
         self.call_rec = Recorder(list(self.services), self.window)
@@ -261,6 +259,7 @@ class Engine:
         for ep in sc.workload.endpoints:
             e = _Endpoint()
             e.name = ep.name
+            e.client = f"client:{ep.name}"
             svc_name, op_name = split_target(ep.entry)
             e.entry = self.services[svc_name].ops[op_name]
             e.timeout = ep.timeout_s
@@ -318,7 +317,12 @@ class Engine:
         except KeyError:
             pass
         net = self.scenario.network
-        dist = next((l.latency_ms for l in net.links if l.src == src and l.dst == dst), net.latency_ms)
+        # A link override naming "client" applies to every endpoint's users.
+        names = lambda n: (n, "client") if n.startswith("client:") else (n,)  # noqa: E731
+        dist = next(
+            (l.latency_ms for l in net.links if l.src in names(src) and l.dst in names(dst)),
+            net.latency_ms,
+        )
         if isinstance(dist, Constant) and dist.value == 0:
             sampler = None
         else:
@@ -394,12 +398,12 @@ class Engine:
         self.n_requests += 1
         req = _Request(self.n_requests, e, now, 1.0 if now >= self.warmup else 0.0)
         self.outstanding += 1
-        self._rec((now, "request_start", req.id, None, None, "client", e.name, None, e.entry.key, None))
+        self._rec((now, "request_start", req.id, None, None, e.client, e.name, None, e.entry.key, None))
         if self.gateway is not None:
-            self._start_call(req, None, "client", None, self.gateway.ops[None], None,
+            self._start_call(req, None, e.client, None, self.gateway.ops[None], None,
                              lambda outcome: self._through_gateway(req, outcome))
         else:
-            self._start_call(req, None, "client", None, e.entry, e.timeout,
+            self._start_call(req, None, e.client, None, e.entry, e.timeout,
                              lambda outcome: self._request_done(req, outcome))
 
     def _through_gateway(self, req: _Request, outcome: str) -> None:
@@ -413,7 +417,7 @@ class Engine:
     def _request_done(self, req: _Request, outcome: str) -> None:
         now = self.env.now
         self.outstanding -= 1
-        self._rec((now, "request_end", req.id, None, None, "client", req.ep.name, None, None, outcome))
+        self._rec((now, "request_end", req.id, None, None, req.ep.client, req.ep.name, None, None, outcome))
         self._request_done_rec((now, req.ep.key, OUTCOME_INDEX[outcome], now - req.t0, req.track))
 
     # ------------------------------------------------------------------ calls
@@ -434,8 +438,17 @@ class Engine:
                 c.status = "error"
                 _At(env, 0.0, self._deliver, c)
                 return
-            pick = src_svc.pick if src_svc is not None else self._client_pick
-            inst = up[int(pick() * len(up))]
+            n = len(up)
+            if n == 1:
+                inst = up[0]
+            else:
+                src = src_svc.name if src_svc is not None else source
+                pick = self._picks.get((src, svc.name))
+                if pick is None:
+                    # One stream per caller and callee: a new caller never shifts the picks
+                    # of existing ones.
+                    pick = self._picks[(src, svc.name)] = self.streams.uniform(f"pick/{src}>{svc.name}")
+                inst = up[int(pick() * n)]
         c.inst = inst
         hop = self._link(src_svc.name if src_svc is not None else source, svc.name)
         if hop is None:

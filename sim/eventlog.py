@@ -16,7 +16,8 @@ event        what happened (see :data:`EVENTS`)
 request      the user request (trace id); messages keep their request's id
 call         the call (span id); for messages, the message id
 parent       the call that made this one (parent span id), or None
-source       the caller: an instance, ``client``, ``gateway`` or a broker
+source       the caller: an instance, ``client:<endpoint>`` (that endpoint's users),
+             the gateway, or a broker
 target       the called service or component (for requests: the endpoint)
 instance     the instance that served, if one was chosen
 operation    the operation called (for requests: the entry)
