@@ -8,6 +8,7 @@ finish, queued messages are delivered) for at most ``drain_s`` more.
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Optional
 
@@ -54,28 +55,31 @@ def simulate(
                    delay=0 if progress else 2.0, leave=False, dynamic_ncols=True)
     shown = 0
     recorders = (engine.request_rec, engine.call_rec)
-    # Drain after duration_s: same slicing, until nothing is in flight or drain_s is up.
-    limit = run.duration_s + run.drain_s
+    # After duration_s the run drains, in the same slices, until nothing is in flight or
+    # drain_s is up. Slice ends are computed from integers, never accumulated.
+    end = run.duration_s
+    limit = end + run.drain_s
     i = 0
     while True:
         i += 1
-        t = min(step * i, limit)
-        if t >= run.duration_s and t - step < run.duration_s:
-            t = run.duration_s
-        env.run(until=t)
+        t = step * i
+        if t >= end:
+            t = min(end + step * (i - math.ceil(end / step)), limit)
+        if t > env.now:
+            env.run(until=t)
         for rec in recorders:
             if len(rec.buf) >= _FLUSH_AT:
                 rec.flush(env.now)
         if len(engine.log.buf) >= _FLUSH_AT:
             engine.log.flush()
         if bar is not None:
-            now = min(round(env.now), round(run.duration_s))
+            now = min(round(env.now), round(end))
             bar.update(now - shown)
             shown = now
-        if t >= run.duration_s and (
+        if t >= end and (
             t >= limit
             or not (engine.outstanding or engine.messages_pending)
-            or env.peek() == float("inf")
+            or env.peek() == math.inf
         ):
             break
     if bar is not None:
