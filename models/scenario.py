@@ -507,6 +507,28 @@ class Scenario(Frozen):
         data["run"] = {**data["run"], **changes}
         return Scenario.model_validate(data)
 
+    def with_load(self, factor: float) -> Scenario:
+        """A copy with every arrival rate multiplied by ``factor`` (trace arrivals unchanged
+        is not possible, so a scenario with one is refused)."""
+        if not factor > 0:
+            raise ValueError(f"{factor=} must be > 0")
+        data = self.model_dump(mode="python", round_trip=True)
+
+        def scale(arrival: Optional[dict], where: str) -> None:
+            if arrival is None:
+                return
+            if arrival["kind"] == "poisson":
+                arrival["rate"] *= factor
+            elif arrival["kind"] == "piecewise":
+                arrival["scale"] *= factor
+            else:
+                raise ValueError(f"{where} is a trace; its times cannot be scaled")
+
+        scale(data["workload"]["arrival"], "workload.arrival")
+        for i, ep in enumerate(data["workload"]["endpoints"]):
+            scale(ep["arrival"], f"workload.endpoints[{i}].arrival")
+        return Scenario.model_validate(data)
+
     def placements(self) -> list[Placement]:
         """Every service instance with its node and zone, in a fixed order."""
         zone = {n.name: n.zone for n in self.nodes}

@@ -8,3 +8,7 @@ from sim.rng import Streams as Streams
 from sim.runner import simulate as simulate
 
 __all__ = ["COLUMNS", "EVENTS", "Engine", "Result", "Streams", "simulate"]
+from sim.sweep import summary_metrics as summary_metrics  # noqa: E402
+from sim.sweep import sweep as sweep  # noqa: E402
+
+__all__ += ["summary_metrics", "sweep"]
