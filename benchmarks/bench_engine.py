@@ -1,0 +1,489 @@
+#!/usr/bin/env python3
+"""Engine throughput and memory benchmark (not a test: nothing here is asserted in CI).
+
+Runs four cases in the same process, interleaved, and reports the median of each:
+
+  simpy_mm1     a minimal idiomatic SimPy M/M/1: a source process, one process per
+                customer, one ``simpy.Resource(capacity=1)``; the yardstick.
+  heapq_mm1     a hand-written event loop on ``heapq`` (reference: the interpreter's floor).
+  hailan_mm1    hailan-sim's ``simulate()`` on the same M/M/1 (same lambda and mean service).
+  hailan_default  hailan-sim's ``simulate()`` on the built-in default scenario, warm-up 0.
+
+Rates:
+  * M/M/1 cases: customers (requests) completed per wall-clock second.
+  * default scenario: simulated calls per wall-clock second, where a call is every row
+    counted in ``Result.services['total']`` summed over all rows, services *and*
+    infrastructure: client -> gateway, gateway -> entry service, every service-to-service
+    call, every call to consul/redis/mysql, every publish to the broker and every delivery
+    from the broker to a consumer. With ``warmup_s=0`` every call that got an outcome by the
+    end of the run (including its drain) is counted.
+
+The targets are ratios of figures measured in the same run (this machine's absolute speed
+drifts by 50%): hailan_mm1 / simpy_mm1 >= 0.8 and hailan_default (calls/s) / simpy_mm1
+(customers/s) >= 0.7.
+
+Memory: the peak RSS (``ru_maxrss``) of a fresh child process that runs a 1,000,000-request
+M/M/1 (lambda 100/s for 10,000 simulated seconds; optionally also 2,000,000), next to the
+peak RSS of a child that only imports the package, so the growth is visible.
+
+Usage: python benchmarks/bench_engine.py [--quick] [--json FILE] [--rounds N] [--strict]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import heapq
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+LAMBDA = 100.0  # arrivals per second
+MEAN_S = 0.008  # mean service time, seconds (rho = 0.8)
+SEED = 1
+
+TARGET_MM1 = 0.8  # hailan_mm1 / simpy_mm1
+TARGET_DEFAULT = 0.7  # hailan_default calls/s / simpy_mm1 customers/s
+
+CASES = ("simpy_mm1", "heapq_mm1", "hailan_mm1", "hailan_default")
+
+
+# --------------------------------------------------------------------------- the M/M/1 scenario
+
+
+def mm1_scenario(duration_s: float, seed: int = SEED):
+    """hailan-sim's M/M/1: one server, one worker, Poisson arrivals, exponential service,
+    no network latency, no timeouts, no queue limit (the same as /tmp/mm1.yaml)."""
+    from models.scenario import Scenario
+
+    return Scenario.model_validate({
+        "name": "mm1",
+        "run": {"duration_s": duration_s, "warmup_s": 0, "seed": seed},
+        "services": [{
+            "name": "server", "port": 8000, "instances": 1, "workers": 1,
+            "operations": {"serve": {"service_time_ms": {"dist": "exponential", "mean": MEAN_S * 1000}}},
+        }],
+        "workload": {"endpoints": [{
+            "name": "req", "entry": "server.serve",
+            "arrival": {"kind": "poisson", "rate": LAMBDA}, "timeout_s": None,
+        }]},
+        "policies": {"timeout_s": None},
+    })
+
+
+# --------------------------------------------------------------------------- the cases
+# Each returns (count, wall seconds, kernel events or None). Only the run is timed, not
+# the imports; for hailan-sim the whole of simulate() is timed (engine build, run, drain and
+# the pandas Result), as a user would see it.
+
+
+def run_simpy_mm1(horizon_s: float, seed: int = SEED):
+    """The textbook SimPy M/M/1 (process per customer, a Resource for the server)."""
+    import simpy
+
+    rng = random.Random(seed)
+    env = simpy.Environment()
+    server = simpy.Resource(env, capacity=1)
+    done = 0
+
+    def customer(env, server):
+        nonlocal done
+        with server.request() as req:
+            yield req
+            yield env.timeout(rng.expovariate(1.0 / MEAN_S))
+        done += 1
+
+    def source(env, server):
+        while True:
+            yield env.timeout(rng.expovariate(LAMBDA))
+            env.process(customer(env, server))
+
+    t0 = time.perf_counter()
+    env.process(source(env, server))
+    env.run(until=horizon_s)
+    wall = time.perf_counter() - t0
+    events = next(env._eid) - len(env._queue)  # SimPy's event-id counter less what is pending
+    return done, wall, events
+
+
+def run_heapq_mm1(horizon_s: float, seed: int = SEED):
+    """A hand-written M/M/1 event loop: a heap of (time, seq, kind), a FIFO count."""
+    rng = random.Random(seed)
+    expo = rng.expovariate
+    push, pop = heapq.heappush, heapq.heappop
+    ARRIVE, DEPART = 0, 1
+    heap = [(expo(LAMBDA), 0, ARRIVE)]
+    seq = 1
+    in_system = 0
+    done = 0
+    events = 0
+    t0 = time.perf_counter()
+    while heap:
+        t, _, kind = heap[0]
+        if t >= horizon_s:
+            break
+        pop(heap)
+        events += 1
+        if kind == ARRIVE:
+            push(heap, (t + expo(LAMBDA), seq, ARRIVE))
+            seq += 1
+            in_system += 1
+            if in_system == 1:
+                push(heap, (t + expo(1.0 / MEAN_S), seq, DEPART))
+                seq += 1
+        else:
+            in_system -= 1
+            done += 1
+            if in_system:
+                push(heap, (t + expo(1.0 / MEAN_S), seq, DEPART))
+                seq += 1
+    wall = time.perf_counter() - t0
+    return done, wall, events
+
+
+def run_hailan_mm1(horizon_s: float, seed: int = SEED):
+    from sim import simulate
+
+    sc = mm1_scenario(horizon_s, seed)
+    t0 = time.perf_counter()
+    r = simulate(sc)
+    wall = time.perf_counter() - t0
+    return sum(r.requests.values()), wall, r.sim_events
+
+
+def default_for_bench(duration_s: float | None, seed: int = SEED):
+    from models import default_scenario
+
+    sc = default_scenario()
+    changes = {"warmup_s": 0, "seed": seed}
+    if duration_s is not None:
+        changes["duration_s"] = duration_s
+    return sc.with_run(**changes)
+
+
+def run_hailan_default(sc):
+    """Calls per wall second: sum of services['total'] over every row (warm-up 0)."""
+    from sim import simulate
+
+    t0 = time.perf_counter()
+    r = simulate(sc)
+    wall = time.perf_counter() - t0
+    return int(r.services["total"].sum()), wall, r.sim_events
+
+
+# --------------------------------------------------------------------------- memory (child)
+
+
+def _proc_status() -> dict:
+    """VmHWM (peak RSS) and VmRSS of this process in bytes, from /proc (Linux), else {}."""
+    out = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("VmHWM:", "VmRSS:")):
+                    key, val = line.split(":")
+                    out[key] = int(val.split()[0]) * 1024  # kB
+    except OSError:
+        pass
+    return out
+
+
+def _peak_rss() -> tuple[int, str]:
+    """This process's peak RSS in bytes, and how it was read.
+
+    NOTE: VmHWM, not ru_maxrss. On Linux a child's ru_maxrss (its own RUSAGE_SELF, or its
+    parent's RUSAGE_CHILDREN) starts from the RSS its *parent* had when it forked: a child
+    of this 180 MB benchmark reports >= 180 MB even if it never uses that much. VmHWM is
+    the high-water mark of the child's own address space since its exec.
+    """
+    st = _proc_status()
+    if "VmHWM" in st:
+        return st["VmHWM"], "VmHWM"
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, "ru_maxrss"
+
+
+def _child_main(mode: str, requests: int) -> None:
+    """Runs in a fresh interpreter; prints one JSON line with its own peak RSS."""
+    t0 = time.perf_counter()
+    import models  # noqa: F401
+    import sim  # noqa: F401
+
+    out = {"mode": mode, "peak_after_import_bytes": _peak_rss()[0]}
+    if mode == "mem":
+        from sim import simulate
+
+        duration = requests / LAMBDA
+        sc = mm1_scenario(duration)
+        t1 = time.perf_counter()
+        r = simulate(sc)
+        out.update(
+            target_requests=requests, duration_s=duration,
+            requests=sum(r.requests.values()), sim_events=r.sim_events,
+            run_wall_s=time.perf_counter() - t1,
+            has_events=r.has_events,
+        )
+    out["wall_s"] = time.perf_counter() - t0
+    out["maxrss_bytes"], out["maxrss_source"] = _peak_rss()
+    out["rss_end_bytes"] = _proc_status().get("VmRSS")
+    print("CHILD " + json.dumps(out), flush=True)
+
+
+def _gnu_time() -> str | None:
+    """/usr/bin/time if it is GNU time (has -v), else None."""
+    path = "/usr/bin/time"
+    if not os.path.exists(path):
+        return None
+    try:
+        p = subprocess.run([path, "-v", "true"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return path if "Maximum resident set size" in p.stderr else None
+
+
+def measure_child(mode: str, requests: int = 0) -> dict:
+    """Peak RSS of a fresh child process: its own VmHWM, and, when GNU time is there, the
+    "Maximum resident set size" of ``/usr/bin/time -v`` as a cross-check (time's own child
+    is forked from the small time process, so its figure is not inflated as ru_maxrss is)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--requests", str(requests)]
+    gtime = _gnu_time()
+    if gtime:
+        cmd = [gtime, "-v", *cmd]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory child {mode} failed ({proc.returncode}):\n{proc.stderr}")
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("CHILD "))
+    out = json.loads(line[len("CHILD "):])
+    out["time_v_maxrss_bytes"] = None
+    for l in proc.stderr.splitlines():
+        if "Maximum resident set size (kbytes):" in l:
+            out["time_v_maxrss_bytes"] = int(l.rsplit(":", 1)[1]) * 1024
+    return out
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def machine_info() -> dict:
+    info = {
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_avg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "blas_threads_env": {k: os.environ.get(k) for k in
+                             ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+        "note": "OPENBLAS/OMP thread settings left as they are (unset = library default)",
+    }
+    try:
+        import numpy, pandas, simpy
+
+        info["versions"] = {"simpy": simpy.__version__, "numpy": numpy.__version__,
+                            "pandas": pandas.__version__}
+    except Exception:  # pragma: no cover
+        pass
+    return info
+
+
+def run_benchmark(quick: bool, rounds: int | None, memory: bool, big_memory: bool) -> dict:
+    if quick:
+        mm1_horizon, default_duration, rounds = 20.0, 5.0, rounds or 1
+        mem_sizes = [20_000]
+    else:
+        mm1_horizon, default_duration, rounds = 1000.0, None, rounds or 5
+        mem_sizes = [1_000_000] + ([2_000_000] if big_memory else [])
+
+    # The default scenario is read once, so every round runs the same one even if the
+    # file changes on disk during the benchmark.
+    default_sc = default_for_bench(default_duration)
+    runners = {
+        "simpy_mm1": lambda: run_simpy_mm1(mm1_horizon),
+        "heapq_mm1": lambda: run_heapq_mm1(mm1_horizon),
+        "hailan_mm1": lambda: run_hailan_mm1(mm1_horizon),
+        "hailan_default": lambda: run_hailan_default(default_sc),
+    }
+    units = {"simpy_mm1": "customers", "heapq_mm1": "customers",
+             "hailan_mm1": "customers", "hailan_default": "calls"}
+
+    # Untimed warm-up of every case (imports, first-use caches, pydantic, numpy).
+    run_simpy_mm1(2.0)
+    run_heapq_mm1(2.0)
+    run_hailan_mm1(2.0)
+    run_hailan_default(default_for_bench(2.0))
+
+    samples: dict[str, list[dict]] = {c: [] for c in CASES}
+    order_log = []
+    for r in range(rounds):
+        # Rotate the order each round so no case always runs first (or after the same one).
+        order = CASES[r % len(CASES):] + CASES[: r % len(CASES)]
+        order_log.append(list(order))
+        for case in order:
+            gc.collect()
+            n, wall, events = runners[case]()
+            samples[case].append({"count": n, "wall_s": wall, "rate": n / wall,
+                                  "kernel_events": events})
+            print(f"  round {r + 1}/{rounds} {case:<15} {n:>9} {units[case]:<9} "
+                  f"{wall:7.3f} s  {n / wall:>10,.0f}/s", file=sys.stderr, flush=True)
+
+    cases = {}
+    for case in CASES:
+        counts = {s["count"] for s in samples[case]}
+        if len(counts) != 1:  # every case is seeded: each round must do the same work
+            raise RuntimeError(f"{case}: rounds did different amounts of work {sorted(counts)}")
+        rates = [s["rate"] for s in samples[case]]
+        med = statistics.median(rates)
+        cases[case] = {
+            "unit": f"{units[case]} per wall second",
+            "median_rate": med,
+            "rates": rates,
+            "spread_pct": (max(rates) - min(rates)) / med * 100,
+            "count": samples[case][0]["count"],
+            "median_wall_s": statistics.median(s["wall_s"] for s in samples[case]),
+            "kernel_events": samples[case][0]["kernel_events"],
+            "kernel_events_per_unit": (samples[case][0]["kernel_events"] / samples[case][0]["count"]
+                                       if samples[case][0]["kernel_events"] else None),
+        }
+
+    base = cases["simpy_mm1"]["median_rate"]
+    # Per-round ratios pair measurements taken seconds apart, so they show how much of
+    # the spread is the machine (which moves every case) rather than the engine.
+    per_round = lambda c: [s["rate"] / b["rate"] for s, b in zip(samples[c], samples["simpy_mm1"])]  # noqa: E731
+    ratios = {
+        "hailan_mm1/simpy_mm1": {
+            "value": cases["hailan_mm1"]["median_rate"] / base, "target": TARGET_MM1,
+            "per_round": per_round("hailan_mm1"),
+        },
+        "hailan_default_calls/simpy_mm1": {
+            "value": cases["hailan_default"]["median_rate"] / base, "target": TARGET_DEFAULT,
+            "per_round": per_round("hailan_default"),
+        },
+        "heapq_mm1/simpy_mm1": {
+            "value": cases["heapq_mm1"]["median_rate"] / base, "target": None,
+            "per_round": per_round("heapq_mm1"),
+        },
+    }
+    for r in ratios.values():
+        r["pass"] = None if r["target"] is None else bool(r["value"] >= r["target"])
+
+    mem = None
+    if memory:
+        baseline = measure_child("import")
+        runs = [measure_child("mem", n) for n in mem_sizes]
+        mem = {
+            "method": "peak RSS of a fresh child process: its VmHWM at its end (Linux; "
+                      "ru_maxrss elsewhere), cross-checked with /usr/bin/time -v when present",
+            "import_baseline_bytes": baseline["maxrss_bytes"],
+            "import": baseline,
+            "runs": [{**m, "growth_bytes": m["maxrss_bytes"] - baseline["maxrss_bytes"]} for m in runs],
+        }
+
+    return {
+        "benchmark": "hailan-sim engine throughput",
+        "quick": quick,
+        "settings": {
+            "lambda_per_s": LAMBDA, "mean_service_s": MEAN_S, "rho": LAMBDA * MEAN_S,
+            "mm1_horizon_s": mm1_horizon,
+            "default_duration_s": default_sc.run.duration_s,
+            "default_scenario": default_sc.name,
+            "default_warmup_s": 0, "seed": SEED, "rounds": rounds, "order": order_log,
+            "calls_counted": "sum of Result.services['total'] over all rows (services and "
+                             "infrastructure), warmup_s=0",
+        },
+        "machine": machine_info(),
+        "cases": cases,
+        "ratios": ratios,
+        "memory": mem,
+        "load_avg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _mib(b: float) -> str:
+    return f"{b / 2**20:,.1f} MiB"
+
+
+def format_report(res: dict) -> str:
+    m = res["machine"]
+    s = res["settings"]
+    lines = [
+        f"hailan-sim engine benchmark{' (--quick: smoke sizes, figures not meaningful)' if res['quick'] else ''}",
+        f"python {m['python']} ({m['implementation']}), {m['cpu_count']} CPUs, {m['platform']}",
+        f"load average at start {', '.join(f'{x:.2f}' for x in m['load_avg_at_start'] or [])}; "
+        f"at end {', '.join(f'{x:.2f}' for x in res['load_avg_at_end'] or [])}; BLAS thread settings left as is",
+        f"M/M/1: lambda {s['lambda_per_s']:g}/s, mean service {s['mean_service_s'] * 1000:g} ms "
+        f"(rho {s['rho']:g}), {s['mm1_horizon_s']:g} s simulated; default scenario: "
+        f"{s['default_duration_s']:g} s simulated, warm-up 0; {s['rounds']} interleaved round(s), medians",
+        "",
+        f"{'case':<16}{'median rate':>12}  {'unit':<13}{'per round':<34}{'spread':>8}{'ev/unit':>9}",
+    ]
+    for case, c in res["cases"].items():
+        unit = c["unit"].split()[0] + "/s"
+        rounds = ", ".join(f"{x:,.0f}" for x in c["rates"])
+        epu = f"{c['kernel_events_per_unit']:.2f}" if c["kernel_events_per_unit"] else "-"
+        lines.append(f"{case:<16}{c['median_rate']:>12,.0f}  {unit:<13}{rounds:<34}"
+                     f"{c['spread_pct']:>7.1f}%{epu:>9}")
+    lines.append("")
+    lines.append(f"{'ratio (of medians)':<34}{'value':>7}{'target':>9}  {'result':<7}per round")
+    for name, r in res["ratios"].items():
+        tgt = f">= {r['target']:g}" if r["target"] is not None else "-"
+        verdict = "-" if r["pass"] is None else ("PASS" if r["pass"] else "FAIL")
+        pr = ", ".join(f"{x:.2f}" for x in r["per_round"])
+        lines.append(f"{name:<34}{r['value']:>7.2f}{tgt:>9}  {verdict:<7}{pr}")
+    mem = res["memory"]
+    if mem:
+        lines.append("")
+        lines.append(f"peak memory ({mem['method']})")
+        tv = lambda m: _mib(m["time_v_maxrss_bytes"]) if m.get("time_v_maxrss_bytes") else "-"  # noqa: E731
+        lines.append(f"  {'':<32}{'peak RSS':>12}{'time -v':>13}{'growth':>13}")
+        lines.append(f"  {'import sim + models only':<32}{_mib(mem['import_baseline_bytes']):>12}"
+                     f"{tv(mem['import']):>13}{'-':>13}")
+        for r in mem["runs"]:
+            label = "M/M/1, {:,} requests".format(r["requests"])
+            lines.append(f"  {label:<32}{_mib(r['maxrss_bytes']):>12}"
+                         f"{tv(r):>13}{'+' + _mib(r['growth_bytes']):>13}"
+                         f"   ({r['duration_s']:g} s simulated, {r['run_wall_s']:.1f} s wall)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, one round (seconds)")
+    ap.add_argument("--json", metavar="FILE", help="also write every figure as JSON to FILE")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 5; 1 with --quick)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child runs")
+    ap.add_argument("--big-memory", action="store_true",
+                    help="also measure a 2,000,000-request run (shows memory does not grow with length)")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target ratio is missed")
+    ap.add_argument("--child", choices=("import", "mem"), help=argparse.SUPPRESS)
+    ap.add_argument("--requests", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.child:
+        _child_main(args.child, args.requests)
+        return 0
+
+    sys.path.insert(0, str(ROOT))
+    res = run_benchmark(args.quick, args.rounds, not args.no_memory, args.big_memory)
+    res["command"] = " ".join([Path(sys.executable).name, *sys.argv])
+    print(format_report(res))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    if args.strict and any(r["pass"] is False for r in res["ratios"].values()):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

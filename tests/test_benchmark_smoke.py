@@ -1,0 +1,54 @@
+"""The engine benchmark still runs (benchmarks/bench_engine.py --quick).
+
+A smoke test only: it checks the script exits 0 and reports every figure. Timing is never
+asserted (the machine's speed is not the code's property); the targets are judged by
+running the full benchmark, see benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "bench_engine.py"
+
+CASES = ("simpy_mm1", "heapq_mm1", "hailan_mm1", "hailan_default")
+RATIOS = ("hailan_mm1/simpy_mm1", "hailan_default_calls/simpy_mm1", "heapq_mm1/simpy_mm1")
+
+
+def test_bench_engine_quick(tmp_path):
+    out_json = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--json", str(out_json)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+    # The printed table names every case, both target ratios and the memory figures.
+    for word in (*CASES, *RATIOS, "peak memory", "import sim + models only", "requests"):
+        assert word in proc.stdout, (word, proc.stdout)
+
+    res = json.loads(out_json.read_text())
+    assert res["quick"] is True
+    for key in ("python", "cpu_count", "platform"):
+        assert key in res["machine"]
+    for case in CASES:
+        c = res["cases"][case]
+        assert c["count"] > 0 and c["median_rate"] > 0
+        assert len(c["rates"]) == res["settings"]["rounds"]
+    for name in RATIOS:
+        r = res["ratios"][name]
+        assert r["value"] > 0
+        assert len(r["per_round"]) == res["settings"]["rounds"]
+    assert res["ratios"]["hailan_mm1/simpy_mm1"]["target"] == 0.8
+    assert res["ratios"]["hailan_default_calls/simpy_mm1"]["target"] == 0.7
+    assert isinstance(res["ratios"]["hailan_mm1/simpy_mm1"]["pass"], bool)
+
+    mem = res["memory"]
+    assert mem["import_baseline_bytes"] > 0
+    (run,) = mem["runs"]
+    assert run["requests"] > 0 and run["maxrss_bytes"] > 0 and "growth_bytes" in run
+    assert run["has_events"] is False
