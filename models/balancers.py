@@ -243,8 +243,9 @@ class WeightedRandomBalancer(_Passive):
 
     Weight 0 counts as 1 (``0 || 1``), and so do NaN and a missing weight (undefined);
     negative weights are used as they are. ``<= 0`` means a draw landing exactly on a
-    boundary goes to the earlier instance. The final fallback only fires when rounding in
-    the running subtraction leaves ``random`` a hair above 0.
+    boundary goes to the earlier instance. The final fallback fires when rounding in the
+    running subtraction leaves ``random`` a hair above 0, or when negative weights shrink
+    the total.
     """
 
     def __init__(self, weights: Mapping[str, float] | None = None) -> None:
