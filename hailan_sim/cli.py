@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from models import ScenarioError, analyse, load_scenario
+from models.policies import PROFILES
 from models.scenario import Scenario
 
 __all__ = ["main"]
@@ -64,6 +65,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="simulate a scenario and summarise the run",
                          description="Simulate a scenario and print per-endpoint and per-service results.")
     run.add_argument("scenario", nargs="?", metavar="SCENARIO", help="scenario YAML file (default: built-in)")
+    run.add_argument("--profile", choices=PROFILES,
+                     help="start from a shipped policy profile (seed: the spec as written; hardened: recommended)")
     run.add_argument("--seed", type=_seed, help="override run.seed")
     run.add_argument("--duration", type=_positive(float), metavar="S", help="override run.duration_s (seconds)")
     run.add_argument("--warmup", type=float, metavar="S", help="override run.warmup_s (seconds)")
@@ -125,6 +128,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from sim import simulate
 
     scenario = _load(args.scenario)
+    if args.profile is not None:
+        scenario = scenario.with_profile(args.profile)
     changes = {}
     if args.seed is not None:
         changes["seed"] = args.seed
@@ -149,7 +154,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.events:
         result.write_events(args.events)
     if args.json:
-        out = {"scenario": scenario.name, **result.to_dict(), "wall_s": round(wall, 3)}
+        out = {"scenario": scenario.name, "profile": scenario.profile, **result.to_dict(), "wall_s": round(wall, 3)}
         print(json.dumps(out, indent=2))
         return EXIT_OK
     _print_run(scenario, result, wall)
@@ -179,7 +184,8 @@ def _print_run(scenario: Scenario, result, wall: float) -> None:
     d = result.to_dict()
     req = d["requests"]
     total = sum(v for k, v in req.items() if k != "unfinished")
-    print(f"scenario {scenario.name}  seed {d['seed']}  {d['duration_s']:g} s simulated "
+    profile = f"  profile {scenario.profile}" if scenario.profile else ""
+    print(f"scenario {scenario.name}{profile}  seed {d['seed']}  {d['duration_s']:g} s simulated "
           f"(warm-up {d['warmup_s']:g} s) in {wall:.1f} s wall, {d['sim_events']} events")
     ok = req["ok"] / total * 100 if total else 0.0
     print(f"requests: {total} after warm-up, {ok:.2f}% ok, {req['error']} error, "
@@ -191,6 +197,13 @@ def _print_run(scenario: Scenario, result, wall: float) -> None:
     if d["infrastructure"]:
         _table("infrastructure", "component", d["infrastructure"],
                ["ok", "error", "timeout", "rejected", "p50_ms", "p99_ms", "utilisation"])
+    m = d["mechanisms"]
+    busy = {k: v for k, v in m.items() if k != "breaker_transitions" and v}
+    if busy or m["breaker_transitions"]:
+        print("mechanisms: " + ", ".join(f"{k} {v}" for k, v in busy.items()))
+        for k, v in m["breaker_transitions"].items():
+            print(f"  breaker {k}: {v}")
+        print()
     print(f"event log sha256 {d['event_log_sha256']}")
 
 

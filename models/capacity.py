@@ -53,6 +53,25 @@ def _count_mean(count) -> float:
     return float(count) if isinstance(count, int) else float(count.expected())
 
 
+def _lookup_registry(scenario: Scenario):
+    """A function (caller, callee) -> the registry component a service-to-service call asks
+    first (per-call discovery, as the engine models the spec's callService), or None."""
+    registry = next((c for c in scenario.infrastructure if c.kind == "registry"), None)
+    if registry is None:
+        return lambda caller, callee: None
+    policies = scenario.effective_policies()
+
+    def lookup(caller: str, callee: str):
+        discovery = policies.discovery
+        for edge in policies.edges:
+            if edge.caller in (None, caller) and edge.callee in (None, callee) and edge.discovery is not None:
+                discovery = edge.discovery
+        # cached/watch lookups refresh at most once per TTL per caller: negligible load.
+        return registry if discovery.timing == "per_call" else None
+
+    return lookup
+
+
 class _Visits:
     """Expected visits per call of each operation, memoised (the operation graph is acyclic:
     the loader rejects recursion)."""
@@ -62,6 +81,7 @@ class _Visits:
         self.memo: dict[_Key, dict[_Key, float]] = {}
         queues = [c.name for c in scenario.infrastructure if c.kind == "queue"]
         self.default_queue = queues[0] if len(queues) == 1 else None
+        self.lookup = _lookup_registry(scenario)
 
     def of_op(self, service: str, op: Optional[str]) -> dict[_Key, float]:
         """Visits caused by one call of ``service.op`` (itself included)."""
@@ -74,32 +94,36 @@ class _Visits:
         if not isinstance(comp, Infrastructure):
             tree = comp.operations[op].calls
             if tree is not None:
-                _add(out, self.of_tree(tree))
+                _add(out, self.of_tree(tree, service))
         self.memo[key] = out
         return out
 
-    def of_tree(self, node) -> dict[_Key, float]:
+    def of_tree(self, node, caller: str) -> dict[_Key, float]:
         out: dict[_Key, float] = {}
         if isinstance(node, CallNode):
-            _add(out, self.of_op(*split_target(node.call)))
+            target, op = split_target(node.call)
+            registry = self.lookup(caller, target) if op is not None else None
+            if registry is not None:
+                _add(out, {(registry.name, None): 1.0})  # discovery before the call
+            _add(out, self.of_op(target, op))
         elif isinstance(node, PublishNode):
             broker = node.via or self.default_queue
             _add(out, self.of_op(broker, None))  # the publish and its confirm
             _add(out, self.of_op(*split_target(node.publish)))  # the delivery, later
         elif isinstance(node, SeqNode):
             for child in node.seq:
-                _add(out, self.of_tree(child))
+                _add(out, self.of_tree(child, caller))
         elif isinstance(node, ParNode):
             for child in node.par:
-                _add(out, self.of_tree(child))
+                _add(out, self.of_tree(child, caller))
         elif isinstance(node, MaybeNode):
-            _add(out, self.of_tree(node.maybe), node.p)
+            _add(out, self.of_tree(node.maybe, caller), node.p)
         elif isinstance(node, ChoiceNode):
             total = sum(o.weight for o in node.choice)
             for o in node.choice:
-                _add(out, self.of_tree(o.do), o.weight / total)
+                _add(out, self.of_tree(o.do, caller), o.weight / total)
         elif isinstance(node, RepeatNode):
-            _add(out, self.of_tree(node.repeat), _count_mean(node.count))
+            _add(out, self.of_tree(node.repeat, caller), _count_mean(node.count))
         else:  # pragma: no cover - the schema admits no other node
             raise TypeError(f"unknown call-tree node {node!r}")
         return out
@@ -268,6 +292,7 @@ class _Moments2:
         self.memo: dict[_Key, _Moments] = {}
         queues = [c.name for c in scenario.infrastructure if c.kind == "queue"]
         self.default_queue = queues[0] if len(queues) == 1 else None
+        self.lookup = _lookup_registry(scenario)
 
     def own(self, name: str, dist) -> _Moments:
         if self.visits:
@@ -286,29 +311,33 @@ class _Moments2:
             operation = comp.operations[op]
             out = self.own(service, operation.service_time_ms)
             if operation.calls is not None:
-                out = _plus(out, self.of_tree(operation.calls))
+                out = _plus(out, self.of_tree(operation.calls, service))
         self.memo[key] = out
         return out
 
-    def of_tree(self, node) -> _Moments:
+    def of_tree(self, node, caller: str) -> _Moments:
         if isinstance(node, CallNode):
-            return self.of_op(*split_target(node.call))
+            target, op = split_target(node.call)
+            registry = self.lookup(caller, target) if op is not None else None
+            if registry is not None:  # discovery before the call
+                return _plus(self.own(registry.name, registry.latency_ms), self.of_op(target, op))
+            return self.of_op(target, op)
         if isinstance(node, PublishNode):
             broker = node.via or self.default_queue
             return _plus(self.of_op(broker, None), self.of_op(*split_target(node.publish)))
         if isinstance(node, (SeqNode, ParNode)):
             out: _Moments = {}
             for child in node.seq if isinstance(node, SeqNode) else node.par:
-                out = _plus(out, self.of_tree(child))
+                out = _plus(out, self.of_tree(child, caller))
             return out
         if isinstance(node, MaybeNode):
-            return {c: (node.p * m1, node.p * m2) for c, (m1, m2) in self.of_tree(node.maybe).items()}
+            return {c: (node.p * m1, node.p * m2) for c, (m1, m2) in self.of_tree(node.maybe, caller).items()}
         if isinstance(node, ChoiceNode):
             total = sum(o.weight for o in node.choice)
             out = {}
             for o in node.choice:
                 w = o.weight / total
-                for c, (m1, m2) in self.of_tree(o.do).items():
+                for c, (m1, m2) in self.of_tree(o.do, caller).items():
                     a1, a2 = out.get(c, (0.0, 0.0))
                     out[c] = (a1 + w * m1, a2 + w * m2)
             return out
@@ -317,7 +346,7 @@ class _Moments2:
             n1, n2 = _count_mean(node.count), second_moment(node.count)
             return {
                 c: (n1 * m1, n1 * (m2 - m1 * m1) + n2 * m1 * m1)
-                for c, (m1, m2) in self.of_tree(node.repeat).items()
+                for c, (m1, m2) in self.of_tree(node.repeat, caller).items()
             }
         raise TypeError(f"unknown call-tree node {node!r}")  # pragma: no cover
 

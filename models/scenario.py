@@ -25,6 +25,7 @@ from pydantic import (
 
 from models._base import Frozen
 from models.distributions import Constant, CountDistribution, Distribution
+from models.policies import PROFILES, Policies, effective_policies
 
 __all__ = [
     "Arrival",
@@ -43,6 +44,7 @@ __all__ = [
     "Placement",
     "PoissonArrival",
     "Policies",
+    "PROFILES",
     "PublishNode",
     "RepeatNode",
     "Run",
@@ -91,6 +93,9 @@ class CallNode(Frozen):
     call: Target
     timeout_s: Optional[PositiveFloat] = Field(
         None, description="overrides policies.timeout_s for this call site"
+    )
+    fallback: bool = Field(
+        False, description="on failure, answer with a degraded result instead (the call site succeeds)"
     )
 
 
@@ -195,6 +200,9 @@ class Operation(Frozen):
     calls: Optional[TreeNode] = Field(
         None, description="downstream calls made after the operation's own service time"
     )
+    idempotent: bool = Field(
+        False, description="safe to retry (retry policies with idempotent_only retry only these)"
+    )
 
 
 class Service(Frozen):
@@ -209,6 +217,10 @@ class Service(Frozen):
     )
     startup_s: NonNegativeFloat = Field(
         0.0, description="time from (re)start until an instance can serve"
+    )
+    max_queue_wait_s: Optional[PositiveFloat] = Field(
+        None,
+        description="load shedding: a call that waited longer for a worker is rejected instead of served",
     )
     blocking_calls: bool = Field(
         False,
@@ -260,6 +272,9 @@ class Node(Frozen):
 
     name: Name
     zone: Name
+    clock_skew_s: Annotated[float, Field(allow_inf_nan=False)] = Field(
+        0.0, description="this host's clock minus true time (tokens are issued and checked on host clocks)"
+    )
 
 
 class Link(Frozen):
@@ -448,14 +463,6 @@ class Run(Frozen):
         return self
 
 
-class Policies(Frozen):
-    """Client behaviour on every internal call. The resilience mechanisms extend this."""
-
-    timeout_s: Optional[PositiveFloat] = Field(
-        5.0, description="per-call timeout (the spec's axios timeout: 5000 ms); null: wait forever"
-    )
-
-
 class Placement(Frozen):
     """Where one instance runs (resolved from the scenario; not written by users)."""
 
@@ -478,7 +485,12 @@ class Scenario(Frozen):
     infrastructure: list[Infrastructure] = Field(default_factory=list)
     services: list[Service] = Field(min_length=1)
     workload: Workload
-    policies: Policies = Field(default_factory=Policies)
+    profile: Optional[Literal["seed", "hardened"]] = Field(
+        None, description="shipped policies to start from (seed: the spec as written; hardened: recommended)"
+    )
+    policies: Policies = Field(
+        default_factory=Policies, description="client and platform policies; explicit values override the profile's"
+    )
 
     @model_validator(mode="after")
     def _references(self) -> Scenario:
@@ -503,8 +515,21 @@ class Scenario(Frozen):
 
     def with_run(self, **changes: Any) -> Scenario:
         """A copy with ``run`` fields changed, validated again (e.g. ``seed=7``)."""
-        data = self.model_dump(mode="python", round_trip=True)
-        data["run"] = {**data["run"], **changes}
+        # exclude_unset: what was left to defaults stays so (a profile can still fill it).
+        data = self.model_dump(mode="python", exclude_unset=True)
+        data["run"] = {**data.get("run", {}), **changes}
+        return Scenario.model_validate(data)
+
+    def effective_policies(self) -> Policies:
+        """The policies a run uses: the profile's, overridden by those set here."""
+        return effective_policies(self.profile, self.policies)
+
+    def with_profile(self, profile: Optional[str]) -> Scenario:
+        """A copy that starts from a shipped profile (its own explicit policies still win)."""
+        if profile is not None and profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; profiles are {', '.join(PROFILES)}")
+        data = self.model_dump(mode="python", exclude_unset=True)
+        data["profile"] = profile
         return Scenario.model_validate(data)
 
     def with_load(self, factor: float) -> Scenario:
@@ -512,7 +537,7 @@ class Scenario(Frozen):
         is not possible, so a scenario with one is refused)."""
         if not factor > 0:
             raise ValueError(f"{factor=} must be > 0")
-        data = self.model_dump(mode="python", round_trip=True)
+        data = self.model_dump(mode="python", exclude_unset=True)
 
         def scale(arrival: Optional[dict], where: str) -> None:
             if arrival is None:
@@ -520,13 +545,13 @@ class Scenario(Frozen):
             if arrival["kind"] == "poisson":
                 arrival["rate"] *= factor
             elif arrival["kind"] == "piecewise":
-                arrival["scale"] *= factor
+                arrival["scale"] = arrival.get("scale", 1.0) * factor
             else:
                 raise ValueError(f"{where} is a trace; its times cannot be scaled")
 
-        scale(data["workload"]["arrival"], "workload.arrival")
+        scale(data["workload"].get("arrival"), "workload.arrival")
         for i, ep in enumerate(data["workload"]["endpoints"]):
-            scale(ep["arrival"], f"workload.endpoints[{i}].arrival")
+            scale(ep.get("arrival"), f"workload.endpoints[{i}].arrival")
         return Scenario.model_validate(data)
 
     def placements(self) -> list[Placement]:

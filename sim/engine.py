@@ -20,6 +20,7 @@ full). Every request ends with exactly one of them.
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from typing import Callable, Optional
 
@@ -39,6 +40,12 @@ from models.scenario import (
     split_target,
 )
 from models.arrivals import schedule_for
+from models.balancers import make_balancer
+from models.breakers import OutlierDetector, make_breaker
+from models.policies import EDGE_FIELDS
+from models.registry import Registry, deep_check_passes, make_view
+from models.retry import NoBudget
+from models.tokens import KeySet, RefreshAheadCache, SpecTokenCache, issue, verify
 from models.distributions import Constant, Exponential
 from sim.eventlog import EventLog
 from sim.metrics import OUTCOME_INDEX, Recorder
@@ -82,7 +89,7 @@ class _Instance:
     __slots__ = (
         "name", "svc", "index", "node", "zone", "workers", "free", "queue", "qlimit", "up",
         "last", "qarea", "barea", "qmax", "served", "rejected", "orphans", "orphan_s",
-        "snap", "credit", "wait_sum", "wait_n",
+        "snap", "credit", "wait_sum", "wait_n", "skew", "check_gen", "keys",
     )
 
     def __init__(self, svc: "_Service", index: int, node: str, zone: str) -> None:
@@ -108,12 +115,16 @@ class _Instance:
         self.credit = 0  # unacknowledged deliveries this instance may still take
         self.wait_sum = 0.0  # time tracked calls spent queued here before a worker took them
         self.wait_n = 0
+        self.skew = 0.0  # this host's clock minus true time
+        self.check_gen = 0  # bumps on (re)registration so stale health-check timers are ignored
+        self.keys = None  # the verifier's key cache (service tokens)
 
 
 class _Op:
-    __slots__ = ("name", "svc", "sample", "err_p", "err_u", "tree", "blocking", "key")
+    __slots__ = ("name", "svc", "sample", "err_p", "err_u", "tree", "blocking", "key",
+                 "idempotent", "max_wait")
 
-    def __init__(self, svc, name, sample, err_p, err_u, tree, blocking):
+    def __init__(self, svc, name, sample, err_p, err_u, tree, blocking, idempotent=False, max_wait=None):
         self.svc = svc
         self.name = name
         self.sample = sample
@@ -122,6 +133,8 @@ class _Op:
         self.tree = tree
         self.blocking = blocking
         self.key = f"{svc.name}.{name}" if name else svc.name
+        self.idempotent = idempotent
+        self.max_wait = max_wait  # load shedding: longest a call may wait for a worker
 
 
 class _Service:
@@ -145,7 +158,8 @@ class _Service:
 
 class _Call:
     __slots__ = ("id", "req", "parent", "source", "src_svc", "op", "inst", "t0", "k",
-                 "finished", "t_abandon", "hold", "status", "track", "t_arrive")
+                 "finished", "t_abandon", "hold", "status", "track", "t_arrive", "deadline",
+                 "token", "auth_failed")
 
     def __init__(self, cid, req, parent, source, src_svc, op, t0, k, track):
         self.id = cid
@@ -162,6 +176,9 @@ class _Call:
         self.hold = 0.0
         self.status = None
         self.track = track  # 1.0: started after the warm-up, counts in the summaries
+        self.deadline = None  # with deadline propagation: when the caller stops waiting
+        self.token = None  # the service token the caller sent, if any
+        self.auth_failed = False  # the callee answered 401
 
 
 class _Request:
@@ -224,8 +241,14 @@ class Engine:
     def _build(self) -> None:
         sc = self.scenario
         streams = self.streams
+        self.policies = sc.effective_policies()
         self.services: dict[str, _Service] = {}
         zone = {n.name: n.zone for n in sc.nodes}
+        skew = {n.name: n.clock_skew_s for n in sc.nodes}
+        self._edges: dict = {}
+        self._clients: dict = {}
+        self.counters = {k: 0 for k in _COUNTERS}
+        self.breaker_transitions: dict[str, int] = {}
         for c in sc.infrastructure:
             svc = _Service(c.name, c, c.capacity, c.queue_limit, 0.0)
             svc.ops[None] = _Op(svc, None, streams.sampler(f"svc/{c.name}", c.latency_ms, 1e-3),
@@ -246,10 +269,28 @@ class Engine:
                 err_u = streams.uniform(f"err/{s.name}.{name}") if op.error_probability > 0 else None
                 tree = self._compile(op.calls, s.name, f"{s.name}.{name}") if op.calls else None
                 svc.ops[name] = _Op(svc, name, streams.sampler(f"svc/{s.name}.{name}", op.service_time_ms, 1e-3),
-                                    op.error_probability, err_u, tree, s.blocking_calls)
+                                    op.error_probability, err_u, tree, s.blocking_calls,
+                                    op.idempotent, s.max_queue_wait_s)
         self._picks: dict = {}
+        self.instance_by_name: dict[str, _Instance] = {}
         for i, svc in enumerate(self.services.values()):
             svc.key = i
+            for inst in svc.instances:
+                inst.skew = skew[inst.node]
+                self.instance_by_name[inst.name] = inst
+        reg = next((c for c in sc.infrastructure if c.kind == "registry"), None)
+        self.registry_svc = self.services[reg.name] if reg is not None else None
+        self.registry = Registry(check=self.policies.health_check) if reg is not None else None
+        self._registry_timer = None
+        self._check_u = {s.name: streams.uniform(f"check/{s.name}") for s in sc.services} if reg else {}
+        tokens = self.policies.tokens
+        self.tokens = tokens if tokens.enabled else None
+        if self.tokens is not None:
+            issuer, _, issuer_op = tokens.issuer.partition(".")
+            if issuer not in self.services or issuer_op not in self.services[issuer].ops:
+                raise ValueError(f"policies.tokens.issuer: {tokens.issuer!r} is not an operation of a service")
+            self._issuer_op = self.services[issuer].ops[issuer_op]
+            self._rotations = sorted(tokens.key_rotations_s)
         self.call_rec = Recorder(list(self.services), self.window)
         self._call_done = self.call_rec.buf.append
 
@@ -280,10 +321,10 @@ class Engine:
             target, op = split_target(node.call)
             comp = sc.component(target)
             if isinstance(comp, Infrastructure):
-                timeout = comp.timeout_s
-            else:
-                timeout = node.timeout_s if node.timeout_s is not None else sc.policies.timeout_s
-            return _XCall(target, op, timeout)
+                return _XCall(target, op, comp.timeout_s, True, False)
+            # A service call: the edge's policies (resolved at first use) apply; the call
+            # site's own timeout_s, if set, wins over the edge's.
+            return _XCall(target, op, node.timeout_s, node.timeout_s is not None, node.fallback)
         if isinstance(node, PublishNode):
             target, op = split_target(node.publish)
             via = node.via or next(c.name for c in sc.infrastructure if c.kind == "queue")
@@ -342,6 +383,9 @@ class Engine:
                     _At(env, svc.startup, self._instance_up, inst)
                 else:
                     self._set_up(inst)
+                    if svc.infra is None:
+                        # Already running at t=0: registered long ago and passing.
+                        self._register(inst, warm=True)
         self._queues: dict[str, _MessageQueue] = {}
         for e in self.endpoints:
             t = e.schedule.next_arrival(0.0, e.draw())
@@ -362,6 +406,8 @@ class Engine:
         inst = ev.arg
         self._set_up(inst)
         self._rec((self.env.now, "instance_up", None, None, None, None, inst.svc.name, inst.name, None, None))
+        if inst.svc.infra is None:
+            self._register(inst, warm=False)  # the spec registers at start-up, and only then
         for q in inst.svc.consumers:
             self._dispatch(q)
 
@@ -423,7 +469,8 @@ class Engine:
     # ------------------------------------------------------------------ calls
 
     def _start_call(self, req, parent: Optional[_Call], source: str, src_svc: Optional[_Service],
-                    op: _Op, timeout: Optional[float], k: Callable, inst: Optional[_Instance] = None) -> None:
+                    op: _Op, timeout: Optional[float], k: Callable, inst: Optional[_Instance] = None,
+                    deadline: Optional[float] = None, token=None) -> _Call:
         env = self.env
         now = env.now
         self.n_calls += 1
@@ -431,23 +478,28 @@ class Engine:
         svc = op.svc
         self._rec((now, "call_start", req.id, c.id, parent.id if parent else None, source, svc.name,
                    None, op.name, None))
+        if deadline is not None:
+            c.deadline = deadline
+            left = deadline - now
+            if left <= 0:
+                c.status = "timeout"  # nothing left of the caller's deadline: fail fast
+                _At(env, 0.0, self._deliver, c)
+                return c
+            if timeout is None or left < timeout:
+                timeout = left
+        c.token = token
         if inst is None:
             up = svc.up
             if not up:
                 # The spec's selectServiceInstance throws "No available instances" at once.
                 c.status = "error"
                 _At(env, 0.0, self._deliver, c)
-                return
+                return c
             n = len(up)
             if n == 1:
                 inst = up[0]
             else:
-                src = src_svc.name if src_svc is not None else source
-                pick = self._picks.get((src, svc.name))
-                if pick is None:
-                    # One stream per caller and callee: a new caller never shifts the picks
-                    # of existing ones.
-                    pick = self._picks[(src, svc.name)] = self.streams.uniform(f"pick/{src}>{svc.name}")
+                pick = self._pick(src_svc.name if src_svc is not None else source, svc.name)
                 inst = up[int(pick() * n)]
         c.inst = inst
         hop = self._link(src_svc.name if src_svc is not None else source, svc.name)
@@ -457,6 +509,25 @@ class Engine:
             _At(env, hop(), self._arrive, c)
         if timeout is not None:
             _At(env, timeout, self._timeout, c)
+        return c
+
+    def _pick(self, src: str, dst: str):
+        """The uniform stream ``src`` uses to pick among ``dst``'s instances.
+
+        One stream per caller and callee: a new caller never shifts existing ones' picks.
+        """
+        pick = self._picks.get((src, dst))
+        if pick is None:
+            pick = self._picks[(src, dst)] = self.streams.uniform(f"pick/{src}>{dst}")
+        return pick
+
+    def _retry_u(self, src: str, dst: str):
+        """The uniform stream for ``src``'s backoff jitter on calls to ``dst``."""
+        key = ("retry", src, dst)
+        u = self._picks.get(key)
+        if u is None:
+            u = self._picks[key] = self.streams.uniform(f"retry/{src}>{dst}")
+        return u
 
     def _arrive(self, ev) -> None:
         self._arrive_at(ev.arg)
@@ -467,10 +538,13 @@ class Engine:
         if not inst.up:
             self._answer(c, "error")  # connection refused
             return
+        if c.token is not None and not self._verify(c, inst):
+            return
         if inst.free:
             self._touch(inst)
             inst.free -= 1
-            self._serve(c)
+            if not self._serve(c):
+                inst.free += 1
             return
         q = inst.queue
         if inst.qlimit is None or len(q) < inst.qlimit:
@@ -485,14 +559,32 @@ class Engine:
                    inst.name, c.op.name, "rejected"))
         self._answer(c, "rejected")
 
-    def _serve(self, c: _Call) -> None:
+    def _serve(self, c: _Call) -> bool:
+        """A worker takes ``c``; False if it was shed instead (the worker stays free)."""
         env = self.env
         now = c.hold = env.now
+        op = c.op
+        if (c.deadline is not None and now >= c.deadline) or (
+            op.max_wait is not None and now - c.t_arrive > op.max_wait
+        ):
+            self._shed(c)
+            return False
         if c.track:
             inst = c.inst
             inst.wait_sum += now - c.t_arrive
             inst.wait_n += 1
-        _At(env, c.op.sample(), self._served, c)
+        _At(env, op.sample(), self._served, c)
+        return True
+
+    def _shed(self, c: _Call) -> None:
+        """Drop a call at the moment a worker would take it: its caller's deadline has
+        passed (deadline propagation) or it waited longer than the shedding limit."""
+        inst = c.inst
+        late = c.deadline is not None and self.env.now >= c.deadline
+        self.counters["deadline_drops" if late else "shed"] += 1
+        self._rec((self.env.now, "work_end", c.req.id, c.id, None, c.source, inst.svc.name, inst.name,
+                   c.op.name, "rejected"))
+        self._answer(c, "rejected")
 
     def _served(self, ev) -> None:
         c: _Call = ev.arg
@@ -509,10 +601,10 @@ class Engine:
     def _release(self, inst: _Instance) -> None:
         self._touch(inst)
         q = inst.queue
-        if q:
-            self._serve(q.popleft())
-        else:
-            inst.free += 1
+        while q:
+            if self._serve(q.popleft()):
+                return
+        inst.free += 1
 
     def _touch(self, inst: _Instance) -> None:
         """Advance the instance's queue-length and busy-worker integrals to now."""
@@ -573,6 +665,133 @@ class Engine:
                    inst.name if inst is not None else None, c.op.name, outcome))
         self._call_done((now, svc.key, OUTCOME_INDEX[outcome], now - c.t0, c.track))
         c.k(outcome)
+
+    # ------------------------------------------------------------------ registry and health checks
+
+    def _registry_events(self, events) -> None:
+        """Log what the registry model did; events carry their own (due) times."""
+        now = self.env.now
+        for instance, (kind, detail) in events:
+            self._rec((now, "registry", None, None, None, None,
+                       self.registry.service_of(instance) if instance and self.registry.is_registered(instance) else None,
+                       instance, kind, None if detail is None else str(detail)))
+            if kind == "deregistered":
+                self.counters["deregistrations"] += 1
+        nxt = self.registry.next_timer(now)
+        if nxt is not None and (self._registry_timer is None or nxt < self._registry_timer):
+            self._registry_timer = nxt
+            _At(self.env, max(nxt - now, 0.0), self._registry_tick, nxt)
+
+    def _registry_tick(self, ev) -> None:
+        if self._registry_timer != ev.arg:
+            return  # superseded by an earlier timer
+        self._registry_timer = None
+        self._registry_events(self.registry.tick(self.env.now))
+
+    def _register(self, inst: _Instance, warm: bool) -> None:
+        """Register with the registry (spec 3.2.1) and start the instance's health check."""
+        if self.registry is None:
+            return
+        now = self.env.now
+        check = self.policies.health_check
+        if warm:
+            check = check.model_copy(update={"initial_status": "passing"})
+        self._registry_events(self.registry.register(now, inst.name, inst.svc.name, check=check))
+        if self.registry.is_registered(inst.name):
+            inst.check_gen += 1
+            t = self.registry.schedule_first_check(now, inst.name, self._check_u[inst.svc.name])
+            _At(self.env, t - now, self._check, (inst, inst.check_gen))
+
+    def _check(self, ev) -> None:
+        """Consul runs the instance's HTTP check; the instance answers per its check content."""
+        inst, gen = ev.arg
+        reg = self.registry
+        if gen != inst.check_gen or not reg.is_registered(inst.name):
+            return
+        now = self.env.now
+        passing = inst.up and (
+            self.policies.health_check.content == "shallow" or self._deep_check()
+        )
+        self._registry_events(reg.record_check(now, inst.name, passing))
+        nxt = reg.next_check(inst.name)
+        if nxt is not None:
+            _At(self.env, nxt - now, self._check, (inst, gen))
+
+    def _deep_check(self) -> bool:
+        """The spec's HealthCheckService.checkHealth (3.2.2) run inside an instance."""
+        def up(kind: str) -> bool:
+            return all(i.up for svc in self.services.values() if svc.infra is not None
+                       and svc.infra.kind == kind for i in svc.instances)
+
+        def discover(service: str):
+            # A scenario without the spec's auth-/payment-service has nothing to look up.
+            return self.registry.agent_list(service) if service in self.services else ["-"]
+
+        return deep_check_passes(up("database"), up("cache"), discover)
+
+    # ------------------------------------------------------------------ service tokens
+
+    def _current_kid(self, now: float) -> str:
+        """The issuer signs with key k<n>, n = rotations that have happened by ``now``."""
+        return f"k{bisect.bisect_right(self._rotations, now)}"
+
+    def _published_kids(self, now: float) -> list[str]:
+        return [f"k{i}" for i in range(bisect.bisect_right(self._rotations, now) + 1)]
+
+    def _verify(self, c: _Call, inst: _Instance) -> bool:
+        """The callee checks the caller's token on its own clock; False: it answered 401."""
+        tp = self.tokens
+        now = self.env.now
+        clock = now + inst.skew
+        if inst.keys is None:
+            inst.keys = KeySet(ttl_s=tp.key_cache_ttl_s, refetch_on_unknown_kid=tp.refetch_on_unknown_kid)
+        token = c.token
+        known = inst.keys.known(clock, token.kid, lambda: self._published_kids(now))
+        verdict = verify(token, clock, tp.leeway_s, (token.kid,) if known else (), tp.verifier)
+        if verdict == "ok":
+            return True
+        self.counters["auth_401"] += 1
+        c.auth_failed = True
+        self._rec((now, "work_end", c.req.id, c.id, None, c.source, inst.svc.name, inst.name,
+                   c.op.name, "error"))
+        self._rec((now, "auth_401", c.req.id, c.id, None, c.source, inst.svc.name, inst.name,
+                   c.op.name, verdict))
+        self._answer(c, "error")
+        return False
+
+    # ------------------------------------------------------------------ client-side policies
+
+    def _edge(self, caller: str, callee: str) -> "_Edge":
+        """The policies for calls from ``caller`` to ``callee``: defaults, then matching edges."""
+        key = (caller, callee)
+        e = self._edges.get(key)
+        if e is None:
+            p = self.policies
+            fields = {f: getattr(p, f) for f in EDGE_FIELDS}
+            for ov in p.edges:
+                if ov.caller in (None, caller) and ov.callee in (None, callee):
+                    fields.update(ov.overrides())
+            e = self._edges[key] = _Edge(fields, self.registry is not None, self.tokens is not None)
+        return e
+
+    def _client(self, inst: _Instance) -> "_ClientState":
+        cl = self._clients.get(inst.name)
+        if cl is None:
+            cl = self._clients[inst.name] = _ClientState(inst)
+        return cl
+
+    def _refused(self, req, parent: _Call, op: _Op, event: str, outcome: str, instance=None) -> None:
+        """A call the caller's own client refused before sending (no instance, breaker open,
+        bulkhead full, discovery failed): logged, and counted against the callee."""
+        now = self.env.now
+        self._rec((now, event, req.id, None, parent.id, parent.inst.name, op.svc.name, instance, op.name, outcome))
+        self._call_done((now, op.svc.key, OUTCOME_INDEX[outcome], 0.0, 1.0 if now >= self.warmup else 0.0))
+
+    def _breaker_logged(self, br, before: int, source: str, scope: str) -> None:
+        for t, a, b in br.transitions[before:]:
+            self._rec((t, "breaker", None, None, None, source, scope, None, a, b))
+            key = f"{a}->{b}"
+            self.breaker_transitions[key] = self.breaker_transitions.get(key, 0) + 1
 
     # ------------------------------------------------------------------ messages
 
@@ -666,19 +885,377 @@ _UNIT_EXP = Exponential(dist="exponential", mean=1.0)
 
 
 class _XCall:
-    __slots__ = ("target", "op", "timeout", "_op")
+    __slots__ = ("target", "op", "timeout", "fixed", "fallback", "_op", "_edge")
 
-    def __init__(self, target, op, timeout):
+    def __init__(self, target, op, timeout, fixed, fallback):
         self.target = target
         self.op = op
-        self.timeout = timeout
+        self.timeout = timeout  # the call site's own timeout, when ``fixed``
+        self.fixed = fixed
+        self.fallback = fallback
         self._op = None
+        self._edge = None
 
     def run(self, eng: Engine, c: _Call, k: Callable) -> None:
         op = self._op
         if op is None:
             op = self._op = eng.services[self.target].ops[self.op]
-        eng._start_call(c.req, c, c.inst.name, c.op.svc, op, self.timeout, k)
+        if op.svc.infra is not None:
+            eng._start_call(c.req, c, c.inst.name, c.op.svc, op, self.timeout, k, None, c.deadline)
+            return
+        edge = self._edge
+        if edge is None:  # every call site of an operation has the same caller service
+            edge = self._edge = eng._edge(c.op.svc.name, op.svc.name)
+        timeout = self.timeout if self.fixed else edge.timeout
+        if edge.fast and not self.fallback:
+            eng._start_call(c.req, c, c.inst.name, c.op.svc, op, timeout, k, None, c.deadline)
+        else:
+            _Logical(eng, edge, c, op, timeout, k, self.fallback).attempt()
+
+
+class _Edge:
+    """Resolved policies of one caller -> callee edge (see ``Engine._edge``)."""
+
+    __slots__ = ("timeout", "discovery", "balancer", "breaker", "scope", "outlier", "retry",
+                 "budget", "bulkhead", "deadline", "protocol", "channel", "fast")
+
+    def __init__(self, f: dict, registry: bool, tokens: bool) -> None:
+        self.timeout = f["timeout_s"]
+        self.discovery = f["discovery"]
+        self.balancer = f["balancer"]
+        self.breaker = f["breaker"]
+        self.scope = f["breaker_scope"]
+        self.outlier = f["outlier"]
+        self.retry = f["retry"]
+        self.budget = None if isinstance(f["retry_budget"], NoBudget) else f["retry_budget"]
+        self.bulkhead = f["bulkhead"]
+        self.deadline = f["deadline_propagation"]
+        self.protocol = f["protocol"]
+        self.channel = f["grpc_channel"]
+        # Nothing to do but pick a random up instance: the engine's fast path.
+        self.fast = not (
+            registry or tokens or self.breaker or self.outlier or self.bulkhead or self.deadline
+            or self.budget or self.retry.max_attempts > 1 or self.protocol == "grpc"
+            or self.balancer.kind != "random"
+        )
+
+
+class _ClientState:
+    """What one caller instance's HTTP/gRPC clients remember (spec 3.3: one HttpClient, one
+    GrpcClient and one ServiceAuth per process)."""
+
+    __slots__ = ("inst", "views", "balancers", "breakers", "outliers", "inflight", "channels",
+                 "budgets", "token_cache", "token_waiters", "active", "retrying")
+
+    def __init__(self, inst: _Instance) -> None:
+        self.inst = inst
+        self.views: dict = {}
+        self.balancers: dict = {}
+        self.breakers: dict = {}
+        self.outliers: dict = {}
+        self.inflight: dict = {}
+        self.channels: dict = {}
+        self.budgets: dict = {}
+        self.token_cache = None
+        self.token_waiters: list = []
+        self.active = 0  # calls in flight from this client (Envoy's budget counts these)
+        self.retrying = 0
+
+
+class _Logical:
+    """One call as the caller's client code makes it: discovery, balancing, gRPC channel,
+    breaker, bulkhead, token, the attempt itself, then retries with backoff and a fallback.
+
+    The order follows the spec's HttpClient.callService (3.3.1): the instance is selected
+    *before* ``circuitBreaker.execute``, so discovery failures never reach the breaker.
+    """
+
+    __slots__ = ("eng", "edge", "parent", "op", "timeout", "k", "fallback", "attempt_no",
+                 "prev_delay", "client", "callee", "inst", "breaker", "br_key", "t_sent",
+                 "auth_retried", "token", "with_token", "call")
+
+    def __init__(self, eng, edge, parent, op, timeout, k, fallback):
+        self.eng = eng
+        self.edge = edge
+        self.parent = parent
+        self.op = op
+        self.timeout = timeout
+        self.k = k
+        self.fallback = fallback
+        self.attempt_no = 0
+        self.prev_delay = 0.0
+        self.client = eng._client(parent.inst)
+        self.callee = op.svc.name
+        self.inst = None
+        self.breaker = None
+        self.br_key = None
+        self.auth_retried = False
+        self.token = None
+        self.with_token = eng.tokens is not None
+        self.call = None
+        budget = edge.budget
+        if budget is not None and budget.kind == "finagle":
+            self._budget().deposit(eng.env.now)
+
+    def _budget(self):
+        b = self.client.budgets.get(self.callee)
+        if b is None:
+            b = self.client.budgets[self.callee] = self.edge.budget.build(self.eng.env.now)
+        return b
+
+    def attempt(self, ev=None) -> None:
+        self.attempt_no += 1
+        eng = self.eng
+        if eng.registry is None:
+            self._choose([i.name for i in self.op.svc.up])
+            return
+        view = self.client.views.get(self.edge.discovery)
+        if view is None:
+            view = self.client.views[self.edge.discovery] = make_view(self.edge.discovery)
+        if _needs_query(view, eng.env.now, self.callee):
+            # agent.service.list() is an HTTP call to the Consul agent: it costs a round trip.
+            reg = eng.registry_svc
+            eng._start_call(self.parent.req, self.parent, self.parent.inst.name, self.parent.op.svc,
+                            reg.ops[None], reg.infra.timeout_s, self._discovered)
+        else:
+            self._discovered("ok")
+
+    def _discovered(self, outcome: str) -> None:
+        eng = self.eng
+        view = self.client.views[self.edge.discovery]
+        names = view.instances(eng.env.now, self.callee, eng.registry) if outcome == "ok" else None
+        if names is None:
+            eng.counters["discovery_errors"] += 1
+            eng._refused(self.parent.req, self.parent, self.op, "discovery_error", "error")
+            self._failed("error", retryable=True)
+            return
+        self._choose(names)
+
+    def _choose(self, names: list) -> None:
+        eng = self.eng
+        edge = self.edge
+        cl = self.client
+        now = eng.env.now
+        outlier = None
+        if edge.outlier is not None:
+            outlier = cl.outliers.get(self.callee)
+            if outlier is None:
+                outlier = cl.outliers[self.callee] = OutlierDetector(edge.outlier, names, start=now)
+            names = outlier.eligible(now, names)
+        name = None
+        sticky = edge.protocol == "grpc" and edge.channel != "per_call"
+        if sticky:
+            name = cl.channels.get(self.callee)
+        if name is None:
+            if not names:
+                # The spec: throw new Error(`No available instances for service: ...`)
+                eng._refused(self.parent.req, self.parent, self.op, "no_instance", "error")
+                self._failed("error", retryable=True)
+                return
+            bal = cl.balancers.get(self.callee)
+            if bal is None:
+                bal = cl.balancers[self.callee] = make_balancer(edge.balancer)
+            pick = eng._pick(self.parent.op.svc.name, self.callee)
+            name = bal.choose(now, names, pick, self.parent.req.id)
+            if name is None:
+                # instances[currentIndex] is undefined: `instance.host` throws a TypeError.
+                eng._refused(self.parent.req, self.parent, self.op, "no_instance", "error")
+                self._failed("error", retryable=True)
+                return
+            if sticky:
+                cl.channels[self.callee] = name  # GrpcClient caches the client for ever
+        self.inst = eng.instance_by_name[name]
+        if edge.bulkhead is not None and cl.inflight.get(self.callee, 0) >= edge.bulkhead:
+            eng.counters["bulkhead_rejections"] += 1
+            eng._refused(self.parent.req, self.parent, self.op, "bulkhead_full", "rejected", name)
+            self._failed("rejected", retryable=False)
+            return
+        if edge.breaker is not None:
+            key = ("*" if edge.scope == "client" else self.callee if edge.scope == "service" else name)
+            br = cl.breakers.get(key)
+            if br is None:
+                br = cl.breakers[key] = make_breaker(edge.breaker)
+            self.breaker, self.br_key = br, key
+            before = len(br.transitions)
+            allowed = br.allow(now)
+            eng._breaker_logged(br, before, cl.inst.name, key)
+            if not allowed:
+                eng.counters["short_circuits"] += 1
+                eng._refused(self.parent.req, self.parent, self.op, "short_circuit", "error", name)
+                self._failed("error", retryable=False)
+                return
+        if self.with_token:
+            self._with_token()
+        else:
+            self._send()
+
+    # -------------------------------------------------------------- tokens
+
+    def _with_token(self) -> None:
+        eng = self.eng
+        tp = eng.tokens
+        cl = self.client
+        if cl.token_cache is None:
+            cl.token_cache = (RefreshAheadCache(tp.refresh_margin_s, tp.single_flight)
+                              if tp.cache == "refresh_ahead" else SpecTokenCache())
+        cache = cl.token_cache
+        clock = eng.env.now + cl.inst.skew
+        token = cache.get(clock)
+        single = tp.cache == "refresh_ahead" and tp.single_flight
+        if cache.needs_fetch(clock) and not (single and cache.in_flight):
+            self._fetch_token(cache, wait=token is None)
+            if token is None:
+                return
+        if token is None:
+            cl.token_waiters.append(self)  # a single-flight refresh is under way
+            return
+        self.token = token
+        self._send()
+
+    def _fetch_token(self, cache, wait: bool) -> None:
+        """Ask the issuer (auth-service) for a token; the reply is signed on its clock."""
+        eng = self.eng
+        cl = self.client
+        cache.fetch_started(eng.env.now)
+        eng.counters["token_fetches"] += 1
+        waiter = self if wait else None
+        issuer = eng._issuer_op
+
+        def done(outcome: str, fetch: "_Logical") -> None:
+            now = eng.env.now
+            token = None
+            if outcome == "ok":
+                src = fetch.inst
+                token = issue(now + src.skew, eng.tokens.ttl_s, eng._current_kid(now))
+            cache.fetch_done(now, token)
+            waiters, cl.token_waiters = cl.token_waiters, []
+            if waiter is not None:
+                waiters.insert(0, waiter)
+            for w in waiters:
+                if token is None:
+                    eng._refused(w.parent.req, w.parent, w.op, "token_error", "error")
+                    w._failed("error", retryable=True)
+                else:
+                    w.token = token
+                    w._send()
+
+        edge = eng._edge(self.parent.op.svc.name, issuer.svc.name)
+        fetch = _Logical(eng, edge, self.parent, issuer, edge.timeout, None, False)
+        fetch.k = lambda outcome: done(outcome, fetch)
+        fetch.with_token = False  # the token request itself carries no token
+        fetch.attempt()
+
+    # -------------------------------------------------------------- the attempt
+
+    def _send(self) -> None:
+        eng = self.eng
+        cl = self.client
+        now = eng.env.now
+        cl.inflight[self.callee] = cl.inflight.get(self.callee, 0) + 1
+        cl.active += 1
+        bal = cl.balancers.get(self.callee)
+        if bal is not None:
+            bal.on_start(self.inst.name, now)
+        self.t_sent = now
+        deadline = self.parent.deadline
+        if self.edge.deadline and self.timeout is not None:
+            mine = now + self.timeout
+            deadline = mine if deadline is None else min(deadline, mine)
+        self.call = eng._start_call(self.parent.req, self.parent, self.parent.inst.name, self.parent.op.svc,
+                                    self.op, self.timeout, self._done, self.inst, deadline, self.token)
+
+    def _done(self, outcome: str) -> None:
+        eng = self.eng
+        cl = self.client
+        now = eng.env.now
+        name = self.inst.name
+        cl.inflight[self.callee] -= 1
+        cl.active -= 1
+        rtt = now - self.t_sent
+        bal = cl.balancers.get(self.callee)
+        if bal is not None:
+            bal.on_end(name, now, rtt, outcome == "ok")
+        if self.breaker is not None:
+            before = len(self.breaker.transitions)
+            self.breaker.on_result(now, outcome, rtt)
+            eng._breaker_logged(self.breaker, before, cl.inst.name, self.br_key)
+        outlier = cl.outliers.get(self.callee)
+        if outlier is not None:
+            outlier.on_result(now, name, outcome)
+        budget = self.edge.budget
+        if budget is not None and budget.kind == "grpc_throttle":
+            b = self._budget()
+            b.on_success() if outcome == "ok" else b.on_failure()
+        if outcome != "ok" and self.edge.protocol == "grpc" and self.edge.channel == "refresh_on_failure":
+            cl.channels.pop(self.callee, None)
+        if outcome == "ok":
+            self._finish("ok")
+            return
+        if self.call.auth_failed and eng.tokens.on_401 == "refresh_retry" and not self.auth_retried:
+            # One refresh-and-retry on a 401 (not counted as a retry attempt).
+            self.auth_retried = True
+            cl.token_cache.token = None
+            eng.counters["auth_refresh_retries"] += 1
+            self.attempt_no -= 1
+            self.attempt()
+            return
+        self._failed(outcome, retryable=True)
+
+    def _failed(self, outcome: str, retryable: bool) -> None:
+        eng = self.eng
+        edge = self.edge
+        retry = edge.retry
+        if retryable and retry.should_retry(self.attempt_no, outcome, self.op.idempotent) and self._budget_allows():
+            delay = retry.delay(self.attempt_no, self.prev_delay, eng._retry_u(self.parent.op.svc.name, self.callee))
+            self.prev_delay = delay
+            eng.counters["retries"] += 1
+            now = eng.env.now
+            eng._rec((now, "retry", self.parent.req.id, None, self.parent.id, self.parent.inst.name,
+                      self.callee, None, self.op.name, outcome))
+            self.client.retrying += 1
+            _At(eng.env, delay, self._retry, None)
+            return
+        self._finish(outcome)
+
+    def _retry(self, ev) -> None:
+        self.client.retrying -= 1
+        self.attempt()
+
+    def _budget_allows(self) -> bool:
+        budget = self.edge.budget
+        if budget is None:
+            return True
+        b = self._budget()
+        now = self.eng.env.now
+        if budget.kind == "finagle":
+            return b.try_withdraw(now)
+        if budget.kind == "envoy":
+            return b.allow(self.client.active, self.client.retrying)
+        return b.retries_allowed()
+
+    def _finish(self, outcome: str) -> None:
+        if outcome != "ok" and self.fallback:
+            self.eng.counters["fallbacks"] += 1
+            outcome = "ok"
+        self.k(outcome)
+
+
+def _needs_query(view, now: float, service: str) -> bool:
+    """Whether ``view.instances`` will ask the registry now (and so costs a round trip)."""
+    timing = view.config.timing
+    if timing == "per_call":
+        return True
+    if timing == "cached":
+        at = view.fetched_at(service)
+        return at is None or now >= at + view.config.ttl_s
+    return service not in view._delivered  # watch: only the first lookup queries directly
+
+
+_COUNTERS = (
+    "retries", "short_circuits", "bulkhead_rejections", "fallbacks", "discovery_errors",
+    "token_fetches", "auth_401", "auth_refresh_retries", "deadline_drops", "shed",
+    "deregistrations",
+)
 
 
 class _XPublish:

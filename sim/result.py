@@ -46,6 +46,12 @@ class Result:
         windows: one row per endpoint and window: window start (s), counts by outcome,
             success ratio, p50/p99 latency (ms).
         service_windows: the same per service and window (calls as callers saw them).
+        mechanisms: what the resilience mechanisms did over the whole run: counts of
+            ``retries``, ``short_circuits`` (calls an open breaker refused),
+            ``bulkhead_rejections``, ``fallbacks``, ``discovery_errors``, ``token_fetches``,
+            ``auth_401`` (calls a callee refused for their token), ``auth_refresh_retries``,
+            ``deadline_drops``, ``shed``, ``deregistrations``, and ``breaker_transitions``
+            by ``"from->to"``.
     """
 
     seed: int
@@ -63,7 +69,8 @@ class Result:
     instances: pd.DataFrame
     windows: pd.DataFrame
     service_windows: pd.DataFrame
-    streams: list[str] = field(repr=False)
+    mechanisms: dict = field(default_factory=dict)
+    streams: list[str] = field(default_factory=list, repr=False)
     _events: Optional[list[tuple]] = field(default=None, repr=False)
 
     @property
@@ -121,6 +128,7 @@ class Result:
             "sim_events": self.sim_events,
             "requests": {**self.requests, "unfinished": self.unfinished_requests},
             "messages_pending": self.messages_pending,
+            "mechanisms": self.mechanisms,
             "endpoints": rows(self.endpoints),
             "services": rows(svc[svc["kind"] == "service"], extra),
             "infrastructure": rows(svc[svc["kind"] != "service"], extra),

@@ -169,6 +169,7 @@ def _result(engine: Engine) -> Result:
         instances=instances,
         windows=window_frame("endpoint", req),
         service_windows=window_frame("service", calls),
+        mechanisms={**engine.counters, "breaker_transitions": dict(sorted(engine.breaker_transitions.items()))},
         streams=engine.streams.names,
         _events=engine.log.kept,
     )

@@ -97,7 +97,8 @@ def test_infrastructure_is_the_architecture_diagram(sc):
 
 def test_every_declared_dependency_is_used(sc):
     """depends_on is the blast-radius graph; an unused edge would overstate it. The only
-    edges not in a call tree are consumers' links to the broker they consume from."""
+    edges not in a call tree are consumers' links to the broker they consume from, and the
+    registry, which the engine asks before every service-to-service call (discovery)."""
     consumers = set()
     for s in sc.services:
         for op in s.operations.values():
@@ -112,6 +113,8 @@ def test_every_declared_dependency_is_used(sc):
                     used.add(split_target(node.call)[0])
                 elif isinstance(node, PublishNode):
                     used.add(node.via or "rabbitmq")
+        if used & {x.name for x in sc.services}:
+            used.update(c.name for c in sc.infrastructure if c.kind == "registry")
         unused = set(s.depends_on) - used
         if s.name in consumers:
             unused.discard("rabbitmq")

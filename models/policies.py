@@ -1,0 +1,178 @@
+"""Client and platform policies: every resilience mechanism a scenario can switch on.
+
+``Policies`` holds the defaults for every internal call (timeout, discovery, balancing,
+breaker, retries, bulkhead, deadlines), the platform-wide settings (health checks, service
+tokens) and ``edges``: overrides for one caller, one callee or one caller -> callee edge,
+applied in order, later entries winning. A field an edge leaves out is inherited.
+
+A scenario may name a ``profile`` (``seed``: the spec's code as written; ``hardened``: what
+we recommend). The profile's policies are the base; whatever the scenario's own ``policies``
+set explicitly overrides them (see :func:`effective_policies`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import Field
+
+from models._base import Frozen
+from models.balancers import BalancerConfig, RandomConfig
+from models.breakers import OutlierConfig, SlidingWindowConfig, SpecBreakerConfig
+from models.registry import DiscoveryConfig, HealthCheckConfig
+from models.retry import NoBudget, RetryBudgetConfig, RetryPolicy
+
+__all__ = [
+    "PROFILES",
+    "EdgePolicy",
+    "Policies",
+    "TokenPolicy",
+    "effective_policies",
+    "profile_policies",
+]
+
+PROFILES = ("seed", "hardened")
+
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$")]
+
+CallBreaker = Annotated[Union[SpecBreakerConfig, SlidingWindowConfig], Field(discriminator="kind")]
+
+
+class TokenPolicy(Frozen):
+    """Service-to-service JWTs as the spec's ServiceAuth issues and checks them (3.7.1)."""
+
+    enabled: bool = Field(False, description="callers send a token and callees verify it")
+    issuer: str = Field(
+        "auth-service.issue_token",
+        pattern=r"^[a-z][a-z0-9-]*\.[A-Za-z_][A-Za-z0-9_]*$",
+        description="the operation a caller calls to get a token",
+    )
+    ttl_s: Annotated[int, Field(ge=1)] = Field(3600, description="expiresIn (spec: '1h')")
+    cache: Literal["spec", "refresh_ahead"] = Field(
+        "spec", description="spec: reuse while exp*1000 > Date.now(); refresh_ahead: refresh margin_s early"
+    )
+    refresh_margin_s: NonNegativeFloat = Field(
+        225.0, description="refresh this long before exp (google-auth: 3 min 45 s)"
+    )
+    single_flight: bool = True
+    verifier: Literal["jsonwebtoken", "pyjwt"] = Field(
+        "jsonwebtoken", description="whose boundary rules callees apply (the spec uses jsonwebtoken)"
+    )
+    leeway_s: NonNegativeFloat = Field(0.0, description="clock tolerance when verifying (spec: 0)")
+    on_401: Literal["log", "refresh_retry"] = Field(
+        "log", description="log: the call just fails (the spec only logs); refresh_retry: refresh once and retry"
+    )
+    key_cache_ttl_s: PositiveFloat = Field(300.0, description="verifiers cache public keys (PyJWKClient: 300 s)")
+    refetch_on_unknown_kid: bool = True
+    key_rotations_s: list[NonNegativeFloat] = Field(
+        default_factory=list, description="times at which the issuer starts signing with a new key"
+    )
+
+
+class Policies(Frozen):
+    """Defaults for every internal call, plus platform-wide settings.
+
+    The mechanisms are documented with their sources in docs/mechanisms/.
+    """
+
+    timeout_s: Optional[PositiveFloat] = Field(
+        5.0, description="per-call timeout (the spec's axios timeout: 5000 ms); null: wait forever"
+    )
+    discovery: DiscoveryConfig = Field(
+        default_factory=DiscoveryConfig,
+        description="how callers find instances; used when the scenario has a registry component",
+    )
+    balancer: BalancerConfig = Field(default_factory=lambda: RandomConfig(kind="random"))
+    breaker: Optional[CallBreaker] = None
+    breaker_scope: Literal["client", "service", "instance"] = Field(
+        "client",
+        description=(
+            "client: one breaker per caller instance for every callee (the spec's HttpClient "
+            "holds one); service: per caller instance and callee service; instance: per callee instance"
+        ),
+    )
+    outlier: Optional[OutlierConfig] = Field(None, description="Envoy-style outlier ejection per caller instance")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    retry_budget: RetryBudgetConfig = Field(default_factory=NoBudget)
+    bulkhead: Optional[Annotated[int, Field(ge=1)]] = Field(
+        None, description="max concurrent calls from one caller instance to one callee service"
+    )
+    deadline_propagation: bool = Field(
+        False, description="callees drop work whose caller's deadline has passed"
+    )
+    protocol: Literal["http", "grpc"] = "http"
+    grpc_channel: Literal["sticky_forever", "per_call", "refresh_on_failure"] = Field(
+        "sticky_forever",
+        description="gRPC edges: the spec's GrpcClient caches one client per service for ever",
+    )
+    health_check: HealthCheckConfig = Field(default_factory=HealthCheckConfig)
+    tokens: TokenPolicy = Field(default_factory=TokenPolicy)
+    edges: list[EdgePolicy] = Field(default_factory=list)
+
+
+class EdgePolicy(Frozen):
+    """Overrides for calls from ``caller`` to ``callee`` (either may be omitted: any)."""
+
+    caller: Optional[Name] = None
+    callee: Optional[Name] = None
+    timeout_s: Optional[PositiveFloat] = None
+    discovery: Optional[DiscoveryConfig] = None
+    balancer: Optional[BalancerConfig] = None
+    breaker: Optional[CallBreaker] = None
+    breaker_scope: Optional[Literal["client", "service", "instance"]] = None
+    outlier: Optional[OutlierConfig] = None
+    retry: Optional[RetryPolicy] = None
+    retry_budget: Optional[RetryBudgetConfig] = None
+    bulkhead: Optional[Annotated[int, Field(ge=1)]] = None
+    deadline_propagation: Optional[bool] = None
+    protocol: Optional[Literal["http", "grpc"]] = None
+    grpc_channel: Optional[Literal["sticky_forever", "per_call", "refresh_on_failure"]] = None
+
+    def overrides(self) -> dict[str, Any]:
+        """The fields this edge sets explicitly (an explicit null counts: e.g. no timeout)."""
+        return {k: getattr(self, k) for k in self.model_fields_set if k not in ("caller", "callee")}
+
+
+Policies.model_rebuild()
+
+EDGE_FIELDS = tuple(k for k in EdgePolicy.model_fields if k not in ("caller", "callee"))
+
+
+@lru_cache(maxsize=None)
+def _profile_text(name: str) -> str:
+    return (resources.files("models") / "data" / "profiles" / f"{name}.yaml").read_text(encoding="utf-8")
+
+
+def profile_policies(name: str) -> dict:
+    """The ``policies`` mapping a shipped profile sets (a fresh copy)."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; profiles are {', '.join(PROFILES)}")
+    return yaml.safe_load(_profile_text(name))["policies"]
+
+
+def _merge(base: Any, top: Any) -> Any:
+    """Deep-merge mappings; ``top`` wins; lists are replaced, except ``edges`` which append."""
+    if isinstance(base, dict) and isinstance(top, dict):
+        out = dict(base)
+        for k, v in top.items():
+            if k == "edges" and isinstance(out.get(k), list) and isinstance(v, list):
+                out[k] = [*out[k], *v]
+            elif k in out and isinstance(v, dict) and isinstance(out[k], dict) and "kind" not in v:
+                out[k] = _merge(out[k], v)
+            else:
+                out[k] = v
+        return out
+    return top
+
+
+def effective_policies(profile: Optional[str], policies: Policies) -> Policies:
+    """The profile's policies overridden by what ``policies`` sets explicitly."""
+    if profile is None:
+        return policies
+    mine = policies.model_dump(mode="python", exclude_unset=True)
+    return Policies.model_validate(_merge(profile_policies(profile), mine))
