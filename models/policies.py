@@ -30,7 +30,7 @@ __all__ = [
     "EdgePolicy",
     "Policies",
     "TokenPolicy",
-    "effective_policies",
+    "merge_policies",
     "profile_policies",
 ]
 
@@ -155,24 +155,19 @@ def profile_policies(name: str) -> dict:
     return yaml.safe_load(_profile_text(name))["policies"]
 
 
-def _merge(base: Any, top: Any) -> Any:
-    """Deep-merge mappings; ``top`` wins; lists are replaced, except ``edges`` which append."""
+def merge_policies(base: Any, top: Any) -> Any:
+    """Deep-merge policy mappings, ``top`` winning. A mapping with its own ``kind`` (a
+    breaker, a balancer) replaces the base's wholesale unless the kinds agree; ``edges``
+    append (the scenario's edges come after, and so win over, the profile's)."""
     if isinstance(base, dict) and isinstance(top, dict):
         out = dict(base)
         for k, v in top.items():
-            if k == "edges" and isinstance(out.get(k), list) and isinstance(v, list):
-                out[k] = [*out[k], *v]
-            elif k in out and isinstance(v, dict) and isinstance(out[k], dict) and "kind" not in v:
-                out[k] = _merge(out[k], v)
+            old = out.get(k)
+            if k == "edges" and isinstance(old, list) and isinstance(v, list):
+                out[k] = [*old, *v]
+            elif isinstance(v, dict) and isinstance(old, dict) and v.get("kind", old.get("kind")) == old.get("kind"):
+                out[k] = merge_policies(old, v)
             else:
                 out[k] = v
         return out
     return top
-
-
-def effective_policies(profile: Optional[str], policies: Policies) -> Policies:
-    """The profile's policies overridden by what ``policies`` sets explicitly."""
-    if profile is None:
-        return policies
-    mine = policies.model_dump(mode="python", exclude_unset=True)
-    return Policies.model_validate(_merge(profile_policies(profile), mine))

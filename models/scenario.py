@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import (
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     ValidationInfo,
     field_validator,
@@ -25,7 +26,7 @@ from pydantic import (
 
 from models._base import Frozen
 from models.distributions import Constant, CountDistribution, Distribution
-from models.policies import PROFILES, Policies, effective_policies
+from models.policies import PROFILES, Policies, merge_policies, profile_policies
 
 __all__ = [
     "Arrival",
@@ -491,6 +492,25 @@ class Scenario(Frozen):
     policies: Policies = Field(
         default_factory=Policies, description="client and platform policies; explicit values override the profile's"
     )
+    _own_policies: Optional[dict] = PrivateAttr(default=None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _apply_profile(cls, data: Any, handler) -> Scenario:
+        """With a profile, ``policies`` is the profile's policies overridden (deep-merged) by
+        what the scenario itself sets; the scenario's own settings are kept for
+        :meth:`with_profile`."""
+        own = None
+        if isinstance(data, dict) and data.get("profile") in PROFILES:
+            own = data.get("policies") or {}
+            if isinstance(own, Policies):
+                own = own.model_dump(mode="python", exclude_unset=True)
+            if isinstance(own, dict):
+                data = {**data, "policies": merge_policies(profile_policies(data["profile"]), own)}
+        scenario = handler(data)
+        if own is not None:
+            scenario._own_policies = own
+        return scenario
 
     @model_validator(mode="after")
     def _references(self) -> Scenario:
@@ -521,14 +541,17 @@ class Scenario(Frozen):
         return Scenario.model_validate(data)
 
     def effective_policies(self) -> Policies:
-        """The policies a run uses: the profile's, overridden by those set here."""
-        return effective_policies(self.profile, self.policies)
+        """The policies a run uses (with a profile: already merged with it)."""
+        return self.policies
 
     def with_profile(self, profile: Optional[str]) -> Scenario:
-        """A copy that starts from a shipped profile (its own explicit policies still win)."""
+        """A copy that starts from a shipped profile; the policies this scenario set
+        itself still win over the profile's."""
         if profile is not None and profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r}; profiles are {', '.join(PROFILES)}")
         data = self.model_dump(mode="python", exclude_unset=True)
+        own = self._own_policies
+        data["policies"] = own if own is not None else data.get("policies", {})
         data["profile"] = profile
         return Scenario.model_validate(data)
 

@@ -233,6 +233,7 @@ class Engine:
         self.outstanding = 0
         self.arrivals_open = True
         self.messages_pending = 0
+        self.last_call = None
         self._links: dict = {}
         self._build()
 
@@ -384,8 +385,9 @@ class Engine:
                 else:
                     self._set_up(inst)
                     if svc.infra is None:
-                        # Already running at t=0: registered long ago and passing.
-                        self._register(inst, warm=True)
+                        # Running at t=0: registered long ago and passing, unless the run
+                        # is a cold start (then it registers now, critical until checked).
+                        self._register(inst, warm=not cold)
         self._queues: dict[str, _MessageQueue] = {}
         for e in self.endpoints:
             t = e.schedule.next_arrival(0.0, e.draw())
@@ -664,6 +666,7 @@ class Engine:
         self._rec((now, "call_end", c.req.id, c.id, None, c.source, svc.name,
                    inst.name if inst is not None else None, c.op.name, outcome))
         self._call_done((now, svc.key, OUTCOME_INDEX[outcome], now - c.t0, c.track))
+        self.last_call = c  # read by a client's continuation (a 401 is told apart this way)
         c.k(outcome)
 
     # ------------------------------------------------------------------ registry and health checks
@@ -972,7 +975,7 @@ class _Logical:
 
     __slots__ = ("eng", "edge", "parent", "op", "timeout", "k", "fallback", "attempt_no",
                  "prev_delay", "client", "callee", "inst", "breaker", "br_key", "t_sent",
-                 "auth_retried", "token", "with_token", "call")
+                 "auth_retried", "token", "with_token")
 
     def __init__(self, eng, edge, parent, op, timeout, k, fallback):
         self.eng = eng
@@ -992,7 +995,6 @@ class _Logical:
         self.auth_retried = False
         self.token = None
         self.with_token = eng.tokens is not None
-        self.call = None
         budget = edge.budget
         if budget is not None and budget.kind == "finagle":
             self._budget().deposit(eng.env.now)
@@ -1161,11 +1163,11 @@ class _Logical:
         if self.edge.deadline and self.timeout is not None:
             mine = now + self.timeout
             deadline = mine if deadline is None else min(deadline, mine)
-        self.call = eng._start_call(self.parent.req, self.parent, self.parent.inst.name, self.parent.op.svc,
-                                    self.op, self.timeout, self._done, self.inst, deadline, self.token)
+        eng._start_call(self.parent.req, self.parent, self.parent.inst.name, self.parent.op.svc,
+                        self.op, self.timeout, self._done, self.inst, deadline, self.token)
 
     def _done(self, outcome: str) -> None:
-        eng = self.eng
+        eng = self.eng  # eng.last_call is the attempt's call (set just before this runs)
         cl = self.client
         now = eng.env.now
         name = self.inst.name
@@ -1191,7 +1193,7 @@ class _Logical:
         if outcome == "ok":
             self._finish("ok")
             return
-        if self.call.auth_failed and eng.tokens.on_401 == "refresh_retry" and not self.auth_retried:
+        if eng.last_call.auth_failed and eng.tokens.on_401 == "refresh_retry" and not self.auth_retried:
             # One refresh-and-retry on a 401 (not counted as a retry attempt).
             self.auth_retried = True
             cl.token_cache.token = None
