@@ -72,6 +72,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--warmup", type=float, metavar="S", help="override run.warmup_s (seconds)")
     run.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     run.add_argument("--events", metavar="FILE", help="write the event log (.parquet, otherwise CSV)")
+    run.add_argument("--spans", metavar="FILE", help="write every request's span tree as JSON (OpenTelemetry shape)")
     run.add_argument("--no-progress", action="store_true", help="never show the progress bar")
 
     topo = sub.add_parser("topology", help="services, dependencies, cycles and blast radius",
@@ -143,16 +144,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except Exception as exc:  # pydantic ValidationError
             msg = getattr(exc, "errors", lambda: [{"msg": str(exc)}])()[0]["msg"]
             raise ScenarioError("command line", msg.removeprefix("Value error, ")) from None
-    if args.events:
-        events_path = Path(args.events)
-        if not events_path.parent.exists():
-            raise ScenarioError(args.events, "the folder for --events does not exist")
+    for path in (args.events, args.spans):
+        if path and not Path(path).parent.exists():
+            raise ScenarioError(path, "the folder to write it in does not exist")
     started = time.perf_counter()
-    result = simulate(scenario, keep_events=bool(args.events),
+    result = simulate(scenario, keep_events=bool(args.events or args.spans),
                       progress=False if args.no_progress else None)
     wall = time.perf_counter() - started
     if args.events:
         result.write_events(args.events)
+    if args.spans:
+        Path(args.spans).write_text(json.dumps({"spans": result.spans()}, indent=1), encoding="utf-8")
     if args.json:
         out = {"scenario": scenario.name, "profile": scenario.profile, **result.to_dict(), "wall_s": round(wall, 3)}
         print(json.dumps(out, indent=2))

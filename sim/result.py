@@ -93,6 +93,12 @@ class Result:
             df[col] = df[col].astype("string")
         return df
 
+    def spans(self) -> list[dict]:
+        """Every request's span tree (OpenTelemetry JSON shape; see :mod:`sim.tracing`)."""
+        from sim.tracing import spans
+
+        return spans(self.events())
+
     def write_events(self, path: Union[str, Path]) -> Path:
         """Write the event log to ``path``: Parquet for ``.parquet``, else CSV."""
         p = Path(path)

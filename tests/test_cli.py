@@ -92,3 +92,24 @@ def test_help_exits_zero(capsys):
         main(["--help"])
     assert exc.value.code == 0
     assert "run" in capsys.readouterr().out
+
+
+def test_spans_form_one_tree_per_request(tmp_path, capsys):
+    path = tmp_path / "spans.json"
+    d = _json(capsys, ["run", SMALL, "--json", "--no-progress", "--duration", "6", "--warmup", "0",
+                       "--spans", str(path)])
+    spans = json.loads(path.read_text())["spans"]
+    by_trace: dict = {}
+    for s in spans:
+        by_trace.setdefault(s["traceId"], []).append(s)
+    assert len(by_trace) == d["endpoints"]["home"]["total"]
+    for trace in by_trace.values():
+        ids = {s["spanId"] for s in trace}
+        roots = [s for s in trace if s["parentSpanId"] is None]
+        assert len(roots) == 1
+        # every other span's parent is in the same trace, and starts no later than its child
+        start = {s["spanId"]: s["startTimeUnixNano"] for s in trace}
+        for s in trace:
+            if s["parentSpanId"] is not None:
+                assert s["parentSpanId"] in ids
+                assert start[s["parentSpanId"]] <= s["startTimeUnixNano"]
