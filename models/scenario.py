@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from models._base import Frozen
+from models.autoscaling import AutoscalingPolicy
 from models.distributions import Constant, CountDistribution, Distribution
 from models.policies import PROFILES, Policies, merge_policies, profile_policies
 
@@ -223,6 +224,19 @@ class Service(Frozen):
         None,
         description="load shedding: a call that waited longer for a worker is rejected instead of served",
     )
+    autoscaling: Optional[AutoscalingPolicy] = Field(
+        None, description="reactive autoscaling between min_instances and max_instances"
+    )
+
+    @model_validator(mode="after")
+    def _within_autoscaling_bounds(self) -> Service:
+        a = self.autoscaling
+        if a is not None and not a.min_instances <= self.instances <= a.max_instances:
+            raise ValueError(
+                f"instances ({self.instances}) must lie within autoscaling's "
+                f"[{a.min_instances}, {a.max_instances}]"
+            )
+        return self
     blocking_calls: bool = Field(
         False,
         description=(

@@ -40,6 +40,7 @@ from models.scenario import (
     split_target,
 )
 from models.arrivals import schedule_for
+from models.autoscaling import Autoscaler
 from models.balancers import make_balancer
 from models.breakers import OutlierDetector, make_breaker
 from models.policies import EDGE_FIELDS
@@ -89,7 +90,7 @@ class _Instance:
     __slots__ = (
         "name", "svc", "index", "node", "zone", "workers", "free", "queue", "qlimit", "up",
         "last", "qarea", "barea", "qmax", "served", "rejected", "orphans", "orphan_s",
-        "snap", "credit", "wait_sum", "wait_n", "skew", "check_gen", "keys",
+        "snap", "credit", "wait_sum", "wait_n", "skew", "check_gen", "keys", "draining",
     )
 
     def __init__(self, svc: "_Service", index: int, node: str, zone: str) -> None:
@@ -118,6 +119,7 @@ class _Instance:
         self.skew = 0.0  # this host's clock minus true time
         self.check_gen = 0  # bumps on (re)registration so stale health-check timers are ignored
         self.keys = None  # the verifier's key cache (service tokens)
+        self.draining = False  # scaled in: finishing its work, then it stops
 
 
 class _Op:
@@ -141,7 +143,7 @@ class _Service:
     """A service or an infrastructure component: a set of identical instances."""
 
     __slots__ = ("name", "infra", "workers", "qlimit", "instances", "up", "ops", "key",
-                 "startup", "consumers")
+                 "startup", "consumers", "placement", "scaler", "starting", "scale_areas")
 
     def __init__(self, name, infra, workers, qlimit, startup):
         self.name = name
@@ -154,6 +156,10 @@ class _Service:
         self.ops: dict[Optional[str], _Op] = {}
         self.key = 0  # row of this service in the engine's call recorder
         self.consumers: list = []  # message queues this service consumes from
+        self.placement: list = []  # (node, zone) for instance 0, 1, ... (cycled)
+        self.scaler = None  # models.autoscaling.Autoscaler, if the service autoscales
+        self.starting = 0  # instances added by autoscaling that are still starting up
+        self.scale_areas = (0.0, 0.0)  # busy and queue integrals at the last evaluation
 
 
 class _Call:
@@ -245,7 +251,7 @@ class Engine:
         self.policies = sc.effective_policies()
         self.services: dict[str, _Service] = {}
         zone = {n.name: n.zone for n in sc.nodes}
-        skew = {n.name: n.clock_skew_s for n in sc.nodes}
+        skew = self._skew = {n.name: n.clock_skew_s for n in sc.nodes}
         self._edges: dict = {}
         self._clients: dict = {}
         self.counters = {k: 0 for k in _COUNTERS}
@@ -260,6 +266,9 @@ class Engine:
         placements = {p.instance: p for p in sc.placements()}
         for s in sc.services:
             svc = _Service(s.name, None, s.workers, s.queue_limit, s.startup_s)
+            svc.placement = [(n, zone[n]) for n in (s.placement or [n.name for n in sc.nodes])]
+            if s.autoscaling is not None:
+                svc.scaler = Autoscaler(s.autoscaling)
             for i in range(s.instances):
                 p = placements[f"{s.name}-{i}"]
                 svc.instances.append(_Instance(svc, i, p.node, p.zone))
@@ -393,6 +402,9 @@ class Engine:
             t = e.schedule.next_arrival(0.0, e.draw())
             if t < self.duration:
                 _At(env, t, self._arrival, e)
+        for svc in self.services.values():
+            if svc.scaler is not None:
+                _At(env, svc.scaler.policy.interval_s, self._autoscale, svc)
         _AtFirst(env, self.warmup, self._snapshot, 0)
         _AtFirst(env, self.duration, self._close, 2)
 
@@ -607,6 +619,8 @@ class Engine:
             if self._serve(q.popleft()):
                 return
         inst.free += 1
+        if inst.draining and inst.free == inst.workers:
+            self._stop(inst)
 
     def _touch(self, inst: _Instance) -> None:
         """Advance the instance's queue-length and busy-worker integrals to now."""
@@ -668,6 +682,67 @@ class Engine:
         self._call_done((now, svc.key, OUTCOME_INDEX[outcome], now - c.t0, c.track))
         self.last_call = c  # read by a client's continuation (a 401 is told apart this way)
         c.k(outcome)
+
+    # ------------------------------------------------------------------ autoscaling
+
+    def _autoscale(self, ev) -> None:
+        """Measure the last interval, ask the service's autoscaler, add or drain instances."""
+        svc: _Service = ev.arg
+        env = self.env
+        now = env.now
+        policy = svc.scaler.policy
+        if now < self.duration:
+            _At(env, policy.interval_s, self._autoscale, svc)
+        serving = [i for i in svc.up if not i.draining]
+        busy = queue = 0.0
+        for inst in svc.instances:
+            self._touch(inst)
+            busy += inst.barea
+            queue += inst.qarea
+        d_busy, d_queue = busy - svc.scale_areas[0], queue - svc.scale_areas[1]
+        svc.scale_areas = (busy, queue)
+        if not serving:
+            metric = float("inf")
+        elif policy.metric == "utilisation":
+            metric = d_busy / (svc.workers * len(serving) * policy.interval_s)
+        else:
+            metric = d_queue / (len(serving) * policy.interval_s)
+        delta = svc.scaler.decide(now, metric, len(serving) + svc.starting)
+        if delta:
+            self.counters["scale_out" if delta > 0 else "scale_in"] += abs(delta)
+            self._rec((now, "autoscale", None, None, None, None, svc.name, None, policy.metric, str(delta)))
+        for _ in range(delta):
+            inst = _Instance(svc, len(svc.instances), *svc.placement[len(svc.instances) % len(svc.placement)])
+            inst.skew = self._skew[inst.node]
+            inst.last = now
+            svc.instances.append(inst)
+            self.instance_by_name[inst.name] = inst
+            svc.starting += 1
+            _At(env, svc.startup, self._scaled_up, inst)
+        for _ in range(-delta):
+            inst = max((i for i in svc.up if not i.draining), key=_index)
+            self._drain(inst)
+
+    def _scaled_up(self, ev) -> None:
+        ev.arg.svc.starting -= 1
+        self._instance_up(ev)
+
+    def _drain(self, inst: _Instance) -> None:
+        """Graceful stop: deregister (spec 3.2.1 deregisterService), take no new work from
+        the balancer's fast path, finish what it has, then stop."""
+        inst.draining = True
+        inst.svc.up.remove(inst)
+        self._rec((self.env.now, "instance_drain", None, None, None, None, inst.svc.name, inst.name, None, None))
+        if self.registry is not None and self.registry.is_registered(inst.name):
+            self._registry_events(self.registry.deregister(self.env.now, inst.name))
+        if inst.free == inst.workers and not inst.queue:
+            self._stop(inst)
+
+    def _stop(self, inst: _Instance) -> None:
+        self._touch(inst)
+        inst.up = False
+        inst.draining = False
+        self._rec((self.env.now, "instance_stop", None, None, None, None, inst.svc.name, inst.name, None, None))
 
     # ------------------------------------------------------------------ registry and health checks
 
@@ -1256,7 +1331,7 @@ def _needs_query(view, now: float, service: str) -> bool:
 _COUNTERS = (
     "retries", "short_circuits", "bulkhead_rejections", "fallbacks", "discovery_errors",
     "token_fetches", "auth_401", "auth_refresh_retries", "deadline_drops", "shed",
-    "deregistrations",
+    "deregistrations", "scale_out", "scale_in",
 )
 
 

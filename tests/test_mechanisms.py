@@ -237,3 +237,26 @@ def test_profile_values_are_overridden_by_the_scenarios_own_policies():
     assert mine.timeout_s == 1.5
     assert mine.breaker.failure_threshold == 9 and mine.breaker.success_threshold == 2  # rest from the profile
     assert mine.discovery.path == "agent_list"
+
+
+def test_autoscaling_adds_instances_under_load_and_drains_them_after():
+    """Load triples for 60 s: the service scales out (each new instance paying its start-up
+    and registering before it counts as serving), then scales back in when load drops."""
+    s = build(
+        [svc("a", 3001, {"op": {"service_time_ms": {"dist": "exponential", "mean": 20}}}, instances=2, workers=1,
+             startup_s=5.0, autoscaling={"scale_out_above": 0.7, "scale_in_below": 0.3, "interval_s": 10,
+                                         "hold_s": 20, "min_instances": 2, "max_instances": 6})],
+        [endpoint("a.op", {"kind": "piecewise", "steps": [[0, 40], [60, 120], [120, 20]]})],
+        infrastructure=[REGISTRY],
+        duration_s=240,
+    )
+    r = simulate(s, keep_events=True)
+    ev = r.events()
+    outs = ev[ev.event == "autoscale"]
+    ups = ev[ev.event == "instance_up"]
+    assert r.mechanisms["scale_out"] >= 2 and r.mechanisms["scale_in"] >= 2
+    assert outs[outs.outcome.astype(str).str.startswith("-")]["t"].min() > 120  # scale-in only after the peak
+    assert (ups["t"] - 5.0).isin(outs["t"]).all()  # each new instance up exactly startup_s later
+    stops = ev[ev.event == "instance_stop"]
+    assert len(stops) == r.mechanisms["scale_in"]
+    assert r.requests["error"] == 0 and r.unfinished_requests == 0
