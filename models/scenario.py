@@ -227,6 +227,11 @@ class Service(Frozen):
     autoscaling: Optional[AutoscalingPolicy] = Field(
         None, description="reactive autoscaling between min_instances and max_instances"
     )
+    weights: Optional[list[Annotated[float, Field(ge=0, allow_inf_nan=False)]]] = Field(
+        None,
+        min_length=1,
+        description="metadata.weight registered by instance 0, 1, ... (cycled), read by weighted balancers",
+    )
 
     @model_validator(mode="after")
     def _within_autoscaling_bounds(self) -> Service:

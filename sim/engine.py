@@ -852,6 +852,13 @@ class Engine:
             e = self._edges[key] = _Edge(fields, self.registry is not None, self.tokens is not None)
         return e
 
+    def weights_of(self, service: str) -> Optional[dict]:
+        """Instance name -> the metadata.weight it registered (None: no weights given)."""
+        weights = self.scenario.service(service).weights
+        if weights is None:
+            return None
+        return {i.name: weights[i.index % len(weights)] for i in self.services[service].instances}
+
     def _client(self, inst: _Instance) -> "_ClientState":
         cl = self._clients.get(inst.name)
         if cl is None:
@@ -1131,7 +1138,7 @@ class _Logical:
                 return
             bal = cl.balancers.get(self.callee)
             if bal is None:
-                bal = cl.balancers[self.callee] = make_balancer(edge.balancer)
+                bal = cl.balancers[self.callee] = make_balancer(edge.balancer, eng.weights_of(self.callee))
             pick = eng._pick(self.parent.op.svc.name, self.callee)
             name = bal.choose(now, names, pick, self.parent.req.id)
             if name is None:

@@ -23,10 +23,11 @@ from sim.eventlog import canonical
 SMALL = Path(__file__).parent / "scenarios" / "small.yaml"
 
 
-def _hash_in_subprocess(path: Path, hashseed: str, seed: int = 7) -> str:
+def _hash_in_subprocess(path, hashseed: str, seed: int = 7, *extra: str) -> str:
     env = {**os.environ, "PYTHONHASHSEED": hashseed}
+    where = [str(path)] if path is not None else []
     out = subprocess.run(
-        [sys.executable, "-m", "hailan_sim", "run", str(path), "--json", "--seed", str(seed), "--no-progress"],
+        [sys.executable, "-m", "hailan_sim", "run", *where, "--json", "--seed", str(seed), "--no-progress", *extra],
         capture_output=True, text=True, env=env, check=True,
     )
     return json.loads(out.stdout)["event_log_sha256"]
@@ -36,6 +37,14 @@ def test_same_seed_same_hash_across_processes_and_hash_seeds():
     hashes = {_hash_in_subprocess(SMALL, hs) for hs in ("0", "1", "4242", "random")}
     assert len(hashes) == 1
     assert hashes == {simulate(load_scenario(SMALL)).event_log_sha256}
+
+
+def test_every_mechanism_on_stays_deterministic_across_processes():
+    """The default scenario under both profiles (registry, checks, breakers, retries,
+    budgets, tokens...), in processes with different hash seeds."""
+    for profile in ("seed", "hardened"):
+        args = ("--profile", profile, "--duration", "20", "--warmup", "2")
+        assert _hash_in_subprocess(None, "1", 3, *args) == _hash_in_subprocess(None, "999", 3, *args)
 
 
 def test_a_different_seed_gives_a_different_log(small):

@@ -260,3 +260,12 @@ def test_autoscaling_adds_instances_under_load_and_drains_them_after():
     stops = ev[ev.event == "instance_stop"]
     assert len(stops) == r.mechanisms["scale_in"]
     assert r.requests["error"] == 0 and r.unfinished_requests == 0
+
+
+def test_weighted_random_reads_instance_weights_from_metadata():
+    n = 3000
+    s = _two({"op": op(0.01)}, policies={"balancer": {"kind": "weighted_random"}},
+             callee_kw={"instances": 2, "weights": [1, 3]}, arrivals=trace(*[i * 0.001 for i in range(n)]))
+    ev = simulate(s, keep_events=True).events()
+    share = (ev[(ev.event == "call_end") & (ev.target == "b")]["instance"] == "b-1").mean()
+    assert abs(share - 0.75) < 4.4 * math.sqrt(0.75 * 0.25 / n)
