@@ -27,6 +27,7 @@ from pydantic import (
 from models._base import Frozen
 from models.autoscaling import AutoscalingPolicy
 from models.distributions import Constant, CountDistribution, Distribution
+from models.faults import Fault
 from models.policies import PROFILES, Policies, merge_policies, profile_policies
 
 __all__ = [
@@ -510,6 +511,9 @@ class Scenario(Frozen):
     )
     policies: Policies = Field(
         default_factory=Policies, description="client and platform policies; explicit values override the profile's"
+    )
+    faults: list[Fault] = Field(
+        default_factory=list, description="what goes wrong during the run (models/faults.py)"
     )
     _own_policies: Optional[dict] = PrivateAttr(default=None)
 

@@ -149,12 +149,58 @@ def check_references(scenario: Scenario) -> None:
                 "(write 'service.operation')"
             )
 
+    _check_faults(scenario, components)
+
     try:
         cycle = nx.find_cycle(ops)
     except nx.NetworkXNoCycle:
         return
     loop = " -> ".join(f"{a}.{o}" for (a, o), _ in cycle) + f" -> {cycle[0][0][0]}.{cycle[0][0][1]}"
     raise ValueError(f"call trees recurse: {loop}; a request would never finish")
+
+
+def _check_faults(scenario: Scenario, components: dict) -> None:
+    """Every fault names things the scenario has."""
+    instances = {p.instance for p in scenario.placements()}
+    services = {s.name for s in scenario.services}
+    nodes = {n.name for n in scenario.nodes}
+    zones = {n.zone for n in scenario.nodes}
+    infra = {c.name: c for c in scenario.infrastructure}
+    endpoints = {e.name for e in scenario.workload.endpoints}
+    ends = set(components) | instances
+
+    def need(ok: bool, where: str, what: str, allowed) -> None:
+        if not ok:
+            shown = ", ".join(sorted(allowed)[:12]) + (" ..." if len(allowed) > 12 else "")
+            raise ValueError(f"{where}: {what}; expected one of: {shown}")
+
+    for i, f in enumerate(scenario.faults):
+        where = f"faults[{i}]"
+        kind = f.kind
+        if kind in ("crash_instance", "drain_instance", "hang"):
+            need(f.instance in instances, f"{where}.instance", f"no instance {f.instance!r}", instances)
+        elif kind == "crash_service":
+            need(f.service in services, f"{where}.service", f"no service {f.service!r}", services)
+        elif kind == "crash_node":
+            need(f.node in nodes, f"{where}.node", f"no node {f.node!r}", nodes)
+        elif kind == "crash_zone":
+            need(f.zone in zones, f"{where}.zone", f"no zone {f.zone!r}", zones)
+        elif kind in ("slow", "error_rate"):
+            need(f.target in services or f.target in instances, f"{where}.target",
+                 f"no service or instance {f.target!r}", services | instances)
+        elif kind in ("partition", "link_latency"):
+            for side in ("a", "b"):
+                v = getattr(f, side)
+                need(v in ends, f"{where}.{side}", f"no component or instance {v!r}", ends)
+        elif kind == "registry_outage":
+            need(any(c.kind == "registry" for c in infra.values()), where,
+                 "the scenario has no registry component", {"(add one of kind: registry)"})
+        elif kind == "infra_outage":
+            need(f.component in infra, f"{where}.component", f"no infrastructure component {f.component!r}", infra)
+        elif kind == "clock_skew":
+            need(f.node in nodes, f"{where}.node", f"no node {f.node!r}", nodes)
+        elif kind == "load_spike":
+            need(f.endpoint in endpoints, f"{where}.endpoint", f"no endpoint {f.endpoint!r}", endpoints)
 
 
 def declared_graph(scenario: Scenario) -> nx.DiGraph:
