@@ -641,6 +641,13 @@ class DiscoveryView:
     def tick(self, now: float) -> list[Event]:
         return []
 
+    def unreachable(self, now: float, service: str) -> Optional[list[str]]:
+        """The registry could not be reached from this caller (a partition, the request
+        timed out): what this view serves instead. Per call: nothing (``None``)."""
+        self.queries += 1
+        self.failures += 1
+        return None
+
     def _query(self, registry: Registry, service: str) -> Optional[list[str]]:
         self.queries += 1
         result = registry.query(self.config.path, service)
@@ -685,6 +692,16 @@ class CachedView(DiscoveryView):
             self.stale_served += 1
             return list(entry[0])
         return None
+
+    def unreachable(self, now: float, service: str) -> Optional[list[str]]:
+        """As for a failed refresh: the stale list if there is one (TTL not extended)."""
+        self.queries += 1
+        self.failures += 1
+        entry = self._cache.get(service)
+        if entry is None:
+            return None
+        self.stale_served += 1
+        return list(entry[0])
 
     def fetched_at(self, service: str) -> Optional[float]:
         """When the cached list for ``service`` was fetched (None: nothing cached)."""
@@ -743,6 +760,15 @@ class WatchView(DiscoveryView):
             self.log.append((due, service, ev))
             out.append((service, ev))
         return out
+
+    def unreachable(self, now: float, service: str) -> Optional[list[str]]:
+        """Only the first lookup queries directly; later ones use what was delivered."""
+        self.tick(now)
+        if service in self._delivered:
+            return list(self._delivered[service])
+        self.queries += 1
+        self.failures += 1
+        return None
 
     def instances(self, now: float, service: str, registry: Registry) -> Optional[list[str]]:
         self.attach(registry)

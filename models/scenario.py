@@ -20,6 +20,7 @@ from pydantic import (
     PrivateAttr,
     Tag,
     ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -535,6 +536,14 @@ class Scenario(Frozen):
             scenario._own_policies = own
         return scenario
 
+    @field_serializer("policies", mode="wrap")
+    def _serialise_policies(self, value: Policies, handler):
+        # With a profile, what the scenario set itself is what it says: dumping the merged
+        # policies would freeze the profile's values into the scenario.
+        if self.profile is not None and self._own_policies is not None:
+            return self._own_policies
+        return handler(value)
+
     @model_validator(mode="after")
     def _references(self) -> Scenario:
         from models.topology import check_references
@@ -572,9 +581,7 @@ class Scenario(Frozen):
         itself still win over the profile's."""
         if profile is not None and profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r}; profiles are {', '.join(PROFILES)}")
-        data = self.model_dump(mode="python", exclude_unset=True)
-        own = self._own_policies
-        data["policies"] = own if own is not None else data.get("policies", {})
+        data = self.model_dump(mode="python", exclude_unset=True)  # policies: our own only
         data["profile"] = profile
         return Scenario.model_validate(data)
 

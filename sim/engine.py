@@ -91,6 +91,7 @@ class _Instance:
         "name", "svc", "index", "node", "zone", "workers", "free", "queue", "qlimit", "up",
         "last", "qarea", "barea", "qmax", "served", "rejected", "orphans", "orphan_s",
         "snap", "credit", "wait_sum", "wait_n", "skew", "check_gen", "keys", "draining",
+        "calls", "hung", "slow", "fault_err",
     )
 
     def __init__(self, svc: "_Service", index: int, node: str, zone: str) -> None:
@@ -120,6 +121,10 @@ class _Instance:
         self.check_gen = 0  # bumps on (re)registration so stale health-check timers are ignored
         self.keys = None  # the verifier's key cache (service tokens)
         self.draining = False  # scaled in: finishing its work, then it stops
+        self.calls: dict = {}  # calls whose work is in progress here (lost if it crashes)
+        self.hung = False  # accepts calls, never answers (fault)
+        self.slow = 1.0  # service-time factor (fault)
+        self.fault_err = 0.0  # extra chance a call fails (fault)
 
 
 class _Op:
@@ -165,7 +170,7 @@ class _Service:
 class _Call:
     __slots__ = ("id", "req", "parent", "source", "src_svc", "op", "inst", "t0", "k",
                  "finished", "t_abandon", "hold", "status", "track", "t_arrive", "deadline",
-                 "token", "auth_failed")
+                 "token", "auth_failed", "lost")
 
     def __init__(self, cid, req, parent, source, src_svc, op, t0, k, track):
         self.id = cid
@@ -185,6 +190,7 @@ class _Call:
         self.deadline = None  # with deadline propagation: when the caller stops waiting
         self.token = None  # the service token the caller sent, if any
         self.auth_failed = False  # the callee answered 401
+        self.lost = False  # the instance died or hung with this call: nothing more happens here
 
 
 class _Request:
@@ -288,6 +294,10 @@ class Engine:
             for inst in svc.instances:
                 inst.skew = skew[inst.node]
                 self.instance_by_name[inst.name] = inst
+        self._blocked: dict = {}  # (a, b) -> active partitions between them (both orders)
+        self._slow_links: dict = {}  # (a, b) -> list of (added seconds, loss, fault index)
+        self._fault_us: dict = {}
+        self._rotations_extra = [f.start_s for f in sc.faults if f.kind == "key_rotation"]
         reg = next((c for c in sc.infrastructure if c.kind == "registry"), None)
         self.registry_svc = self.services[reg.name] if reg is not None else None
         self.registry = Registry(check=self.policies.health_check) if reg is not None else None
@@ -300,7 +310,7 @@ class Engine:
             if issuer not in self.services or issuer_op not in self.services[issuer].ops:
                 raise ValueError(f"policies.tokens.issuer: {tokens.issuer!r} is not an operation of a service")
             self._issuer_op = self.services[issuer].ops[issuer_op]
-            self._rotations = sorted(tokens.key_rotations_s)
+            self._rotations = sorted([*tokens.key_rotations_s, *self._rotations_extra])
         self.call_rec = Recorder(list(self.services), self.window)
         self._call_done = self.call_rec.buf.append
 
@@ -405,13 +415,16 @@ class Engine:
         for svc in self.services.values():
             if svc.scaler is not None:
                 _At(env, svc.scaler.policy.interval_s, self._autoscale, svc)
+        for i, f in enumerate(self.scenario.faults):
+            _At(env, f.start_s, self._fault_start, (i, f))
+            if f.duration_s is not None:
+                _At(env, f.start_s + f.duration_s, self._fault_end, (i, f))
         _AtFirst(env, self.warmup, self._snapshot, 0)
         _AtFirst(env, self.duration, self._close, 2)
 
     def _set_up(self, inst: _Instance) -> None:
+        self._touch(inst)
         inst.up = True
-        inst.last = self.env.now
-        inst.credit = 0
         svc = inst.svc
         svc.up.append(inst)
         svc.up.sort(key=_index)
@@ -455,6 +468,9 @@ class Engine:
         t = e.schedule.next_arrival(now, e.draw())
         if t < self.duration:
             _At(env, t - now, self._arrival, e)
+        self._request(e, now)
+
+    def _request(self, e: _Endpoint, now: float) -> None:
         self.n_requests += 1
         req = _Request(self.n_requests, e, now, 1.0 if now >= self.warmup else 0.0)
         self.outstanding += 1
@@ -517,7 +533,13 @@ class Engine:
                 inst = up[int(pick() * n)]
         c.inst = inst
         hop = self._link(src_svc.name if src_svc is not None else source, svc.name)
-        if hop is None:
+        if self._blocked or self._slow_links:
+            extra = self._net_fault(source, src_svc, inst)
+            if extra is None:
+                pass  # dropped by a partition or link loss: only the caller's timeout ends it
+            else:
+                _At(env, (hop() if hop is not None else 0.0) + extra, self._arrive, c)
+        elif hop is None:
             self._arrive_at(c)
         else:
             _At(env, hop(), self._arrive, c)
@@ -552,17 +574,22 @@ class Engine:
         if not inst.up:
             self._answer(c, "error")  # connection refused
             return
+        if inst.hung:
+            inst.calls[c.id] = c  # accepted, never answered
+            return
         if c.token is not None and not self._verify(c, inst):
             return
         if inst.free:
             self._touch(inst)
             inst.free -= 1
+            inst.calls[c.id] = c
             if not self._serve(c):
                 inst.free += 1
             return
         q = inst.queue
         if inst.qlimit is None or len(q) < inst.qlimit:
             self._touch(inst)
+            inst.calls[c.id] = c
             q.append(c)
             if len(q) > inst.qmax:
                 inst.qmax = len(q)
@@ -587,7 +614,7 @@ class Engine:
             inst = c.inst
             inst.wait_sum += now - c.t_arrive
             inst.wait_n += 1
-        _At(env, op.sample(), self._served, c)
+        _At(env, op.sample() * c.inst.slow, self._served, c)
         return True
 
     def _shed(self, c: _Call) -> None:
@@ -596,16 +623,25 @@ class Engine:
         inst = c.inst
         late = c.deadline is not None and self.env.now >= c.deadline
         self.counters["deadline_drops" if late else "shed"] += 1
+        inst.calls.pop(c.id, None)
         self._rec((self.env.now, "work_end", c.req.id, c.id, None, c.source, inst.svc.name, inst.name,
                    c.op.name, "rejected"))
         self._answer(c, "rejected")
 
     def _served(self, ev) -> None:
         c: _Call = ev.arg
+        if c.lost:
+            return
         op = c.op
+        inst = c.inst
+        if inst.hung:
+            c.lost = True  # finished its work but never answers; dropped when it recovers
+            return
         if not op.blocking:
-            self._release(c.inst)
-        if op.err_u is not None and op.err_u() < op.err_p:
+            self._release(inst)
+        if (op.err_u is not None and op.err_u() < op.err_p) or (
+            inst.fault_err and self._fault_u(inst)() < inst.fault_err
+        ):
             self._work_done(c, "error")
         elif op.tree is not None:
             op.tree.run(self, c, lambda outcome: self._work_done(c, "ok" if outcome == "ok" else "error"))
@@ -632,7 +668,13 @@ class Engine:
             inst.last = now
 
     def _work_done(self, c: _Call, status: str) -> None:
+        if c.lost:
+            return
         inst = c.inst
+        if inst.hung:
+            c.lost = True
+            return
+        del inst.calls[c.id]
         if c.op.blocking:
             self._release(inst)
         now = self.env.now
@@ -655,7 +697,11 @@ class Engine:
             return
         hop = self._link(c.op.svc.name, c.src_svc.name if c.src_svc is not None else c.source)
         c.status = status
-        if hop is None:
+        if self._blocked or self._slow_links:
+            extra = self._net_fault(c.source, c.src_svc, c.inst)
+            if extra is not None:
+                _At(self.env, (hop() if hop is not None else 0.0) + extra, self._deliver, c)
+        elif hop is None:
             self._complete(c, status)
         else:
             _At(self.env, hop(), self._deliver, c)
@@ -682,6 +728,202 @@ class Engine:
         self._call_done((now, svc.key, OUTCOME_INDEX[outcome], now - c.t0, c.track))
         self.last_call = c  # read by a client's continuation (a 401 is told apart this way)
         c.k(outcome)
+
+    # ------------------------------------------------------------------ faults
+
+    def _fault_u(self, key) -> "Callable[[], float]":
+        """A uniform stream for fault draws about ``key`` (an instance, a link, a spike)."""
+        name = key.name if isinstance(key, _Instance) else str(key)
+        u = self._fault_us.get(name)
+        if u is None:
+            u = self._fault_us[name] = self.streams.uniform(f"fault/{name}")
+        return u
+
+    def _fault_instances(self, f) -> list:
+        """The instances (of services and infrastructure) a fault's target covers."""
+        kind = f.kind
+        every = [i for svc in self.services.values() for i in svc.instances]
+        if kind in ("crash_instance", "drain_instance", "hang"):
+            return [self.instance_by_name[f.instance]]
+        if kind == "crash_service":
+            return list(self.services[f.service].instances)
+        if kind == "crash_node":
+            return [i for i in every if i.node == f.node]
+        if kind == "crash_zone":
+            return [i for i in every if i.zone == f.zone]
+        if kind in ("slow", "error_rate"):
+            if f.target in self.services:
+                return list(self.services[f.target].instances)
+            return [self.instance_by_name[f.target]]
+        if kind == "infra_outage":
+            return list(self.services[f.component].instances)
+        if kind == "registry_outage":
+            return list(self.registry_svc.instances)
+        if kind == "clock_skew":
+            return [i for i in every if i.node == f.node]
+        return []
+
+    def _fault_log(self, event: str, i: int, f) -> None:
+        target = next((getattr(f, k) for k in ("instance", "service", "node", "zone", "target",
+                                                "component", "endpoint") if hasattr(f, k)), None)
+        if f.kind in ("partition", "link_latency"):
+            target = f"{f.a}|{f.b}"
+        self._rec((self.env.now, event, None, None, None, None, target, None, f.kind, str(i)))
+
+    def _fault_start(self, ev) -> None:
+        i, f = ev.arg
+        self._fault_log("fault_start", i, f)
+        kind = f.kind
+        now = self.env.now
+        if kind in ("crash_instance", "crash_service", "crash_node", "crash_zone", "infra_outage"):
+            for inst in self._fault_instances(f):
+                self._crash(inst)
+        elif kind == "drain_instance":
+            inst = self.instance_by_name[f.instance]
+            if inst.up and not inst.draining:
+                self._drain(inst)
+        elif kind == "hang":
+            self.instance_by_name[f.instance].hung = True
+        elif kind == "slow":
+            for inst in self._fault_instances(f):
+                inst.slow *= f.factor
+        elif kind == "error_rate":
+            for inst in self._fault_instances(f):
+                inst.fault_err = 1 - (1 - inst.fault_err) * (1 - f.fraction)
+        elif kind == "partition":
+            for key in ((f.a, f.b), (f.b, f.a)):
+                self._blocked[key] = self._blocked.get(key, 0) + 1
+        elif kind == "link_latency":
+            for key in ((f.a, f.b), (f.b, f.a)):
+                self._slow_links.setdefault(key, []).append((f.added_ms / 1000, f.loss, i))
+        elif kind == "registry_outage":
+            for inst in self._fault_instances(f):
+                self._crash(inst)
+            self._registry_events(self.registry.set_registry_up(now, False))
+        elif kind == "clock_skew":
+            for inst in self._fault_instances(f):
+                inst.skew += f.skew_s
+        elif kind == "load_spike":
+            self._spike(i, f)
+        # key_rotation: the issuer's key schedule already includes it (see _build)
+
+    def _fault_end(self, ev) -> None:
+        i, f = ev.arg
+        self._fault_log("fault_end", i, f)
+        kind = f.kind
+        now = self.env.now
+        if kind in ("crash_instance", "crash_service", "crash_node", "crash_zone"):
+            if f.restart:
+                for inst in self._fault_instances(f):
+                    self._restart(inst)
+        elif kind == "infra_outage":
+            for inst in self._fault_instances(f):
+                self._restart(inst)
+        elif kind == "drain_instance":
+            self._restart(self.instance_by_name[f.instance])
+        elif kind == "hang":
+            inst = self.instance_by_name[f.instance]
+            inst.hung = False
+            # It comes back by restarting (a watchdog kill): what it held is lost.
+            self._crash(inst)
+            self._restart(inst)
+        elif kind == "slow":
+            for inst in self._fault_instances(f):
+                inst.slow /= f.factor
+        elif kind == "error_rate":
+            for inst in self._fault_instances(f):
+                inst.fault_err = 0.0 if f.fraction == 1 else 1 - (1 - inst.fault_err) / (1 - f.fraction)
+        elif kind == "partition":
+            for key in ((f.a, f.b), (f.b, f.a)):
+                self._blocked[key] -= 1
+                if not self._blocked[key]:
+                    del self._blocked[key]
+        elif kind == "link_latency":
+            for key in ((f.a, f.b), (f.b, f.a)):
+                self._slow_links[key] = [x for x in self._slow_links[key] if x[2] != i]
+                if not self._slow_links[key]:
+                    del self._slow_links[key]
+        elif kind == "registry_outage":
+            for inst in self._fault_instances(f):
+                self._restart(inst)
+            self._registry_events(self.registry.set_registry_up(now, True))
+        elif kind == "clock_skew":
+            for inst in self._fault_instances(f):
+                inst.skew -= f.skew_s
+
+    def _crash(self, inst: _Instance) -> None:
+        """The process dies: every call it holds is reset (its caller gets an error), it
+        stays registered (nobody deregisters a dead process), checks start failing."""
+        if not inst.up:
+            return
+        self._touch(inst)
+        inst.up = False
+        inst.hung = False
+        inst.draining = False
+        if inst in inst.svc.up:
+            inst.svc.up.remove(inst)
+        now = self.env.now
+        self._rec((now, "instance_down", None, None, None, None, inst.svc.name, inst.name, None, None))
+        lost = list(inst.calls.values())
+        inst.calls.clear()
+        inst.queue.clear()
+        inst.free = inst.workers
+        for c in lost:
+            c.lost = True
+            self._rec((now, "work_end", c.req.id, c.id, None, c.source, inst.svc.name, inst.name,
+                       c.op.name, "error"))
+            self._answer(c, "error")  # connection reset
+
+    def _restart(self, inst: _Instance) -> None:
+        """Start the instance again: it pays its start-up, then comes up and registers."""
+        if inst.up:
+            return
+        if inst.svc.infra is not None:
+            self._set_up(inst)
+            self._rec((self.env.now, "instance_up", None, None, None, None, inst.svc.name, inst.name, None, None))
+            return
+        _At(self.env, inst.svc.startup, self._instance_up, inst)
+
+    def _net_fault(self, source: str, src_svc, inst: _Instance) -> Optional[float]:
+        """Extra delay on a hop between a caller and ``inst`` under network faults, or None
+        when the packet is dropped (a partition, or loss)."""
+        ends_a = (source, src_svc.name) if src_svc is not None else (source,)
+        ends_b = (inst.name, inst.svc.name)
+        extra = 0.0
+        for a in ends_a:
+            for b in ends_b:
+                if (a, b) in self._blocked:
+                    return None
+                for added, loss, i in self._slow_links.get((a, b), ()):
+                    if loss and self._fault_u(f"link{i}")() < loss:
+                        return None
+                    extra += added
+        return extra
+
+    def _spike(self, i: int, f) -> None:
+        """Extra arrivals for the endpoint during the spike, on their own stream, so the
+        baseline's arrivals are untouched (common random numbers)."""
+        e = next(e for e in self.endpoints if e.name == f.endpoint)
+        ep = next(x for x in self.scenario.workload.endpoints if x.name == f.endpoint)
+        factor = f.factor - 1.0
+        if ep.arrival is not None:
+            schedule = schedule_for(ep.arrival, factor)
+        else:
+            schedule = schedule_for(self.scenario.workload.arrival, self.scenario.workload.shares()[ep.name] * factor)
+        draw = self.streams.sampler(f"fault/{i}/arrive", _UNIT_EXP)
+        end = min(f.end_s() or self.duration, self.duration)
+        state = (e, schedule, draw, end)
+        t = schedule.next_arrival(self.env.now, draw())
+        if t < end:
+            _At(self.env, t - self.env.now, self._spike_arrival, state)
+
+    def _spike_arrival(self, ev) -> None:
+        e, schedule, draw, end = ev.arg
+        now = self.env.now
+        t = schedule.next_arrival(now, draw())
+        if t < end:
+            _At(self.env, t - now, self._spike_arrival, ev.arg)
+        self._request(e, now)
 
     # ------------------------------------------------------------------ autoscaling
 
@@ -787,9 +1029,24 @@ class Engine:
         if gen != inst.check_gen or not reg.is_registered(inst.name):
             return
         now = self.env.now
+        cut = self._blocked and self._net_fault(self.registry_svc.name, self.registry_svc, inst) is None
+        if inst.up and (inst.hung or cut):
+            # No answer: the check fails when its timeout runs out.
+            _At(self.env, self.policies.health_check.timeout_s, self._check_failed, (inst, gen))
+            return
         passing = inst.up and (
             self.policies.health_check.content == "shallow" or self._deep_check()
         )
+        self._check_result(inst, gen, passing)
+
+    def _check_failed(self, ev) -> None:
+        inst, gen = ev.arg
+        if gen == inst.check_gen and self.registry.is_registered(inst.name):
+            self._check_result(inst, gen, False)
+
+    def _check_result(self, inst: _Instance, gen: int, passing: bool) -> None:
+        now = self.env.now
+        reg = self.registry
         self._registry_events(reg.record_check(now, inst.name, passing))
         nxt = reg.next_check(inst.name)
         if nxt is not None:
@@ -1099,15 +1356,20 @@ class _Logical:
         if _needs_query(view, eng.env.now, self.callee):
             # agent.service.list() is an HTTP call to the Consul agent: it costs a round trip.
             reg = eng.registry_svc
+            timeout = reg.infra.timeout_s if reg.infra.timeout_s is not None else self.timeout
             eng._start_call(self.parent.req, self.parent, self.parent.inst.name, self.parent.op.svc,
-                            reg.ops[None], reg.infra.timeout_s, self._discovered)
+                            reg.ops[None], timeout, self._discovered)
         else:
             self._discovered("ok")
 
     def _discovered(self, outcome: str) -> None:
         eng = self.eng
         view = self.client.views[self.edge.discovery]
-        names = view.instances(eng.env.now, self.callee, eng.registry) if outcome == "ok" else None
+        now = eng.env.now
+        if outcome == "ok":
+            names = view.instances(now, self.callee, eng.registry)
+        else:  # the lookup itself failed (registry down or cut off): stale data, if any
+            names = view.unreachable(now, self.callee)
         if names is None:
             eng.counters["discovery_errors"] += 1
             eng._refused(self.parent.req, self.parent, self.op, "discovery_error", "error")
