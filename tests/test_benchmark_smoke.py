@@ -28,16 +28,17 @@ def test_bench_engine_quick(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
     # The printed table names every case, both target ratios and the memory figures.
-    for word in (*CASES, *RATIOS, "peak memory", "import sim + models only", "requests"):
+    for word in (*CASES, *RATIOS, "peak memory", "import sim + models only", "windows", "on cpu"):
         assert word in proc.stdout, (word, proc.stdout)
 
     res = json.loads(out_json.read_text())
     assert res["quick"] is True
     for key in ("python", "cpu_count", "platform"):
         assert key in res["machine"]
+    assert res["code"]["sim_imported_from"]
     for case in CASES:
         c = res["cases"][case]
-        assert c["count"] > 0 and c["median_rate"] > 0
+        assert c["count"] > 0 and c["median_rate"] > 0 and c["median_cpu_rate"] > 0
         assert len(c["rates"]) == res["settings"]["rounds"]
     for name in RATIOS:
         r = res["ratios"][name]
@@ -50,5 +51,6 @@ def test_bench_engine_quick(tmp_path):
     mem = res["memory"]
     assert mem["import_baseline_bytes"] > 0
     (run,) = mem["runs"]
-    assert run["requests"] > 0 and run["maxrss_bytes"] > 0 and "growth_bytes" in run
+    assert run["requests"] > 0 and run["windows"] > 0
+    assert run["maxrss_bytes"] > 0 and "growth_bytes" in run
     assert run["has_events"] is False
