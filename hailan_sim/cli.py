@@ -21,6 +21,7 @@ from models.scenario import Scenario
 __all__ = ["main"]
 
 EXIT_OK = 0
+EXIT_VIOLATED = 1
 EXIT_BAD_INPUT = 2
 
 
@@ -83,6 +84,37 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the JSON Schema of a scenario file",
                    description="Print the JSON Schema every scenario file must satisfy.")
+
+    chk = sub.add_parser(
+        "check", help="search fault schedules for invariant violations",
+        description="Run Hypothesis over fault schedules built from the scenario's topology; for each "
+                    "violated invariant, shrink to a minimal schedule and save it as a replayable "
+                    "scenario. Exit 0: every invariant held; 1: one was violated; 2: bad input.")
+    chk.add_argument("scenario", nargs="?", metavar="SCENARIO", help="scenario YAML file (default: built-in)")
+    chk.add_argument("--profile", choices=PROFILES, help="start from a shipped policy profile")
+    chk.add_argument("--invariant", action="append", metavar="NAME",
+                     help="check only this invariant (repeatable; default: all but determinism)")
+    chk.add_argument("--max-examples", type=_positive(int), default=20, metavar="N",
+                     help="fault schedules tried per invariant (default 20)")
+    chk.add_argument("--max-faults", type=_positive(int), default=2, metavar="N",
+                     help="faults per schedule at most (default 2)")
+    chk.add_argument("--kinds", nargs="+", metavar="KIND", help="only these fault kinds")
+    chk.add_argument("--seed", type=_seed, default=0, help="seed of the search (default 0)")
+    chk.add_argument("--duration", type=_positive(float), metavar="S",
+                     help="simulated seconds per example (default: the scenario's run.duration_s, at most 240)")
+    chk.add_argument("--exhaustive", action="store_true",
+                     help="instead of searching, run every single fault of the alphabet and tabulate")
+    chk.add_argument("--out", metavar="DIR", default="counterexamples", help="where counterexamples go")
+    chk.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+
+    rep = sub.add_parser(
+        "replay", help="re-run a counterexample and re-evaluate the invariants",
+        description="Re-run a counterexample file, print its timeline and invariant verdicts. "
+                    "Exit 1 while an invariant is still violated, 0 when all hold, 2 on bad input.")
+    rep.add_argument("file", metavar="FILE", help="a counterexample (any scenario file)")
+    rep.add_argument("--invariant", action="append", metavar="NAME", help="evaluate only this invariant (repeatable)")
+    rep.add_argument("--plot", metavar="PNG", help="save the timeline plot")
+    rep.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     return p
 
 
@@ -209,7 +241,128 @@ def _print_run(scenario: Scenario, result, wall: float) -> None:
     print(f"event log sha256 {d['event_log_sha256']}")
 
 
-_COMMANDS = {"run": _cmd_run, "topology": _cmd_topology, "schema": _cmd_schema}
+def _check_scenario(args: argparse.Namespace) -> Scenario:
+    scenario = _load(args.scenario)
+    if args.profile is not None:
+        scenario = scenario.with_profile(args.profile)
+    duration = args.duration or min(scenario.run.duration_s, 240.0)
+    warmup = min(scenario.run.warmup_s, duration / 4)
+    try:
+        return scenario.with_run(duration_s=duration, warmup_s=warmup)
+    except Exception as exc:
+        raise ScenarioError("command line", str(exc).splitlines()[0]) from None
+
+
+def _known_invariants(names) -> None:
+    from properties import invariants as inv
+
+    for n in names or ():
+        if n not in inv.INVARIANTS:
+            raise ScenarioError("command line", f"--invariant: unknown invariant {n!r}; "
+                                                f"known: {', '.join(inv.INVARIANTS)}")
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from models.faults import FAULT_KINDS, describe
+    from properties import checker
+
+    scenario = _check_scenario(args)
+    _known_invariants(args.invariant)
+    for k in args.kinds or ():
+        if k not in FAULT_KINDS:
+            raise ScenarioError("command line", f"--kinds: unknown fault kind {k!r}; kinds: {', '.join(FAULT_KINDS)}")
+    from tqdm import tqdm
+
+    bar = tqdm(unit="sim", file=sys.stderr, desc="check", leave=False, dynamic_ncols=True)
+    if args.exhaustive:
+        return _check_exhaustive(args, scenario, bar)
+    try:
+        report = checker.check(
+            scenario, invariants=args.invariant, max_examples=args.max_examples, max_faults=args.max_faults,
+            kinds=args.kinds, seed=args.seed, out_dir=Path(args.out), progress=bar.update,
+        )
+    except ValueError as exc:  # a bad option the strategies refused
+        raise ScenarioError("command line", str(exc)) from None
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return EXIT_OK if report.ok else EXIT_VIOLATED
+    print(f"checked {scenario.name}" + (f" (profile {scenario.profile})" if scenario.profile else "")
+          + f": {report.simulations} simulations in {report.wall_s:.0f} s")
+    print("fault kinds fired: " + (", ".join(f"{k} x{v}" for k, v in report.fault_kinds_fired.items()) or "none"))
+    print("witnessed: " + (", ".join(f"{k} x{v}" for k, v in report.witnessed.items()) or "nothing"))
+    print()
+    for r in report.invariants:
+        if r.status == "held":
+            print(f"  held      {r.name} ({r.examples} examples)")
+            continue
+        print(f"  VIOLATED  {r.name} (found in {r.seconds_to_find} s)")
+        print(f"            {r.explanation}")
+        for f in r.faults:
+            print(f"            fault: {describe(f)}")
+        print(f"            seed {r.seed}; replay: hailan-sim replay {r.counterexample}")
+    return EXIT_OK if report.ok else EXIT_VIOLATED
+
+
+def _check_exhaustive(args, scenario: Scenario, bar) -> int:
+    from properties import checker
+    from properties.alphabet import single_faults
+
+    try:
+        faults = single_faults(scenario, kinds=args.kinds)
+        bar.total = len(faults) + 1
+        table, runner = checker.exhaustive(scenario, faults, invariants=args.invariant, seed=args.seed,
+                                           progress=bar.update)
+    finally:
+        bar.close()
+    violated = (table.drop(columns=["fault", "kind"]) == "VIOLATED").any(axis=1)
+    if args.json:
+        print(json.dumps({"scenario": scenario.name, "profile": scenario.profile, "faults": len(table),
+                          "violating": int(violated.sum()), "table": table.to_dict(orient="records")}, indent=2))
+    else:
+        with_pd_width = table.to_string(index=False)
+        print(with_pd_width)
+        print(f"\n{len(table)} single faults tried, {int(violated.sum())} break at least one invariant")
+    return EXIT_VIOLATED if violated.any() else EXIT_OK
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from properties import checker
+    from properties.timeline import plot_timeline, timeline_events, windowed_success
+
+    scenario = _load(args.file)
+    _known_invariants(args.invariant)
+    record, verdicts = checker.replay(scenario, args.invariant)
+    result = record.result
+    ok = all(v.holds for v in verdicts)
+    if args.plot:
+        plot_timeline(record, Path(args.plot), title=f"{args.file}: " + ", ".join(
+            v.name for v in verdicts if not v.holds) or "all invariants hold")
+    if args.json:
+        print(json.dumps({
+            "file": args.file, "event_log_sha256": result.event_log_sha256, "ok": ok,
+            "invariants": {v.name: {"holds": v.holds, "explanation": v.explanation,
+                                    "window": list(v.window) if v.window else None} for v in verdicts},
+            "plot": args.plot,
+        }, indent=2))
+        return EXIT_OK if ok else EXIT_VIOLATED
+    print(f"replay {args.file}: event log sha256 {result.event_log_sha256}\n")
+    print("timeline")
+    for line in timeline_events(result.events()):
+        print("  " + line)
+    print("\nsuccess ratio per 5 s window (rows: window start, s)")
+    print(windowed_success(result.windows).to_string())
+    print("\ninvariants")
+    for v in verdicts:
+        print(f"  {'held    ' if v.holds else 'VIOLATED'}  {v.name}: {v.explanation}")
+    if args.plot:
+        print(f"\nplot: {args.plot}")
+    return EXIT_OK if ok else EXIT_VIOLATED
+
+
+_COMMANDS = {"run": _cmd_run, "topology": _cmd_topology, "schema": _cmd_schema,
+             "check": _cmd_check, "replay": _cmd_replay}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

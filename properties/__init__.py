@@ -1,7 +1,27 @@
-"""Invariants over a run's record, fault-schedule strategies and the checker.
+"""Invariants over a run's record, fault-schedule strategies, the checker and replay.
 
-Empty until the checker issue lands; the package exists so the layering
-models <- sim <- properties <- CLI is in place from the start.
+Use it from your own tests (see ``docs/checking.md``)::
+
+    from hypothesis import given
+    from properties import Record, evaluate, fault_schedules, seeds, with_faults
 """
 
-__all__: list[str] = []
+from properties.strategies import balancers as balancers
+from properties.strategies import fault_schedules as fault_schedules
+from properties.strategies import retry_policies as retry_policies
+from properties.strategies import seeds as seeds
+from properties.strategies import sliding_window_breakers as sliding_window_breakers
+from properties.strategies import spec_breakers as spec_breakers
+from properties.strategies import with_faults as with_faults
+from properties.strategies import with_policies as with_policies
+
+__all__ = [
+    "balancers",
+    "fault_schedules",
+    "retry_policies",
+    "seeds",
+    "sliding_window_breakers",
+    "spec_breakers",
+    "with_faults",
+    "with_policies",
+]
