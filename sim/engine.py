@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
+from heapq import heappush
 from typing import Callable, Optional
 
 import simpy
@@ -58,7 +59,9 @@ __all__ = ["Engine"]
 class _At(Event):
     """An event that runs ``fn(self)`` after ``delay``; ``arg`` is its payload.
 
-    NOTE: the body inlines ``Event.__init__`` and ``Timeout.__init__`` for speed.
+    NOTE: the body inlines ``Event.__init__``, ``Timeout.__init__`` and
+    ``Environment.schedule`` (the same heap entry, ``(time, priority, event id, event)``,
+    so ordering is SimPy's own) for speed: it runs for every step of every call.
     """
 
     def __init__(self, env: simpy.Environment, delay: float, fn: Callable, arg) -> None:
@@ -67,7 +70,7 @@ class _At(Event):
         self._value = None
         self._ok = True
         self.arg = arg
-        env.schedule(self, NORMAL, delay)
+        heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), self))
 
 
 class _AtFirst(_At):
@@ -170,7 +173,7 @@ class _Service:
 class _Call:
     __slots__ = ("id", "req", "parent", "source", "src_svc", "op", "inst", "t0", "k",
                  "finished", "t_abandon", "hold", "status", "track", "t_arrive", "deadline",
-                 "token", "auth_failed", "lost")
+                 "token", "auth_failed", "lost", "expires")
 
     def __init__(self, cid, req, parent, source, src_svc, op, t0, k, track):
         self.id = cid
@@ -191,6 +194,17 @@ class _Call:
         self.token = None  # the service token the caller sent, if any
         self.auth_failed = False  # the callee answered 401
         self.lost = False  # the instance died or hung with this call: nothing more happens here
+
+
+class _TimerQueue:
+    """Open calls with one timeout duration, in deadline order (see ``Engine._arm``)."""
+
+    __slots__ = ("timeout", "calls", "armed")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.calls: deque = deque()
+        self.armed = False
 
 
 class _Request:
@@ -246,6 +260,7 @@ class Engine:
         self.arrivals_open = True
         self.messages_pending = 0
         self.last_call = None
+        self._timers: dict = {}
         self._links: dict = {}
         self._build()
 
@@ -432,7 +447,7 @@ class Engine:
     def _instance_up(self, ev) -> None:
         inst = ev.arg
         self._set_up(inst)
-        self._rec((self.env.now, "instance_up", None, None, None, None, inst.svc.name, inst.name, None, None))
+        self._rec((self.env._now, "instance_up", None, None, None, None, inst.svc.name, inst.name, None, None))
         if inst.svc.infra is None:
             self._register(inst, warm=False)  # the spec registers at start-up, and only then
         for q in inst.svc.consumers:
@@ -464,7 +479,7 @@ class Engine:
     def _arrival(self, ev) -> None:
         e: _Endpoint = ev.arg
         env = self.env
-        now = env.now
+        now = env._now
         t = e.schedule.next_arrival(now, e.draw())
         if t < self.duration:
             _At(env, t - now, self._arrival, e)
@@ -491,7 +506,7 @@ class Engine:
                          lambda out: self._request_done(req, out))
 
     def _request_done(self, req: _Request, outcome: str) -> None:
-        now = self.env.now
+        now = self.env._now
         self.outstanding -= 1
         self._rec((now, "request_end", req.id, None, None, req.ep.client, req.ep.name, None, None, outcome))
         self._request_done_rec((now, req.ep.key, OUTCOME_INDEX[outcome], now - req.t0, req.track))
@@ -502,7 +517,7 @@ class Engine:
                     op: _Op, timeout: Optional[float], k: Callable, inst: Optional[_Instance] = None,
                     deadline: Optional[float] = None, token=None) -> _Call:
         env = self.env
-        now = env.now
+        now = env._now
         self.n_calls += 1
         c = _Call(self.n_calls, req, parent, source, src_svc, op, now, k, 1.0 if now >= self.warmup else 0.0)
         svc = op.svc
@@ -544,8 +559,54 @@ class Engine:
         else:
             _At(env, hop(), self._arrive, c)
         if timeout is not None:
-            _At(env, timeout, self._timeout, c)
+            self._arm(c, timeout)
         return c
+
+    def _arm(self, c: _Call, timeout: float) -> None:
+        """Start ``c``'s caller-side timeout.
+
+        NOTE: for speed, calls with the same timeout share one FIFO queue (their deadlines
+        arrive in order) and one scheduled event, for the earliest deadline of a call still
+        open; calls that finished early are skipped instead of each firing a no-op event.
+        """
+        q = self._timers.get(timeout)
+        if q is None:
+            q = self._timers[timeout] = _TimerQueue(timeout)
+        c.expires = self.env._now + timeout
+        q.calls.append(c)
+        if not q.armed:
+            self._arm_head(q)
+
+    def _arm_head(self, q: "_TimerQueue") -> None:
+        calls = q.calls
+        while calls and calls[0].finished:
+            calls.popleft()
+        if calls:
+            q.armed = True
+            ev = _At.__new__(_At)
+            ev.env = env = self.env
+            ev.callbacks = [self._timers_due]
+            ev._value = None
+            ev._ok = True
+            ev.arg = q
+            heappush(env._queue, (calls[0].expires, NORMAL, next(env._eid), ev))
+
+    def _timers_due(self, ev) -> None:
+        q = ev.arg
+        q.armed = False
+        now = self.env._now
+        calls = q.calls
+        while calls:
+            c = calls[0]
+            if c.finished:
+                calls.popleft()
+            elif c.expires <= now:
+                calls.popleft()
+                c.t_abandon = now
+                self._complete(c, "timeout")
+            else:
+                break
+        self._arm_head(q)
 
     def _pick(self, src: str, dst: str):
         """The uniform stream ``src`` uses to pick among ``dst``'s instances.
@@ -570,7 +631,7 @@ class Engine:
 
     def _arrive_at(self, c: _Call) -> None:
         inst = c.inst
-        c.t_arrive = self.env.now
+        c.t_arrive = self.env._now
         if not inst.up:
             self._answer(c, "error")  # connection refused
             return
@@ -596,14 +657,14 @@ class Engine:
             return
         if c.track:
             inst.rejected += 1
-        self._rec((self.env.now, "work_end", c.req.id, c.id, None, c.source, inst.svc.name,
+        self._rec((self.env._now, "work_end", c.req.id, c.id, None, c.source, inst.svc.name,
                    inst.name, c.op.name, "rejected"))
         self._answer(c, "rejected")
 
     def _serve(self, c: _Call) -> bool:
         """A worker takes ``c``; False if it was shed instead (the worker stays free)."""
         env = self.env
-        now = c.hold = env.now
+        now = c.hold = env._now
         op = c.op
         if (c.deadline is not None and now >= c.deadline) or (
             op.max_wait is not None and now - c.t_arrive > op.max_wait
@@ -621,10 +682,10 @@ class Engine:
         """Drop a call at the moment a worker would take it: its caller's deadline has
         passed (deadline propagation) or it waited longer than the shedding limit."""
         inst = c.inst
-        late = c.deadline is not None and self.env.now >= c.deadline
+        late = c.deadline is not None and self.env._now >= c.deadline
         self.counters["deadline_drops" if late else "shed"] += 1
         inst.calls.pop(c.id, None)
-        self._rec((self.env.now, "work_end", c.req.id, c.id, None, c.source, inst.svc.name, inst.name,
+        self._rec((self.env._now, "work_end", c.req.id, c.id, None, c.source, inst.svc.name, inst.name,
                    c.op.name, "rejected"))
         self._answer(c, "rejected")
 
@@ -660,7 +721,7 @@ class Engine:
 
     def _touch(self, inst: _Instance) -> None:
         """Advance the instance's queue-length and busy-worker integrals to now."""
-        now = self.env.now
+        now = self.env._now
         dt = now - inst.last
         if dt:
             inst.qarea += len(inst.queue) * dt
@@ -677,7 +738,7 @@ class Engine:
         del inst.calls[c.id]
         if c.op.blocking:
             self._release(inst)
-        now = self.env.now
+        now = self.env._now
         if c.track:
             inst.served += 1
         if c.t_abandon is not None:
@@ -711,23 +772,17 @@ class Engine:
         if not c.finished:
             self._complete(c, c.status)
 
-    def _timeout(self, ev) -> None:
-        c: _Call = ev.arg
-        if c.finished:
-            return
-        c.t_abandon = self.env.now
-        self._complete(c, "timeout")
-
     def _complete(self, c: _Call, outcome: str) -> None:
         c.finished = True
-        now = self.env.now
+        now = self.env._now
         svc = c.op.svc
         inst = c.inst
         self._rec((now, "call_end", c.req.id, c.id, None, c.source, svc.name,
                    inst.name if inst is not None else None, c.op.name, outcome))
         self._call_done((now, svc.key, OUTCOME_INDEX[outcome], now - c.t0, c.track))
         self.last_call = c  # read by a client's continuation (a 401 is told apart this way)
-        c.k(outcome)
+        k, c.k = c.k, None  # the continuation usually closes over c: break the cycle
+        k(outcome)
 
     # ------------------------------------------------------------------ faults
 
@@ -768,13 +823,13 @@ class Engine:
                                                 "component", "endpoint") if hasattr(f, k)), None)
         if f.kind in ("partition", "link_latency"):
             target = f"{f.a}|{f.b}"
-        self._rec((self.env.now, event, None, None, None, None, target, None, f.kind, str(i)))
+        self._rec((self.env._now, event, None, None, None, None, target, None, f.kind, str(i)))
 
     def _fault_start(self, ev) -> None:
         i, f = ev.arg
         self._fault_log("fault_start", i, f)
         kind = f.kind
-        now = self.env.now
+        now = self.env._now
         if kind in ("crash_instance", "crash_service", "crash_node", "crash_zone", "infra_outage"):
             for inst in self._fault_instances(f):
                 self._crash(inst)
@@ -811,7 +866,7 @@ class Engine:
         i, f = ev.arg
         self._fault_log("fault_end", i, f)
         kind = f.kind
-        now = self.env.now
+        now = self.env._now
         if kind in ("crash_instance", "crash_service", "crash_node", "crash_zone"):
             if f.restart:
                 for inst in self._fault_instances(f):
@@ -862,7 +917,7 @@ class Engine:
         inst.draining = False
         if inst in inst.svc.up:
             inst.svc.up.remove(inst)
-        now = self.env.now
+        now = self.env._now
         self._rec((now, "instance_down", None, None, None, None, inst.svc.name, inst.name, None, None))
         lost = list(inst.calls.values())
         inst.calls.clear()
@@ -880,7 +935,7 @@ class Engine:
             return
         if inst.svc.infra is not None:
             self._set_up(inst)
-            self._rec((self.env.now, "instance_up", None, None, None, None, inst.svc.name, inst.name, None, None))
+            self._rec((self.env._now, "instance_up", None, None, None, None, inst.svc.name, inst.name, None, None))
             return
         _At(self.env, inst.svc.startup, self._instance_up, inst)
 
@@ -913,13 +968,13 @@ class Engine:
         draw = self.streams.sampler(f"fault/{i}/arrive", _UNIT_EXP)
         end = min(f.end_s() or self.duration, self.duration)
         state = (e, schedule, draw, end)
-        t = schedule.next_arrival(self.env.now, draw())
+        t = schedule.next_arrival(self.env._now, draw())
         if t < end:
-            _At(self.env, t - self.env.now, self._spike_arrival, state)
+            _At(self.env, t - self.env._now, self._spike_arrival, state)
 
     def _spike_arrival(self, ev) -> None:
         e, schedule, draw, end = ev.arg
-        now = self.env.now
+        now = self.env._now
         t = schedule.next_arrival(now, draw())
         if t < end:
             _At(self.env, t - now, self._spike_arrival, ev.arg)
@@ -931,7 +986,7 @@ class Engine:
         """Measure the last interval, ask the service's autoscaler, add or drain instances."""
         svc: _Service = ev.arg
         env = self.env
-        now = env.now
+        now = env._now
         policy = svc.scaler.policy
         if now < self.duration:
             _At(env, policy.interval_s, self._autoscale, svc)
@@ -974,9 +1029,9 @@ class Engine:
         the balancer's fast path, finish what it has, then stop."""
         inst.draining = True
         inst.svc.up.remove(inst)
-        self._rec((self.env.now, "instance_drain", None, None, None, None, inst.svc.name, inst.name, None, None))
+        self._rec((self.env._now, "instance_drain", None, None, None, None, inst.svc.name, inst.name, None, None))
         if self.registry is not None and self.registry.is_registered(inst.name):
-            self._registry_events(self.registry.deregister(self.env.now, inst.name))
+            self._registry_events(self.registry.deregister(self.env._now, inst.name))
         if inst.free == inst.workers and not inst.queue:
             self._stop(inst)
 
@@ -984,13 +1039,13 @@ class Engine:
         self._touch(inst)
         inst.up = False
         inst.draining = False
-        self._rec((self.env.now, "instance_stop", None, None, None, None, inst.svc.name, inst.name, None, None))
+        self._rec((self.env._now, "instance_stop", None, None, None, None, inst.svc.name, inst.name, None, None))
 
     # ------------------------------------------------------------------ registry and health checks
 
     def _registry_events(self, events) -> None:
         """Log what the registry model did; events carry their own (due) times."""
-        now = self.env.now
+        now = self.env._now
         for instance, (kind, detail) in events:
             self._rec((now, "registry", None, None, None, None,
                        self.registry.service_of(instance) if instance and self.registry.is_registered(instance) else None,
@@ -1006,13 +1061,13 @@ class Engine:
         if self._registry_timer != ev.arg:
             return  # superseded by an earlier timer
         self._registry_timer = None
-        self._registry_events(self.registry.tick(self.env.now))
+        self._registry_events(self.registry.tick(self.env._now))
 
     def _register(self, inst: _Instance, warm: bool) -> None:
         """Register with the registry (spec 3.2.1) and start the instance's health check."""
         if self.registry is None:
             return
-        now = self.env.now
+        now = self.env._now
         check = self.policies.health_check
         if warm:
             check = check.model_copy(update={"initial_status": "passing"})
@@ -1028,7 +1083,7 @@ class Engine:
         reg = self.registry
         if gen != inst.check_gen or not reg.is_registered(inst.name):
             return
-        now = self.env.now
+        now = self.env._now
         cut = self._blocked and self._net_fault(self.registry_svc.name, self.registry_svc, inst) is None
         if inst.up and (inst.hung or cut):
             # No answer: the check fails when its timeout runs out.
@@ -1045,7 +1100,7 @@ class Engine:
             self._check_result(inst, gen, False)
 
     def _check_result(self, inst: _Instance, gen: int, passing: bool) -> None:
-        now = self.env.now
+        now = self.env._now
         reg = self.registry
         self._registry_events(reg.record_check(now, inst.name, passing))
         nxt = reg.next_check(inst.name)
@@ -1076,7 +1131,7 @@ class Engine:
     def _verify(self, c: _Call, inst: _Instance) -> bool:
         """The callee checks the caller's token on its own clock; False: it answered 401."""
         tp = self.tokens
-        now = self.env.now
+        now = self.env._now
         clock = now + inst.skew
         if inst.keys is None:
             inst.keys = KeySet(ttl_s=tp.key_cache_ttl_s, refetch_on_unknown_kid=tp.refetch_on_unknown_kid)
@@ -1125,7 +1180,7 @@ class Engine:
     def _refused(self, req, parent: _Call, op: _Op, event: str, outcome: str, instance=None) -> None:
         """A call the caller's own client refused before sending (no instance, breaker open,
         bulkhead full, discovery failed): logged, and counted against the callee."""
-        now = self.env.now
+        now = self.env._now
         self._rec((now, event, req.id, None, parent.id, parent.inst.name, op.svc.name, instance, op.name, outcome))
         self._call_done((now, op.svc.key, OUTCOME_INDEX[outcome], 0.0, 1.0 if now >= self.warmup else 0.0))
 
@@ -1147,7 +1202,7 @@ class Engine:
                 self.messages_pending += 1
                 self.n_calls += 1
                 msg = (self.n_calls, caller.req, caller.id)
-                self._rec((self.env.now, "message_publish", caller.req.id, msg[0], caller.id, broker,
+                self._rec((self.env._now, "message_publish", caller.req.id, msg[0], caller.id, broker,
                            target, None, op, None))
                 q.ready.append(msg)
                 self._dispatch(q)
@@ -1193,7 +1248,7 @@ class Engine:
         def finished(outcome: str) -> None:
             inst.credit -= 1
             q.inflight -= 1
-            now = self.env.now
+            now = self.env._now
             if outcome == "ok":
                 self.messages_pending -= 1
                 self._rec((now, "message_ack", req.id, msg_id, parent_id, broker.name, q.op.svc.name,
@@ -1336,12 +1391,12 @@ class _Logical:
         self.with_token = eng.tokens is not None
         budget = edge.budget
         if budget is not None and budget.kind == "finagle":
-            self._budget().deposit(eng.env.now)
+            self._budget().deposit(eng.env._now)
 
     def _budget(self):
         b = self.client.budgets.get(self.callee)
         if b is None:
-            b = self.client.budgets[self.callee] = self.edge.budget.build(self.eng.env.now)
+            b = self.client.budgets[self.callee] = self.edge.budget.build(self.eng.env._now)
         return b
 
     def attempt(self, ev=None) -> None:
@@ -1353,7 +1408,7 @@ class _Logical:
         view = self.client.views.get(self.edge.discovery)
         if view is None:
             view = self.client.views[self.edge.discovery] = make_view(self.edge.discovery)
-        if _needs_query(view, eng.env.now, self.callee):
+        if _needs_query(view, eng.env._now, self.callee):
             # agent.service.list() is an HTTP call to the Consul agent: it costs a round trip.
             reg = eng.registry_svc
             timeout = reg.infra.timeout_s if reg.infra.timeout_s is not None else self.timeout
@@ -1365,7 +1420,7 @@ class _Logical:
     def _discovered(self, outcome: str) -> None:
         eng = self.eng
         view = self.client.views[self.edge.discovery]
-        now = eng.env.now
+        now = eng.env._now
         if outcome == "ok":
             names = view.instances(now, self.callee, eng.registry)
         else:  # the lookup itself failed (registry down or cut off): stale data, if any
@@ -1381,7 +1436,7 @@ class _Logical:
         eng = self.eng
         edge = self.edge
         cl = self.client
-        now = eng.env.now
+        now = eng.env._now
         outlier = None
         if edge.outlier is not None:
             outlier = cl.outliers.get(self.callee)
@@ -1445,7 +1500,7 @@ class _Logical:
             cl.token_cache = (RefreshAheadCache(tp.refresh_margin_s, tp.single_flight)
                               if tp.cache == "refresh_ahead" else SpecTokenCache())
         cache = cl.token_cache
-        clock = eng.env.now + cl.inst.skew
+        clock = eng.env._now + cl.inst.skew
         token = cache.get(clock)
         single = tp.cache == "refresh_ahead" and tp.single_flight
         if cache.needs_fetch(clock) and not (single and cache.in_flight):
@@ -1462,13 +1517,13 @@ class _Logical:
         """Ask the issuer (auth-service) for a token; the reply is signed on its clock."""
         eng = self.eng
         cl = self.client
-        cache.fetch_started(eng.env.now)
+        cache.fetch_started(eng.env._now)
         eng.counters["token_fetches"] += 1
         waiter = self if wait else None
         issuer = eng._issuer_op
 
         def done(outcome: str, fetch: "_Logical") -> None:
-            now = eng.env.now
+            now = eng.env._now
             token = None
             if outcome == "ok":
                 src = fetch.inst
@@ -1496,7 +1551,7 @@ class _Logical:
     def _send(self) -> None:
         eng = self.eng
         cl = self.client
-        now = eng.env.now
+        now = eng.env._now
         cl.inflight[self.callee] = cl.inflight.get(self.callee, 0) + 1
         cl.active += 1
         bal = cl.balancers.get(self.callee)
@@ -1513,7 +1568,7 @@ class _Logical:
     def _done(self, outcome: str) -> None:
         eng = self.eng  # eng.last_call is the attempt's call (set just before this runs)
         cl = self.client
-        now = eng.env.now
+        now = eng.env._now
         name = self.inst.name
         cl.inflight[self.callee] -= 1
         cl.active -= 1
@@ -1555,7 +1610,7 @@ class _Logical:
             delay = retry.delay(self.attempt_no, self.prev_delay, eng._retry_u(self.parent.op.svc.name, self.callee))
             self.prev_delay = delay
             eng.counters["retries"] += 1
-            now = eng.env.now
+            now = eng.env._now
             eng._rec((now, "retry", self.parent.req.id, None, self.parent.id, self.parent.inst.name,
                       self.callee, None, self.op.name, outcome))
             self.client.retrying += 1
@@ -1572,7 +1627,7 @@ class _Logical:
         if budget is None:
             return True
         b = self._budget()
-        now = self.eng.env.now
+        now = self.eng.env._now
         if budget.kind == "finagle":
             return b.try_withdraw(now)
         if budget.kind == "envoy":
