@@ -65,6 +65,14 @@ class RateSchedule:
         if self._constant is not None:
             return now + e / self._constant if self._constant > 0 else math.inf
         t = now
+        if self._period:
+            # Skip whole periods at once: each holds exactly this much integrated rate.
+            per_period = self.integral(0.0, self._period)
+            if e > per_period:
+                whole = math.floor(e / per_period) - 1
+                if whole > 0:
+                    e -= whole * per_period
+                    t += whole * self._period
         for _ in range(1_000_000):
             rate, end = self._segment(t)
             if rate > 0:

@@ -101,7 +101,7 @@ class LogNormal(Frozen):
         return self.median * math.exp(self.sigma**2 / 2)
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return rng.lognormal(math.log(self.median), self.sigma, n)
+        return rng.lognormal(math.log(self.median), abs(self.sigma), n)  # abs: -0.0 is valid input
 
 
 class Gamma(Frozen):
@@ -135,11 +135,19 @@ class Empirical(Frozen):
         ps = [p for p, _ in self.quantiles]
         xs = [x for _, x in self.quantiles]
         if ps[0] != 0.0 or ps[-1] != 1.0:
-            raise ValueError("quantiles must start at p=0 and end at p=1")
-        if any(b <= a for a, b in zip(ps, ps[1:])):
-            raise ValueError("quantile probabilities must be strictly increasing")
-        if any(b < a for a, b in zip(xs, xs[1:])):
-            raise ValueError("quantile values must be non-decreasing")
+            raise ValueError(
+                f"quantiles: the first p must be 0 and the last 1 (got p={ps[0]:g} ... p={ps[-1]:g})"
+            )
+        for a, b in zip(ps, ps[1:]):
+            if b <= a:
+                raise ValueError(
+                    f"quantiles: probabilities must be strictly increasing (p={b:g} follows p={a:g})"
+                )
+        for a, b in zip(xs, xs[1:]):
+            if b < a:
+                raise ValueError(
+                    f"quantiles: values must be non-decreasing ({b:g} follows {a:g})"
+                )
         return self
 
     def expected(self) -> float:

@@ -284,7 +284,7 @@ class Infrastructure(Frozen):
     prefetch: Annotated[int, Field(ge=1)] = Field(
         10, description="queue only: unacknowledged messages per consumer instance"
     )
-    redelivery_delay_s: NonNegativeFloat = Field(
+    redelivery_delay_s: PositiveFloat = Field(
         1.0, description="queue only: delay before a failed delivery is retried"
     )
 

@@ -150,6 +150,15 @@ def check_references(scenario: Scenario) -> None:
             )
 
     _check_faults(scenario, components)
+    tokens = scenario.effective_policies().tokens
+    if tokens.enabled:
+        svc, _, op = tokens.issuer.partition(".")
+        if svc not in services or op not in services[svc].operations:
+            raise ValueError(
+                f"policies.tokens.issuer: {tokens.issuer!r} is not an operation of a service; "
+                "name the operation that issues service tokens (e.g. 'auth-service.issue_token') "
+                "or set policies.tokens.enabled: false"
+            )
 
     try:
         cycle = nx.find_cycle(ops)
