@@ -1,0 +1,564 @@
+"""Bad scenario files are rejected with one clear line: file, line, field path, what is allowed.
+
+Every case starts from GOOD (a valid scenario written one field per line, so each field
+has its own line number), breaks one thing, and checks the whole message: a single line,
+``FILE:LINE: PATH: ...``, the problem, what would be allowed instead, and none of
+pydantic's internal vocabulary. The CLI must turn the same errors into exit code 2 and
+``hailan-sim: error: <that line>`` on stderr, in-process and as a real subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hailan_sim.cli import main
+from models.loader import ScenarioError, load_scenario, parse_scenario
+
+GOOD = """\
+name: shop
+run:
+  duration_s: 60
+  seed: 1
+infrastructure:
+  - name: mq
+    kind: queue
+    port: 5672
+    capacity: 8
+    latency_ms: {dist: constant, value: 1}
+services:
+  - name: front
+    port: 3001
+    instances: 1
+    workers: 2
+    depends_on: [back, mq]
+    operations:
+      home:
+        service_time_ms: {dist: exponential, mean: 2}
+        calls:
+          seq:
+            - call: back.item
+            - publish: back.audit
+  - name: back
+    port: 3002
+    instances: 1
+    workers: 2
+    operations:
+      item:
+        service_time_ms:
+          dist: empirical
+          quantiles: [[0, 1], [0.5, 2], [1, 5]]
+      audit:
+        service_time_ms: {dist: constant, value: 1}
+workload:
+  endpoints:
+    - name: home
+      entry: front.home
+      arrival:
+        kind: poisson
+        rate: 10
+"""
+
+# pydantic's own words and bookkeeping; none of it belongs in a message for people.
+NOISE = ("tagged-union", "constrained-", "function-after", "Value error", "[key]",
+         "Input should", "Field required", "Traceback", "\n")
+
+
+def edit(old: str, new: str, text: str = GOOD) -> str:
+    assert text.count(old) == 1, f"{old!r} must occur exactly once"
+    return text.replace(old, new)
+
+
+def line_of(text: str, needle: str) -> int:
+    """1-based number of the line where the only occurrence of ``needle`` starts."""
+    assert text.count(needle) == 1, f"{needle!r} must occur exactly once"
+    return text[: text.index(needle)].count("\n") + 1
+
+
+def reject(tmp_path: Path, text: str | bytes, name: str = "scenario.yaml") -> tuple[Path, ScenarioError]:
+    file = tmp_path / name
+    if isinstance(text, bytes):
+        file.write_bytes(text)
+    else:
+        file.write_text(text, encoding="utf-8")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(file)
+    return file, info.value
+
+
+def check(exc: ScenarioError, file, *, line: int | None, path: str | None, allowed: list[str]) -> str:
+    msg = str(exc)
+    assert msg.splitlines() == [msg], msg
+    where = f"{file}:{line}" if line is not None else f"{file}"
+    assert msg.startswith(where + ": "), f"expected {where!r} at the start of: {msg}"
+    assert exc.line == line
+    if path is not None:
+        assert msg.startswith(f"{where}: {path}: "), f"expected field path {path!r} in: {msg}"
+        assert exc.path == path
+    for fragment in allowed:
+        assert fragment in msg, f"expected {fragment!r} in: {msg}"
+    for word in NOISE:
+        assert word not in msg, f"{word!r} in: {msg}"
+    return msg
+
+
+def test_good_is_valid(tmp_path):
+    (tmp_path / "good.yaml").write_text(GOOD)
+    assert load_scenario(tmp_path / "good.yaml").name == "shop"
+
+
+# --------------------------------------------------------------------------- one field broken
+
+# (id, broken text, the line's needle, field path, fragments that say what is wrong / allowed)
+FIELD_CASES = [
+    ("yaml-syntax-unclosed-bracket",
+     edit("depends_on: [back, mq]", "depends_on: [back, mq"), "operations:\n      home:", None,
+     ["YAML syntax error", "expected ',' or ']'", "check the indentation, quotes and brackets"]),
+    ("yaml-syntax-tab-indent",
+     edit("    port: 3002", "\tport: 3002"), "\tport: 3002", None,
+     ["YAML syntax error", "YAML indents with spaces, never tabs"]),
+    ("yaml-duplicate-key",
+     edit("    workers: 2\n    depends_on", "    workers: 2\n    workers: 3\n    depends_on"),
+     "workers: 3", "services[0].workers",
+     ["key 'workers' appears twice", "keep only one"]),
+    ("unknown-field",
+     edit("    workers: 2\n    depends_on", "    wrkers: 2\n    depends_on"),
+     "wrkers: 2", "services[0].wrkers",
+     ["unknown field 'wrkers'", "did you mean 'workers'?", "allowed here: name, port, instances, workers"]),
+    ("unknown-top-level-field",
+     edit("name: shop\n", "name: shop\nservice:\n  - {}\n"), "service:", "service",
+     ["unknown field 'service'", "did you mean 'services'?"]),
+    ("wrong-type-port-text",
+     edit("port: 3001", "port: http"), "port: http", "services[0].port",
+     ["got 'http'", "expected a whole number from 1 to 65535"]),
+    ("wrong-type-port-boolean",
+     edit("port: 3001", "port: true"), "port: true", "services[0].port",
+     ["got true", "expected a whole number from 1 to 65535"]),
+    ("wrong-type-port-fraction",
+     edit("port: 3001", "port: 3001.5"), "port: 3001.5", "services[0].port",
+     ["got 3001.5", "expected a whole number"]),
+    ("wrong-type-services-not-a-list",
+     edit("services:\n  - name: front", "services: front\nunused:\n  - name: front"),
+     "services: front", "services",
+     ["got 'front'", "expected a list of mappings (Service)"]),
+    ("wrong-type-name-is-a-date",
+     edit("name: shop", "name: 2024-01-01"), "name: 2024-01-01", "name",
+     ["got 2024-01-01", "YAML read this as a date, put it in quotes"]),
+    ("negative-rate",
+     edit("rate: 10", "rate: -10"), "rate: -10", "workload.endpoints[0].arrival.rate",
+     ["got -10", "expected a number > 0"]),
+    ("zero-rate",
+     edit("rate: 10", "rate: 0"), "rate: 0", "workload.endpoints[0].arrival.rate",
+     ["got 0", "expected a number > 0"]),
+    ("nan-rate",
+     edit("rate: 10", "rate: .nan"), "rate: .nan", "workload.endpoints[0].arrival.rate",
+     ["got .nan", "expected a number > 0", ".nan and .inf are not allowed"]),
+    ("zero-capacity",
+     edit("capacity: 8", "capacity: 0"), "capacity: 0", "infrastructure[0].capacity",
+     ["got 0", "expected a whole number from 1 to 1000000"]),
+    ("zero-workers",
+     edit("    workers: 2\n    operations", "    workers: 0\n    operations"), "workers: 0",
+     "services[1].workers", ["got 0", "expected a whole number from 1 to 100000"]),
+    ("negative-instances",
+     edit("    instances: 1\n    workers: 2\n    depends_on", "    instances: -2\n    workers: 2\n    depends_on"),
+     "instances: -2", "services[0].instances", ["got -2", "expected a whole number from 1 to 10000"]),
+    ("negative-service-time",
+     edit("{dist: exponential, mean: 2}", "{dist: exponential, mean: -2}"), "mean: -2",
+     "services[0].operations.home.service_time_ms.mean", ["got -2", "expected a number > 0"]),
+    ("unknown-distribution",
+     edit("{dist: exponential, mean: 2}", "{dist: expo, mean: 2}"), "dist: expo",
+     "services[0].operations.home.service_time_ms.dist",
+     ["got 'expo'", "expected one of exponential | constant | uniform | lognormal | gamma | empirical"]),
+    ("unknown-arrival-kind",
+     edit("kind: poisson", "kind: poison"), "kind: poison", "workload.endpoints[0].arrival.kind",
+     ["got 'poison'", "expected one of poisson | piecewise"]),
+    ("arrival-without-kind",
+     edit("        kind: poisson\n", ""), "arrival:", "workload.endpoints[0].arrival.kind",
+     ["required field is missing", "one of poisson | piecewise"]),
+    ("not-a-call-tree-node",
+     edit("- publish: back.audit", "- send: back.audit"), "send: back.audit",
+     "services[0].operations.home.calls.seq[1]",
+     ["got {'send': 'back.audit'}", "exactly one of the keys call, publish, seq, par, maybe, choice, repeat"]),
+    ("unknown-field-in-call-node",
+     edit("- call: back.item", "- call: back.item\n              retries: 3"), "retries: 3",
+     "services[0].operations.home.calls.seq[0].retries",
+     ["unknown field 'retries'", "allowed here: call, timeout_s"]),
+    ("missing-required-field",
+     edit("    port: 3002\n", ""), "- name: back", "services[1].port",
+     ["required field is missing", "add it: a whole number from 1 to 65535"]),
+    ("missing-workload",
+     GOOD.split("workload:")[0], "name: shop", "workload",
+     ["required field is missing", "required: endpoints"]),
+    ("bad-service-name",
+     edit("- name: back", "- name: Back_End"), "name: Back_End", "services[1].name",
+     ["got 'Back_End'", "lower-case letters, digits and '-', starting with a letter"]),
+    ("empirical-quantiles-not-increasing",
+     edit("[[0, 1], [0.5, 2], [1, 5]]", "[[0, 1], [0.7, 2], [0.5, 3], [1, 5]]"), "quantiles:",
+     "services[1].operations.item.service_time_ms.quantiles",
+     ["probabilities must be strictly increasing (p=0.5 follows p=0.7)"]),
+    ("empirical-values-decreasing",
+     edit("[[0, 1], [0.5, 2], [1, 5]]", "[[0, 3], [0.5, 2], [1, 5]]"), "quantiles:",
+     "services[1].operations.item.service_time_ms.quantiles",
+     ["values must be non-decreasing (2 follows 3)"]),
+    ("empirical-not-from-zero-to-one",
+     edit("[[0, 1], [0.5, 2], [1, 5]]", "[[0.1, 1], [0.5, 2], [0.9, 5]]"), "quantiles:",
+     "services[1].operations.item.service_time_ms.quantiles",
+     ["the first p must be 0 and the last 1 (got p=0.1 ... p=0.9)"]),
+    ("empirical-probability-above-one",
+     edit("[[0, 1], [0.5, 2], [1, 5]]", "[[0, 1], [5, 2], [1, 5]]"), "quantiles:",
+     "services[1].operations.item.service_time_ms.quantiles[1][0]",
+     ["got 5", "expected a number from 0 to 1"]),
+    ("warmup-not-below-duration",
+     edit("  seed: 1\n", "  seed: 1\n  warmup_s: 60\n"), "warmup_s: 60", "run.warmup_s",
+     ["warmup_s (60.0) must be less than duration_s (60.0)"]),
+    ("seed-negative",
+     edit("  seed: 1\n", "  seed: -1\n"), "seed: -1", "run.seed",
+     ["got -1", "expected a whole number from 0 up to (not including) 2**63"]),
+    # Cross-references (models.topology): the path comes from the message, the line from it.
+    ("duplicate-service-name",
+     edit("- name: back", "- name: front"), "- name: front\n    port: 3002", "services[1].name",
+     ["duplicate name 'front' (also services[0])"]),
+    ("duplicate-port",
+     edit("port: 3002", "port: 3001"), "    port: 3001\n    instances: 1\n    workers: 2\n    operations",
+     "services[1].port", ["port 3001 is already used by services[0] (front)"]),
+    ("port-shared-with-infrastructure",  # services are numbered first, whatever the file order
+     edit("port: 3002", "port: 5672"), "port: 5672\n    capacity", "infrastructure[0].port",
+     ["port 5672 is already used by services[1] (back)"]),
+    ("call-to-undeclared-dependency",
+     edit("depends_on: [back, mq]", "depends_on: [mq]"), "- call: back.item",
+     "services[0].operations.home.calls.seq[0].call",
+     ["front calls 'back', which is not a declared dependency", "add it to services[0].depends_on"]),
+    ("call-to-unknown-operation",
+     edit("- call: back.item", "- call: back.items"), "- call: back.items",
+     "services[0].operations.home.calls.seq[0].call", ["back has no operation 'items'", "(it has: audit, item)"]),
+    ("call-to-unknown-service",
+     edit("- call: back.item", "- call: shelf.item"), "- call: shelf.item",
+     "services[0].operations.home.calls.seq[0].call",
+     ["unknown service or component 'shelf'", "known: front.home, back.item, back.audit, mq"]),
+    ("depends-on-unknown-service",
+     edit("depends_on: [back, mq]", "depends_on: [back, mq, cart]"), "depends_on: [back, mq, cart]",
+     "services[0].depends_on[2]", ["unknown service or component 'cart'", "known: back, front, mq"]),
+    ("endpoint-entry-unknown",
+     edit("entry: front.home", "entry: front.index"), "entry: front.index",
+     "workload.endpoints[0].entry",
+     ["'front.index' is not an operation of a service", "known: front.home, back.item, back.audit"]),
+    ("zero-redelivery-delay",
+     edit("    capacity: 8\n", "    capacity: 8\n    redelivery_delay_s: 0\n"), "redelivery_delay_s: 0",
+     "infrastructure[0].redelivery_delay_s", ["got 0", "expected a number > 0"]),
+    ("publish-needs-queue-dependency",
+     edit("depends_on: [back, mq]", "depends_on: [back]"), "- publish: back.audit",
+     "services[0].operations.home.calls.seq[1]",
+     ["front publishes through 'mq' but does not list it in services[0].depends_on"]),
+]
+
+
+@pytest.mark.parametrize("text, needle, path, allowed", [c[1:] for c in FIELD_CASES], ids=[c[0] for c in FIELD_CASES])
+def test_field_errors_name_file_line_path_and_what_is_allowed(tmp_path, text, needle, path, allowed):
+    file, exc = reject(tmp_path, text)
+    check(exc, file, line=line_of(text, needle), path=path, allowed=allowed)
+
+
+# back.item calls front.home, which calls back.item.
+RECURSIVE = edit(
+    "    workers: 2\n    operations:\n      item",
+    "    workers: 2\n    depends_on: [front]\n    operations:\n      item",
+    edit(
+        "          quantiles: [[0, 1], [0.5, 2], [1, 5]]\n",
+        "          quantiles: [[0, 1], [0.5, 2], [1, 5]]\n        calls: {call: front.home}\n",
+    ),
+)
+
+
+def test_recursive_call_tree_through_two_services(tmp_path):
+    text = RECURSIVE
+    file, exc = reject(tmp_path, text)
+    msg = str(exc)
+    # networkx may report the loop from either end; the message points at a call in it.
+    if exc.path.startswith("services[0]"):
+        line, path, loop = line_of(text, "- call: back.item"), "services[0].operations.home.calls.seq[0].call", "front.home -> back.item -> front.home"
+    else:
+        line, path, loop = line_of(text, "calls: {call: front.home}"), "services[1].operations.item.calls.call", "back.item -> front.home -> back.item"
+    check(exc, file, line=line, path=path, allowed=[f"call trees recurse: {loop}", "a request would never finish"])
+    assert msg.count(" -> ") == 2
+
+
+def test_first_of_several_problems_is_reported_with_a_count(tmp_path):
+    text = edit("rate: 10", "rate: -1")
+    text = edit("port: 3001", "port: 0", text)
+    file, exc = reject(tmp_path, text)
+    check(exc, file, line=line_of(text, "port: 0"), path="services[0].port",
+          allowed=["got 0", "(and 1 more problem)"])
+
+
+def test_repeat_count_union_is_described_as_a_whole(tmp_path):
+    text = edit("- call: back.item", "- repeat: {call: back.item}\n              count: 5000")
+    file, exc = reject(tmp_path, text)
+    check(exc, file, line=line_of(text, "count: 5000"),
+          path="services[0].operations.home.calls.seq[0].count",
+          allowed=["got 5000", "expected a whole number from 0 to 1000, or a count distribution",
+                   "dist: poisson | uniform_int | discrete"])
+    assert "more problem" not in str(exc)  # one mistake, not one per union member
+
+
+def test_repeat_count_distribution_reports_the_mapping_member(tmp_path):
+    """A mapping was meant as a count distribution: its own field is blamed, not 'not a whole number'."""
+    text = edit("- call: back.item", "- repeat: {call: back.item}\n              count: {dist: poisson, mean: -1}")
+    file, exc = reject(tmp_path, text)
+    check(exc, file, line=line_of(text, "count: {dist: poisson"),
+          path="services[0].operations.home.calls.seq[0].count.mean",
+          allowed=["got -1", "expected a number >= 0"])
+    assert "more problem" not in str(exc)
+
+
+def test_token_issuer_from_a_profile_must_be_an_operation(tmp_path):
+    """`profile: hardened` turns service tokens on; without the issuing operation the
+    scenario is refused when loaded (not when the engine is built), pointing at the profile."""
+    text = edit("name: shop\n", "name: shop\nprofile: hardened\n")
+    file, exc = reject(tmp_path, text)
+    check(exc, file, line=line_of(text, "profile: hardened"), path="policies.tokens.issuer",
+          allowed=["'auth-service.issue_token' is not an operation of a service", "policies.tokens.enabled: false"])
+
+
+# --------------------------------------------------------------------------- whole-file problems
+
+
+def test_file_that_does_not_exist(tmp_path):
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(tmp_path / "nope.yaml")
+    check(info.value, tmp_path / "nope.yaml", line=None, path=None,
+          allowed=["no such file", "give the path of a scenario .yaml file"])
+
+
+def test_a_directory(tmp_path):
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(tmp_path)
+    check(info.value, tmp_path, line=None, path=None, allowed=["is a directory", "scenario .yaml file"])
+
+
+def test_non_utf8_bytes(tmp_path):
+    data = edit("name: shop\n", "name: shop\ndescription: caf\udce9\n").encode("utf-8", "surrogateescape")
+    file, exc = reject(tmp_path, data)
+    check(exc, file, line=2, path=None, allowed=["byte 0xe9 is not UTF-8 text", "save the file as UTF-8"])
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n"], ids=["empty", "blank-lines", "comment"])
+def test_empty_file(tmp_path, text):
+    file, exc = reject(tmp_path, text)
+    check(exc, file, line=1, path=None, allowed=["the file is empty", "a YAML mapping with at least name, services and workload"])
+
+
+def test_yaml_list_instead_of_mapping(tmp_path):
+    file, exc = reject(tmp_path, "- name: shop\n- services: []\n")
+    check(exc, file, line=1, path=None, allowed=["got a list at the top level", "expected a mapping with at least name, services and workload"])
+
+
+def test_two_yaml_documents(tmp_path):
+    text = GOOD + "---\nname: other\n"
+    file, exc = reject(tmp_path, text)
+    check(exc, file, line=line_of(text, "---"), path=None, allowed=["another document", "remove the '---' separator"])
+
+
+def test_recursive_yaml_alias(tmp_path):
+    text = edit("name: shop\n", "name: shop\ndescription: &d [*d]\n")
+    file, exc = reject(tmp_path, text)
+    check(exc, file, line=2, path="description[0]", allowed=["alias refers to the anchor it is inside", "must be a tree"])
+
+
+def test_alias_bomb_is_refused_quickly(tmp_path):
+    lines = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 8)]
+    file, exc = reject(tmp_path, "\n".join(lines) + "\n")
+    check(exc, file, line=1, path=None, allowed=["expands to", "through aliases", "use fewer aliases"])
+
+
+def test_control_character(tmp_path):
+    text = edit("name: shop", "name: sh\x07op")
+    file, exc = reject(tmp_path, text)
+    check(exc, file, line=1, path=None, allowed=["character #x0007 is not allowed", "escape inside double quotes"])
+
+
+def test_parse_scenario_names_its_source():
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(edit("rate: 10", "rate: 0"), "inline.yaml")
+    check(info.value, "inline.yaml", line=line_of(GOOD, "rate: 10"), path="workload.endpoints[0].arrival.rate",
+          allowed=["expected a number > 0"])
+
+
+# --------------------------------------------------------------------------- piecewise arrivals from CSV
+
+PIECEWISE = "kind: piecewise\n        csv: {csv}"
+
+
+def _with_csv(name: str) -> str:
+    return edit("kind: poisson\n        rate: 10", PIECEWISE.format(csv=name))
+
+
+def test_piecewise_csv_missing_file(tmp_path):
+    text = _with_csv("load.csv")
+    file, exc = reject(tmp_path, text)
+    check(exc, file, line=line_of(text, "csv: load.csv"), path="workload.endpoints[0].arrival.csv",
+          allowed=["cannot read arrival table", "load.csv", "No such file",
+                   "expected a CSV file with header t_s,rate"])
+
+
+def test_piecewise_csv_relative_to_the_scenario_file(tmp_path):
+    (tmp_path / "load.csv").write_text("t_s,rate\n0,5\n10,8\n")
+    (tmp_path / "s.yaml").write_text(_with_csv("load.csv"))
+    scenario = load_scenario(tmp_path / "s.yaml")
+    assert scenario.workload.endpoints[0].arrival.steps == [(0.0, 5.0), (10.0, 8.0)]
+
+
+@pytest.mark.parametrize(
+    "content, allowed",
+    [
+        ("t_s,rate\n0,5\nten,8\n", ["load.csv:3: expected numeric columns 't_s' and 'rate'"]),
+        ("time,rate\n0,5\n", ["load.csv:2: expected numeric columns 't_s' and 'rate'"]),
+        ("t_s,rate\n0,5\n10,-1\n", ["in the table 'load.csv', data row 2, column rate", "got -1.0", "expected a number >= 0"]),
+        ("t_s,rate\n5,5\n", ["in the table 'load.csv'", "the first step must start at t_s = 0"]),
+        ("t_s,rate\n", ["in the table 'load.csv': has no rows", "header t_s,rate and at least one row"]),
+    ],
+    ids=["not-a-number", "wrong-header", "negative-rate", "not-from-zero", "no-rows"],
+)
+def test_piecewise_csv_malformed(tmp_path, content, allowed):
+    (tmp_path / "load.csv").write_text(content)
+    text = _with_csv("load.csv")
+    file, exc = reject(tmp_path, text)
+    check(exc, file, line=line_of(text, "csv: load.csv"), path="workload.endpoints[0].arrival.csv", allowed=allowed)
+
+
+def test_piecewise_csv_not_utf8(tmp_path):
+    (tmp_path / "load.csv").write_bytes(b"t_s,rate\n0,5\xff\n")
+    text = _with_csv("load.csv")
+    file, exc = reject(tmp_path, text)
+    check(exc, file, line=line_of(text, "csv: load.csv"), path="workload.endpoints[0].arrival.csv",
+          allowed=["in the table 'load.csv'", "not UTF-8 text", "save it as UTF-8"])
+
+
+# --------------------------------------------------------------------------- the CLI, in-process
+
+CLI_CASES = {
+    "syntax": (edit("depends_on: [back, mq]", "depends_on: [back, mq"), "YAML syntax error"),
+    "unknown-field": (edit("capacity: 8", "capacty: 8"), "infrastructure[0].capacty: unknown field"),
+    "zero-rate": (edit("rate: 10", "rate: 0"), "workload.endpoints[0].arrival.rate: got 0"),
+    "recursion": (RECURSIVE, "call trees recurse"),
+}
+
+
+@pytest.mark.parametrize("command", ["run", "topology"])
+@pytest.mark.parametrize("case", sorted(CLI_CASES))
+def test_cli_bad_scenario_exits_2_with_one_line(tmp_path, capsys, command, case):
+    text, fragment = CLI_CASES[case]
+    file = tmp_path / "bad.yaml"
+    file.write_text(text)
+    assert main([command, str(file)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith(f"hailan-sim: error: {file}:"), err
+    assert fragment in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("target", ["missing.yaml", "."], ids=["missing-file", "directory"])
+def test_cli_unreadable_scenario_exits_2(tmp_path, capsys, target):
+    path = tmp_path / target
+    assert main(["run", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"hailan-sim: error: {path}: ")
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--seed", "-1"], "argument --seed: must be in [0, 2**63), got -1"),
+        (["--seed", "1.5"], "argument --seed: expected a whole number"),
+        (["--duration", "0"], "argument --duration: must be a finite number > 0, got 0"),
+        (["--duration", "-3"], "argument --duration: must be a finite number > 0, got -3"),
+        (["--duration", "nan"], "argument --duration: must be a finite number > 0, got nan"),
+        (["--duration", "abc"], "argument --duration: expected a number, got 'abc'"),
+    ],
+    ids=["seed-negative", "seed-fraction", "duration-zero", "duration-negative", "duration-nan", "duration-text"],
+)
+def test_cli_bad_arguments_exit_2(tmp_path, capsys, args, fragment):
+    file = tmp_path / "good.yaml"
+    file.write_text(GOOD)
+    with pytest.raises(SystemExit) as info:
+        main(["run", *args, str(file)])
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    last = err.rstrip("\n").splitlines()[-1]
+    assert last.startswith("hailan-sim: error: ") and fragment in last, err
+    assert "Traceback" not in err
+
+
+def test_cli_warmup_override_beyond_duration_exits_2(tmp_path, capsys):
+    file = tmp_path / "good.yaml"
+    file.write_text(GOOD)
+    assert main(["run", "--warmup", "100", str(file)]) == 2
+    _, err = capsys.readouterr()
+    assert err.count("\n") == 1 and err.startswith("hailan-sim: error: ")
+    assert "warmup_s (100.0) must be less than duration_s (60.0)" in err
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "CLI (hailan_sim/cli.py, not the loader): a --warmup pydantic rejects is reported as "
+        "'command line: Input should be greater than or equal to 0', without naming --warmup "
+        "and in pydantic's words"
+    ),
+)
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_cli_bad_warmup_names_the_option(tmp_path, capsys, value):
+    file = tmp_path / "good.yaml"
+    file.write_text(GOOD)
+    assert main(["run", "--warmup", value, str(file)]) == 2
+    _, err = capsys.readouterr()
+    assert err.count("\n") == 1 and err.startswith("hailan-sim: error: ")
+    assert "--warmup" in err or "warmup_s" in err
+    assert "Input should" not in err
+
+
+# --------------------------------------------------------------------------- the CLI, as a real process
+
+
+def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    return subprocess.run([sys.executable, "-m", "hailan_sim", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_subprocess_run_with_bad_yaml(tmp_path):
+    (tmp_path / "bad.yaml").write_text(edit("    port: 3002", "\tport: 3002"))
+    proc = _run_cli("run", "bad.yaml", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("hailan-sim: error: bad.yaml:25: YAML syntax error"), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_subprocess_topology_with_unknown_dependency(tmp_path):
+    (tmp_path / "bad.yaml").write_text(edit("depends_on: [back, mq]", "depends_on: [back, mq, cart]"))
+    proc = _run_cli("topology", "bad.yaml", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr == (
+        "hailan-sim: error: bad.yaml:16: services[0].depends_on[2]: unknown service or component "
+        "'cart' (known: back, front, mq)\n"
+    )
+
+
+def test_subprocess_bad_argument(tmp_path):
+    (tmp_path / "good.yaml").write_text(GOOD)
+    proc = _run_cli("run", "--duration", "abc", "good.yaml", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines()[-1] == "hailan-sim: error: argument --duration: expected a number, got 'abc'"
+    assert "Traceback" not in proc.stderr
