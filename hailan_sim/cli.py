@@ -170,6 +170,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.duration is not None:
         changes["duration_s"] = args.duration
     if args.warmup is not None:
+        if not (math.isfinite(args.warmup) and args.warmup >= 0):
+            raise ScenarioError("command line", f"--warmup: must be a finite number >= 0 (seconds), got {args.warmup:g}")
         changes["warmup_s"] = args.warmup
     if changes:
         try:

@@ -150,6 +150,14 @@ def check_references(scenario: Scenario) -> None:
             )
 
     _check_faults(scenario, components)
+    for i, edge in enumerate(scenario.policies.edges):
+        for end in ("caller", "callee"):
+            name = getattr(edge, end)
+            if name is not None and name not in services:
+                raise ValueError(
+                    f"policies.edges[{i}].{end}: unknown service {name!r} "
+                    f"(known: {', '.join(sorted(services))}); leave it out to mean any service"
+                )
     tokens = scenario.effective_policies().tokens
     if tokens.enabled:
         svc, _, op = tokens.issuer.partition(".")

@@ -72,12 +72,18 @@ def _simulate(scenario: Scenario, keep_events: bool, progress: Optional[bool]) -
     # drain_s is up. Slice ends are computed from integers, never accumulated.
     end = run.duration_s
     limit = end + run.drain_s
+    # Drain slices: like the run's, but never so thin that a long drain after a very short
+    # run takes hundreds of thousands of them.
+    drain_step = min(max(step, run.drain_s / _MIN_SLICES), 1.0)
     i = 0
+    first_drain = None
     while True:
         i += 1
         t = step * i
         if t >= end:
-            t = min(end + step * (i - math.ceil(end / step)), limit)
+            if first_drain is None:
+                first_drain = i
+            t = min(end + drain_step * (i - first_drain), limit)
         if t > env.now:
             env.run(until=t)
         for rec in recorders:

@@ -506,14 +506,6 @@ def test_cli_warmup_override_beyond_duration_exits_2(tmp_path, capsys):
     assert "warmup_s (100.0) must be less than duration_s (60.0)" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "CLI (hailan_sim/cli.py, not the loader): a --warmup pydantic rejects is reported as "
-        "'command line: Input should be greater than or equal to 0', without naming --warmup "
-        "and in pydantic's words"
-    ),
-)
 @pytest.mark.parametrize("value", ["-1", "nan"])
 def test_cli_bad_warmup_names_the_option(tmp_path, capsys, value):
     file = tmp_path / "good.yaml"
