@@ -102,7 +102,8 @@ def _build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--kinds", nargs="+", metavar="KIND", help="only these fault kinds")
     chk.add_argument("--seed", type=_seed, default=0, help="seed of the search (default 0)")
     chk.add_argument("--duration", type=_positive(float), metavar="S",
-                     help="simulated seconds per example (default: the scenario's run.duration_s, at most 240)")
+                     help="simulated seconds per example (default: 10 s warm-up + 40 s of faults + "
+                          "the recovery time the policies need)")
     chk.add_argument("--exhaustive", action="store_true",
                      help="instead of searching, run every single fault of the alphabet and tabulate")
     chk.add_argument("--out", metavar="DIR", default="counterexamples", help="where counterexamples go")
@@ -245,13 +246,16 @@ def _print_run(scenario: Scenario, result, wall: float) -> None:
 
 
 def _check_scenario(args: argparse.Namespace) -> Scenario:
+    from properties.checker import check_duration
+
     scenario = _load(args.scenario)
     if args.profile is not None:
         scenario = scenario.with_profile(args.profile)
-    duration = args.duration or min(scenario.run.duration_s, 240.0)
-    warmup = min(scenario.run.warmup_s, duration / 4)
+    warmup = min(scenario.run.warmup_s, 10.0)
     try:
-        return scenario.with_run(duration_s=duration, warmup_s=warmup)
+        scenario = scenario.with_run(warmup_s=warmup, duration_s=max(scenario.run.duration_s, warmup + 1))
+        duration = args.duration or check_duration(scenario)
+        return scenario.with_run(duration_s=duration)
     except Exception as exc:
         raise ScenarioError("command line", str(exc).splitlines()[0]) from None
 
