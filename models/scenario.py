@@ -284,6 +284,10 @@ class Infrastructure(Frozen):
     prefetch: Annotated[int, Field(ge=1)] = Field(
         10, description="queue only: unacknowledged messages per consumer instance"
     )
+    heartbeat_timeout_s: PositiveFloat = Field(
+        60.0,
+        description="queue only: a consumer silent this long loses its connection and its unacknowledged messages are requeued (RabbitMQ heartbeat: 60 s)",
+    )
     redelivery_delay_s: PositiveFloat = Field(
         1.0, description="queue only: delay before a failed delivery is retried"
     )

@@ -261,6 +261,7 @@ class Engine:
         self.messages_pending = 0
         self.last_call = None
         self._timers: dict = {}
+        self._gateway_last: dict = {}
         self._links: dict = {}
         self._build()
 
@@ -535,6 +536,8 @@ class Engine:
         c.token = token
         if inst is None:
             up = svc.up
+            if self.registry is not None and src_svc is not None and src_svc is self.gateway:
+                up = self._gateway_targets(svc)
             if not up:
                 # The spec's selectServiceInstance throws "No available instances" at once.
                 c.status = "error"
@@ -607,6 +610,17 @@ class Engine:
             else:
                 break
         self._arm_head(q)
+
+    def _gateway_targets(self, svc: _Service) -> list:
+        """The instances the gateway routes to: those Consul's DNS interface would return
+        (critical ones excluded; ref 4 "DNS"), or the last such list while the registry is
+        unreachable (allow_stale)."""
+        names = self.registry.health_passing(svc.name)
+        if names is None:
+            return self._gateway_last.get(svc.name, svc.up)
+        targets = [self.instance_by_name[n] for n in names]
+        self._gateway_last[svc.name] = targets
+        return targets
 
     def _pick(self, src: str, dst: str):
         """The uniform stream ``src`` uses to pick among ``dst``'s instances.
@@ -1259,9 +1273,12 @@ class Engine:
                 _At(self.env, q.delay, self._redeliver, (q, (msg_id, req, parent_id)))
             self._dispatch(q)
 
-        # A delivery is a call from the broker to the chosen consumer, with no timeout: the
-        # broker waits for the ack (RabbitMQ's consumer_timeout is 30 min by default).
-        self._start_call(req, None, broker.name, broker, q.op, None, finished, inst)
+        # A delivery is a call from the broker to the chosen consumer. The broker waits for
+        # the ack; if the consumer's connection goes silent (a partition, a hung process),
+        # the missed heartbeats close it after heartbeat_timeout_s and the unacknowledged
+        # message is requeued (RabbitMQ: heartbeat 60 s; consumer_timeout 30 min for a
+        # connection that stays alive).
+        self._start_call(req, None, broker.name, broker, q.op, broker.infra.heartbeat_timeout_s, finished, inst)
 
     def _redeliver(self, ev) -> None:
         q, msg = ev.arg
