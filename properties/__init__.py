@@ -6,6 +6,13 @@ Use it from your own tests (see ``docs/checking.md``)::
     from properties import Record, evaluate, fault_schedules, seeds, with_faults
 """
 
+from properties.invariants import INVARIANTS as INVARIANTS
+from properties.invariants import Record as Record
+from properties.invariants import Verdict as Verdict
+from properties.invariants import evaluate as evaluate
+from properties.invariants import register as register
+from properties.invariants import unregister as unregister
+from properties.invariants import witnessed as witnessed
 from properties.strategies import balancers as balancers
 from properties.strategies import fault_schedules as fault_schedules
 from properties.strategies import retry_policies as retry_policies
@@ -16,12 +23,19 @@ from properties.strategies import with_faults as with_faults
 from properties.strategies import with_policies as with_policies
 
 __all__ = [
+    "INVARIANTS",
+    "Record",
+    "Verdict",
     "balancers",
+    "evaluate",
     "fault_schedules",
     "retry_policies",
+    "register",
     "seeds",
     "sliding_window_breakers",
     "spec_breakers",
+    "unregister",
+    "witnessed",
     "with_faults",
     "with_policies",
 ]
