@@ -266,12 +266,7 @@ def write_counterexample(scenario: Scenario, path: Path, report: Optional[Invari
 def replay(scenario: Scenario, names: Optional[Sequence[str]] = None):
     """Re-run a counterexample and its baseline; returns ``(record, verdicts)``."""
     names = list(names) if names else list(inv.INVARIANTS)
-    result = simulate(scenario, keep_events=True)
-    data = scenario.model_dump(mode="python", exclude_unset=True)
-    data["faults"] = []
-    baseline = simulate(Scenario.model_validate(data))
-    record = inv.Record(scenario=scenario, result=result, baseline=baseline,
-                        rerun=lambda: simulate(scenario).event_log_sha256)
+    record = inv.Record.from_scenario(scenario, rerun=True)
     return record, inv.evaluate(record, names)
 
 

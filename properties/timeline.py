@@ -66,6 +66,7 @@ def plot_timeline(record, path: Path, *, title: Optional[str] = None) -> Path:
         line, = ax1.plot(rows.window_start_s, rows.success_ratio, lw=1.2, label=name)
         ax2.plot(rows.window_start_s, rows.p99_ms, lw=1.2, color=line.get_color())
         b = base[base.endpoint == name]
+        ax1.plot(b.window_start_s, b.success_ratio, lw=0.6, ls=":", color=line.get_color())
         ax2.plot(b.window_start_s, b.p99_ms, lw=0.6, ls=":", color=line.get_color())
     starts = ev[ev.event == "fault_start"]
     ends = ev[ev.event == "fault_end"].set_index("outcome")["t"]
@@ -84,7 +85,7 @@ def plot_timeline(record, path: Path, *, title: Optional[str] = None) -> Path:
     for label, ts, y, color in marks:
         ax3.scatter(ts, [y] * len(ts), s=8, color=color, label=f"{label} ({len(ts)})")
     ax3.set_yticks([0, 1, 2], ["deregistered", "instance down", "breaker opened"])
-    ax1.set(ylabel="success ratio", ylim=(-0.02, 1.05))
+    ax1.set(ylabel="success ratio (dotted: baseline)", ylim=(-0.02, 1.05))
     ax2.set(ylabel="p99 (ms, dotted: baseline)", yscale="log")
     ax3.set(xlabel="simulated time (s)")
     ax1.legend(fontsize=7, ncol=5, loc="lower left")
