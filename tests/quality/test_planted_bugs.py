@@ -234,11 +234,7 @@ def test_the_checker_finds_the_planted_bug_and_shrinks_it(bug):
 
 @pytest.mark.parametrize("bug", [
     "breaker_never_closes",
-    pytest.param("balancer_ignores_health", marks=pytest.mark.xfail(strict=True, reason=(
-        "check() draws fault_schedules(min_faults=1): the first fault is required, so the "
-        "shrinker cannot delete it when the violation lives in an optional slot. Here it "
-        "leaves a harmless 1 s crash of b-0 next to the 8.001 s crash that does it; with "
-        "min_faults=0 the same search shrinks to one crash of b-0 (see the report)."))),
+    "balancer_ignores_health",
     "retry_loop_without_backoff",
 ])
 def test_every_fault_of_the_shrunk_schedule_is_needed(bug):
