@@ -154,9 +154,11 @@ def check_references(scenario: Scenario) -> None:
         for end in ("caller", "callee"):
             name = getattr(edge, end)
             if name is not None and name not in services:
+                what = ("an infrastructure component: client policies apply to calls between services"
+                        if name in infra else "an unknown service")
                 raise ValueError(
-                    f"policies.edges[{i}].{end}: unknown service {name!r} "
-                    f"(known: {', '.join(sorted(services))}); leave it out to mean any service"
+                    f"policies.edges[{i}].{end}: {name!r} is {what} "
+                    f"(services: {', '.join(sorted(services))}); leave it out to mean any service"
                 )
     tokens = scenario.effective_policies().tokens
     if tokens.enabled:

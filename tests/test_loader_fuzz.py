@@ -157,7 +157,7 @@ policies:
   retry: {max_attempts: 2, backoff: {kind: constant, delay_s: 0.01}, retry_on: [error, timeout]}
   edges:
     - {caller: front, callee: back, timeout_s: 0.5, bulkhead: 8, balancer: {kind: p2c_least_request}}
-    - {callee: db, breaker: {kind: sliding_window, window_size: 20, minimum_calls: 5}}
+    - {callee: worker, breaker: {kind: sliding_window, window_size: 20, minimum_calls: 5}}
 """
 
 BASES = {"mm1": yaml.safe_load(MM1), "rich": yaml.safe_load(RICH)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,3 +121,13 @@ def test_scenario_round_trips_through_json():
 
     s = default_scenario()
     assert Scenario.model_validate_json(s.model_dump_json()) == s
+
+
+def test_policy_edges_must_name_services():
+    from models import ScenarioError, parse_scenario
+
+    text = (Path(__file__).parent / "scenarios" / "small.yaml").read_text()
+    with pytest.raises(ScenarioError, match=r"policies.edges\[0\].callee: 'db' is an infrastructure component"):
+        parse_scenario(text + "policies: {edges: [{callee: db, timeout_s: 1}]}\n", "s.yaml")
+    with pytest.raises(ScenarioError, match=r"'nobody' is an unknown service"):
+        parse_scenario(text + "policies: {edges: [{caller: nobody, timeout_s: 1}]}\n", "s.yaml")
