@@ -229,6 +229,22 @@ def test_every_verdict_reports_what_fired_and_what_was_exercised(seed_crash):
     assert not w["retry_made"]  # the seed profile never retries
 
 
+def test_log_columns_match_the_event_log_dataframe(seed_crash):
+    """The invariants' numpy view of the log (built from the raw records, not the DataFrame)
+    holds what ``Result.events()`` holds: text columns are str or None, ids -1 when missing."""
+    log, df = seed_crash.log, seed_crash.result.events()
+    assert log.n == len(df)
+    assert np.array_equal(log.t, df["t"].to_numpy())
+    for col in ("event", "source", "target", "instance", "operation", "outcome"):
+        assert {type(v) for v in getattr(log, col)} <= {str, type(None)}, col
+        assert list(getattr(log, col)) == [None if pd.isna(v) else v for v in df[col]], col
+    for col in ("request", "call", "parent"):
+        assert np.array_equal(getattr(log, col), df[col].fillna(-1).to_numpy(dtype=np.int64)), col
+    for kind in ("call_start", "fault_start", "breaker"):
+        assert np.array_equal(log.rows(kind), np.flatnonzero((df["event"] == kind).to_numpy()))
+    assert len(log.rows("no_such_event")) == 0
+
+
 # --------------------------------------------------------------------------- topology and defaults
 
 
