@@ -3,8 +3,8 @@
 SimPy supplies the clock and the event heap (``(time, priority, event id)``, so events at
 the same instant run first-in first-out and a run is deterministic). The engine does not
 use SimPy processes or resources: every step of a call is one scheduled event carrying a
-callback and its payload (:class:`_At`), which does the work of a process switch without
-the generator machinery. That is what lets a full call, with network hops, queueing and a
+callback and its payload (:func:`_at`), which does the work of a process switch without
+the generator machinery, and :meth:`Engine.run_until` runs them in SimPy's order. That is what lets a full call, with network hops, queueing and a
 caller-side timeout, cost little more than a textbook SimPy customer.
 
 Life of a call (``_start_call``): the caller picks an instance, the request pays one
@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from heapq import heappush
+from heapq import heappop, heappush
 from typing import Callable, Optional
 
 import simpy
-from simpy.events import NORMAL, URGENT, Event
+from simpy.events import NORMAL, URGENT
 
 from models.scenario import (
     CallNode,
@@ -56,34 +56,22 @@ from sim.rng import Streams
 __all__ = ["Engine"]
 
 
-class _At(Event):
-    """An event that runs ``fn(self)`` after ``delay``; ``arg`` is its payload.
+def _at(env: simpy.Environment, delay: float, fn: Callable, arg) -> None:
+    """Schedule ``fn(arg)`` after ``delay``.
 
-    NOTE: the body inlines ``Event.__init__``, ``Timeout.__init__`` and
-    ``Environment.schedule`` (the same heap entry, ``(time, priority, event id, event)``,
-    so ordering is SimPy's own) for speed: it runs for every step of every call.
+    NOTE: for speed an event is a bare heap entry ``(time, priority, event id, fn, arg)``,
+    not a SimPy ``Event``: no object, no callback list, and :meth:`Engine.run_until` calls
+    ``fn(arg)`` directly. The key ``(time, priority, id)`` is SimPy's own (``env._now +
+    delay``, ``NORMAL``, the next id of its counter), so events run in SimPy's order. Hot
+    paths inline this push.
     """
-
-    def __init__(self, env: simpy.Environment, delay: float, fn: Callable, arg) -> None:
-        self.env = env
-        self.callbacks = [fn]
-        self._value = None
-        self._ok = True
-        self.arg = arg
-        heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), self))
+    heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), fn, arg))
 
 
-class _AtFirst(_At):
-    """Like :class:`_At`, but ahead of ordinary events at the same instant (and of the
+def _at_first(env: simpy.Environment, delay: float, fn: Callable, arg) -> None:
+    """Like :func:`_at`, but ahead of ordinary events at the same instant (and of the
     runner's stop at that instant): for bookkeeping that must see a boundary time."""
-
-    def __init__(self, env: simpy.Environment, delay: float, fn: Callable, arg) -> None:
-        self.env = env
-        self.callbacks = [fn]
-        self._value = None
-        self._ok = True
-        self.arg = arg
-        env.schedule(self, URGENT, delay)
+    heappush(env._queue, (env._now + delay, URGENT, next(env._eid), fn, arg))
 
 
 # --------------------------------------------------------------------------- runtime state
@@ -260,6 +248,7 @@ class Engine:
         self.arrivals_open = True
         self.messages_pending = 0
         self.last_call = None
+        self._stop_pending = 0  # see run_until
         self._timers: dict = {}
         self._gateway_last: dict = {}
         self._links: dict = {}
@@ -416,7 +405,7 @@ class Engine:
         for svc in self.services.values():
             for inst in svc.instances:
                 if cold and svc.infra is None and svc.startup > 0:
-                    _At(env, svc.startup, self._instance_up, inst)
+                    _at(env, svc.startup, self._instance_up, inst)
                 else:
                     self._set_up(inst)
                     if svc.infra is None:
@@ -427,16 +416,16 @@ class Engine:
         for e in self.endpoints:
             t = e.schedule.next_arrival(0.0, e.draw())
             if t < self.duration:
-                _At(env, t, self._arrival, e)
+                _at(env, t, self._arrival, e)
         for svc in self.services.values():
             if svc.scaler is not None:
-                _At(env, svc.scaler.policy.interval_s, self._autoscale, svc)
+                _at(env, svc.scaler.policy.interval_s, self._autoscale, svc)
         for i, f in enumerate(self.scenario.faults):
-            _At(env, f.start_s, self._fault_start, (i, f))
+            _at(env, f.start_s, self._fault_start, (i, f))
             if f.duration_s is not None:
-                _At(env, f.start_s + f.duration_s, self._fault_end, (i, f))
-        _AtFirst(env, self.warmup, self._snapshot, 0)
-        _AtFirst(env, self.duration, self._close, 2)
+                _at(env, f.start_s + f.duration_s, self._fault_end, (i, f))
+        _at_first(env, self.warmup, self._snapshot, 0)
+        _at_first(env, self.duration, self._close, 2)
 
     def _set_up(self, inst: _Instance) -> None:
         self._touch(inst)
@@ -445,8 +434,7 @@ class Engine:
         svc.up.append(inst)
         svc.up.sort(key=_index)
 
-    def _instance_up(self, ev) -> None:
-        inst = ev.arg
+    def _instance_up(self, inst: _Instance) -> None:
         self._set_up(inst)
         self._rec((self.env._now, "instance_up", None, None, None, None, inst.svc.name, inst.name, None, None))
         if inst.svc.infra is None:
@@ -454,36 +442,63 @@ class Engine:
         for q in inst.svc.consumers:
             self._dispatch(q)
 
-    def _snapshot(self, ev) -> None:
+    def _snapshot(self, slot: int) -> None:
         """Record every instance's integrals at warm-up (slot 0) and at the end (slot 2)."""
-        slot = ev.arg
         for svc in self.services.values():
             for inst in svc.instances:
                 self._touch(inst)
                 inst.snap[slot] = inst.qarea
                 inst.snap[slot + 1] = inst.barea
 
-    def _close(self, ev) -> None:
+    def _close(self, slot: int) -> None:
         self.arrivals_open = False
-        self._snapshot(ev)
+        self._snapshot(slot)
+
+    def run_until(self, until: float) -> None:
+        """Run every event due before ``until``, then set the clock to ``until``.
+
+        The same events in the same order as ``self.env.run(until=until)``: SimPy stops at
+        an URGENT event it schedules at ``until`` (so urgent events already scheduled for
+        that instant run first, ordinary ones in the next slice), and its time and event id
+        are computed here the same way, so the clock and :meth:`env_events` agree too.
+
+        NOTE: our own loop because the heap holds bare ``(time, priority, id, fn, arg)``
+        entries (see :func:`_at`): SimPy's ``step`` would want an ``Event``, and calling
+        ``fn(arg)`` here saves a frame per event.
+        """
+        env = self.env
+        queue = env._queue
+        now = env._now
+        at = until if isinstance(until, int) else float(until)
+        if at <= now:
+            raise ValueError(f"until ({at}) must be greater than the current simulation time")
+        stop = (now + (at - now), URGENT, next(env._eid))
+        while queue and queue[0] < stop:
+            env._now, _, _, fn, arg = heappop(queue)
+            fn(arg)
+        env._now = stop[0]
+        # SimPy re-queues its stop event once more (another id; the next run pops it as an
+        # event that does nothing): take the id, and count it as pending until then.
+        next(env._eid)
+        self._stop_pending = 1
 
     def env_events(self) -> int:
         """Events the SimPy kernel has processed so far.
 
-        NOTE: read from SimPy's event-id counter (scheduled so far) less what is still on
-        its heap; counting in our own hot path would cost every event a call.
+        NOTE: read from SimPy's event-id counter (scheduled so far, plus one stop per
+        :meth:`run_until`, as ``env.run`` would count it) less what is still on its heap;
+        counting in our own hot path would cost every event a call.
         """
-        return next(self.env._eid) - len(self.env._queue)
+        return next(self.env._eid) - len(self.env._queue) - self._stop_pending
 
     # ------------------------------------------------------------------ arrivals & requests
 
-    def _arrival(self, ev) -> None:
-        e: _Endpoint = ev.arg
+    def _arrival(self, e: _Endpoint) -> None:
         env = self.env
         now = env._now
         t = e.schedule.next_arrival(now, e.draw())
         if t < self.duration:
-            _At(env, t - now, self._arrival, e)
+            _at(env, t - now, self._arrival, e)
         self._request(e, now)
 
     def _request(self, e: _Endpoint, now: float) -> None:
@@ -529,7 +544,7 @@ class Engine:
             left = deadline - now
             if left <= 0:
                 c.status = "timeout"  # nothing left of the caller's deadline: fail fast
-                _At(env, 0.0, self._deliver, c)
+                _at(env, 0.0, self._deliver, c)
                 return c
             if timeout is None or left < timeout:
                 timeout = left
@@ -541,7 +556,7 @@ class Engine:
             if not up:
                 # The spec's selectServiceInstance throws "No available instances" at once.
                 c.status = "error"
-                _At(env, 0.0, self._deliver, c)
+                _at(env, 0.0, self._deliver, c)
                 return c
             n = len(up)
             if n == 1:
@@ -556,11 +571,11 @@ class Engine:
             if extra is None:
                 pass  # dropped by a partition or link loss: only the caller's timeout ends it
             else:
-                _At(env, (hop() if hop is not None else 0.0) + extra, self._arrive, c)
+                _at(env, (hop() if hop is not None else 0.0) + extra, self._arrive_at, c)
         elif hop is None:
             self._arrive_at(c)
         else:
-            _At(env, hop(), self._arrive, c)
+            _at(env, hop(), self._arrive_at, c)
         if timeout is not None:
             self._arm(c, timeout)
         return c
@@ -586,16 +601,10 @@ class Engine:
             calls.popleft()
         if calls:
             q.armed = True
-            ev = _At.__new__(_At)
-            ev.env = env = self.env
-            ev.callbacks = [self._timers_due]
-            ev._value = None
-            ev._ok = True
-            ev.arg = q
-            heappush(env._queue, (calls[0].expires, NORMAL, next(env._eid), ev))
+            env = self.env
+            heappush(env._queue, (calls[0].expires, NORMAL, next(env._eid), self._timers_due, q))
 
-    def _timers_due(self, ev) -> None:
-        q = ev.arg
+    def _timers_due(self, q: _TimerQueue) -> None:
         q.armed = False
         now = self.env._now
         calls = q.calls
@@ -639,9 +648,6 @@ class Engine:
         if u is None:
             u = self._picks[key] = self.streams.uniform(f"retry/{src}>{dst}")
         return u
-
-    def _arrive(self, ev) -> None:
-        self._arrive_at(ev.arg)
 
     def _arrive_at(self, c: _Call) -> None:
         inst = c.inst
@@ -689,7 +695,7 @@ class Engine:
             inst = c.inst
             inst.wait_sum += now - c.t_arrive
             inst.wait_n += 1
-        _At(env, op.sample() * c.inst.slow, self._served, c)
+        _at(env, op.sample() * c.inst.slow, self._served, c)
         return True
 
     def _shed(self, c: _Call) -> None:
@@ -703,8 +709,7 @@ class Engine:
                    c.op.name, "rejected"))
         self._answer(c, "rejected")
 
-    def _served(self, ev) -> None:
-        c: _Call = ev.arg
+    def _served(self, c: _Call) -> None:
         if c.lost:
             return
         op = c.op
@@ -775,14 +780,13 @@ class Engine:
         if self._blocked or self._slow_links:
             extra = self._net_fault(c.source, c.src_svc, c.inst)
             if extra is not None:
-                _At(self.env, (hop() if hop is not None else 0.0) + extra, self._deliver, c)
+                _at(self.env, (hop() if hop is not None else 0.0) + extra, self._deliver, c)
         elif hop is None:
             self._complete(c, status)
         else:
-            _At(self.env, hop(), self._deliver, c)
+            _at(self.env, hop(), self._deliver, c)
 
-    def _deliver(self, ev) -> None:
-        c: _Call = ev.arg
+    def _deliver(self, c: _Call) -> None:
         if not c.finished:
             self._complete(c, c.status)
 
@@ -839,8 +843,8 @@ class Engine:
             target = f"{f.a}|{f.b}"
         self._rec((self.env._now, event, None, None, None, None, target, None, f.kind, str(i)))
 
-    def _fault_start(self, ev) -> None:
-        i, f = ev.arg
+    def _fault_start(self, arg) -> None:
+        i, f = arg
         self._fault_log("fault_start", i, f)
         kind = f.kind
         now = self.env._now
@@ -876,8 +880,8 @@ class Engine:
             self._spike(i, f)
         # key_rotation: the issuer's key schedule already includes it (see _build)
 
-    def _fault_end(self, ev) -> None:
-        i, f = ev.arg
+    def _fault_end(self, arg) -> None:
+        i, f = arg
         self._fault_log("fault_end", i, f)
         kind = f.kind
         now = self.env._now
@@ -951,7 +955,7 @@ class Engine:
             self._set_up(inst)
             self._rec((self.env._now, "instance_up", None, None, None, None, inst.svc.name, inst.name, None, None))
             return
-        _At(self.env, inst.svc.startup, self._instance_up, inst)
+        _at(self.env, inst.svc.startup, self._instance_up, inst)
 
     def _net_fault(self, source: str, src_svc, inst: _Instance) -> Optional[float]:
         """Extra delay on a hop between a caller and ``inst`` under network faults, or None
@@ -984,26 +988,25 @@ class Engine:
         state = (e, schedule, draw, end)
         t = schedule.next_arrival(self.env._now, draw())
         if t < end:
-            _At(self.env, t - self.env._now, self._spike_arrival, state)
+            _at(self.env, t - self.env._now, self._spike_arrival, state)
 
-    def _spike_arrival(self, ev) -> None:
-        e, schedule, draw, end = ev.arg
+    def _spike_arrival(self, state) -> None:
+        e, schedule, draw, end = state
         now = self.env._now
         t = schedule.next_arrival(now, draw())
         if t < end:
-            _At(self.env, t - now, self._spike_arrival, ev.arg)
+            _at(self.env, t - now, self._spike_arrival, state)
         self._request(e, now)
 
     # ------------------------------------------------------------------ autoscaling
 
-    def _autoscale(self, ev) -> None:
+    def _autoscale(self, svc: _Service) -> None:
         """Measure the last interval, ask the service's autoscaler, add or drain instances."""
-        svc: _Service = ev.arg
         env = self.env
         now = env._now
         policy = svc.scaler.policy
         if now < self.duration:
-            _At(env, policy.interval_s, self._autoscale, svc)
+            _at(env, policy.interval_s, self._autoscale, svc)
         serving = [i for i in svc.up if not i.draining]
         busy = queue = 0.0
         for inst in svc.instances:
@@ -1029,14 +1032,14 @@ class Engine:
             svc.instances.append(inst)
             self.instance_by_name[inst.name] = inst
             svc.starting += 1
-            _At(env, svc.startup, self._scaled_up, inst)
+            _at(env, svc.startup, self._scaled_up, inst)
         for _ in range(-delta):
             inst = max((i for i in svc.up if not i.draining), key=_index)
             self._drain(inst)
 
-    def _scaled_up(self, ev) -> None:
-        ev.arg.svc.starting -= 1
-        self._instance_up(ev)
+    def _scaled_up(self, inst: _Instance) -> None:
+        inst.svc.starting -= 1
+        self._instance_up(inst)
 
     def _drain(self, inst: _Instance) -> None:
         """Graceful stop: deregister (spec 3.2.1 deregisterService), take no new work from
@@ -1069,10 +1072,10 @@ class Engine:
         nxt = self.registry.next_timer(now)
         if nxt is not None and (self._registry_timer is None or nxt < self._registry_timer):
             self._registry_timer = nxt
-            _At(self.env, max(nxt - now, 0.0), self._registry_tick, nxt)
+            _at(self.env, max(nxt - now, 0.0), self._registry_tick, nxt)
 
-    def _registry_tick(self, ev) -> None:
-        if self._registry_timer != ev.arg:
+    def _registry_tick(self, due: float) -> None:
+        if self._registry_timer != due:
             return  # superseded by an earlier timer
         self._registry_timer = None
         self._registry_events(self.registry.tick(self.env._now))
@@ -1089,11 +1092,11 @@ class Engine:
         if self.registry.is_registered(inst.name):
             inst.check_gen += 1
             t = self.registry.schedule_first_check(now, inst.name, self._check_u[inst.svc.name])
-            _At(self.env, t - now, self._check, (inst, inst.check_gen))
+            _at(self.env, t - now, self._check, (inst, inst.check_gen))
 
-    def _check(self, ev) -> None:
+    def _check(self, arg) -> None:
         """Consul runs the instance's HTTP check; the instance answers per its check content."""
-        inst, gen = ev.arg
+        inst, gen = arg
         reg = self.registry
         if gen != inst.check_gen or not reg.is_registered(inst.name):
             return
@@ -1101,15 +1104,15 @@ class Engine:
         cut = self._blocked and self._net_fault(self.registry_svc.name, self.registry_svc, inst) is None
         if inst.up and (inst.hung or cut):
             # No answer: the check fails when its timeout runs out.
-            _At(self.env, self.policies.health_check.timeout_s, self._check_failed, (inst, gen))
+            _at(self.env, self.policies.health_check.timeout_s, self._check_failed, (inst, gen))
             return
         passing = inst.up and (
             self.policies.health_check.content == "shallow" or self._deep_check()
         )
         self._check_result(inst, gen, passing)
 
-    def _check_failed(self, ev) -> None:
-        inst, gen = ev.arg
+    def _check_failed(self, arg) -> None:
+        inst, gen = arg
         if gen == inst.check_gen and self.registry.is_registered(inst.name):
             self._check_result(inst, gen, False)
 
@@ -1119,7 +1122,7 @@ class Engine:
         self._registry_events(reg.record_check(now, inst.name, passing))
         nxt = reg.next_check(inst.name)
         if nxt is not None:
-            _At(self.env, nxt - now, self._check, (inst, gen))
+            _at(self.env, nxt - now, self._check, (inst, gen))
 
     def _deep_check(self) -> bool:
         """The spec's HealthCheckService.checkHealth (3.2.2) run inside an instance."""
@@ -1270,7 +1273,7 @@ class Engine:
             else:
                 self._rec((now, "message_nack", req.id, msg_id, parent_id, broker.name, q.op.svc.name,
                            inst.name, q.op.name, outcome))
-                _At(self.env, q.delay, self._redeliver, (q, (msg_id, req, parent_id)))
+                _at(self.env, q.delay, self._redeliver, (q, (msg_id, req, parent_id)))
             self._dispatch(q)
 
         # A delivery is a call from the broker to the chosen consumer. The broker waits for
@@ -1280,8 +1283,8 @@ class Engine:
         # connection that stays alive).
         self._start_call(req, None, broker.name, broker, q.op, broker.infra.heartbeat_timeout_s, finished, inst)
 
-    def _redeliver(self, ev) -> None:
-        q, msg = ev.arg
+    def _redeliver(self, arg) -> None:
+        q, msg = arg
         q.ready.append(msg)
         self._dispatch(q)
 
@@ -1416,7 +1419,7 @@ class _Logical:
             b = self.client.budgets[self.callee] = self.edge.budget.build(self.eng.env._now)
         return b
 
-    def attempt(self, ev=None) -> None:
+    def attempt(self) -> None:
         self.attempt_no += 1
         eng = self.eng
         if eng.registry is None:
@@ -1631,11 +1634,11 @@ class _Logical:
             eng._rec((now, "retry", self.parent.req.id, None, self.parent.id, self.parent.inst.name,
                       self.callee, None, self.op.name, outcome))
             self.client.retrying += 1
-            _At(eng.env, delay, self._retry, None)
+            _at(eng.env, delay, self._retry, None)
             return
         self._finish(outcome)
 
-    def _retry(self, ev) -> None:
+    def _retry(self, _arg) -> None:
         self.client.retrying -= 1
         self.attempt()
 
