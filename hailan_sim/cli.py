@@ -105,6 +105,12 @@ def _build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--duration", type=_positive(float), metavar="S",
                      help="simulated seconds per example (default: 10 s warm-up + 40 s of faults + "
                           "the recovery time the policies need)")
+    chk.add_argument("--jobs", type=_positive(int), default=_default_jobs(), metavar="N",
+                     help="simulations run at once, in forked worker processes (default: the "
+                          f"number of CPUs, here {_default_jobs()}); results do not depend on it")
+    chk.add_argument("--no-cover", dest="cover", action="store_false",
+                     help="skip the first phase (one fault of every kind, where it hurts most) "
+                          "and only search with Hypothesis")
     chk.add_argument("--exhaustive", action="store_true",
                      help="instead of searching, run every single fault of the alphabet and tabulate")
     chk.add_argument("--out", metavar="DIR", default="counterexamples", help="where counterexamples go")
@@ -119,6 +125,12 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--plot", metavar="PNG", help="save the timeline plot")
     rep.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     return p
+
+
+def _default_jobs() -> int:
+    import os
+
+    return max(1, min(os.cpu_count() or 1, 8))
 
 
 def _load(path: Optional[str]) -> Scenario:
@@ -281,13 +293,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
             raise ScenarioError("command line", f"--kinds: unknown fault kind {k!r}; kinds: {', '.join(FAULT_KINDS)}")
     from tqdm import tqdm
 
+    tqdm.monitor_interval = 0  # no monitor thread: workers are forked from this process
     bar = tqdm(unit="sim", file=sys.stderr, desc="check", leave=False, dynamic_ncols=True)
     if args.exhaustive:
         return _check_exhaustive(args, scenario, bar)
     try:
         report = checker.check(
             scenario, invariants=args.invariant, max_examples=args.max_examples, max_faults=args.max_faults,
-            kinds=args.kinds, seed=args.seed, out_dir=Path(args.out), progress=bar.update,
+            kinds=args.kinds, seed=args.seed, cover=args.cover, jobs=args.jobs, out_dir=Path(args.out),
+            progress=bar.update,
         )
     except ValueError as exc:  # a bad option the strategies refused
         raise ScenarioError("command line", str(exc)) from None
@@ -300,12 +314,18 @@ def _cmd_check(args: argparse.Namespace) -> int:
           + f": {report.simulations} simulations in {report.wall_s:.0f} s")
     print("fault kinds fired: " + (", ".join(f"{k} x{v}" for k, v in report.fault_kinds_fired.items()) or "none"))
     print("witnessed: " + (", ".join(f"{k} x{v}" for k, v in report.witnessed.items()) or "nothing"))
+    if report.cover:
+        print("\ncover phase (one fault of each kind, seed 0):")
+        width = max(len(c["fault"]) for c in report.cover)
+        for c in report.cover:
+            print(f"  {c['fault']:<{width}}  {', '.join(c['violated']) or 'every invariant held'}")
     print()
     for r in report.invariants:
         if r.status == "held":
             print(f"  held      {r.name} ({r.examples} examples)")
             continue
-        print(f"  VIOLATED  {r.name} (found in {r.seconds_to_find} s)")
+        how = "the cover phase" if r.found_by == "cover" else "the search"
+        print(f"  VIOLATED  {r.name} (found by {how}, {r.seconds_to_find} s into the check)")
         print(f"            {r.explanation}")
         for f in r.faults:
             print(f"            fault: {describe(f)}")
@@ -321,7 +341,7 @@ def _check_exhaustive(args, scenario: Scenario, bar) -> int:
         faults = single_faults(scenario, kinds=args.kinds)
         bar.total = len(faults) + 1
         table, runner = checker.exhaustive(scenario, faults, invariants=args.invariant, seed=args.seed,
-                                           progress=bar.update)
+                                           jobs=args.jobs, progress=bar.update)
     finally:
         bar.close()
     violated = (table.drop(columns=["fault", "kind"]) == "VIOLATED").any(axis=1)

@@ -17,7 +17,7 @@ from pydantic import TypeAdapter
 from models.faults import FAULT_KINDS, Fault
 from models.scenario import Scenario
 
-__all__ = ["single_faults"]
+__all__ = ["cover_faults", "single_faults"]
 
 _FAULT = TypeAdapter(Fault)
 
@@ -68,4 +68,121 @@ def single_faults(
         for fields in targets[kind]:
             for d in durations:
                 out.append(_FAULT.validate_python({"kind": kind, "start_s": start, "duration_s": d, **fields}))
+    return out
+
+
+def cover_faults(
+    scenario: Scenario,
+    horizon: tuple[float, float],
+    *,
+    kinds: Optional[Sequence[str]] = None,
+    targets: Optional[Sequence[str]] = None,
+) -> list:
+    """One single fault of each kind, aimed where it hurts most: the checker's first phase.
+
+    Hypothesis draws kinds and targets at random, so a small budget leaves kinds untried (a
+    default check once fired 7 of 15). This phase tries each kind once, which is also the
+    anti-vacuity claim of a check ("every fault kind fired"). The target of each kind is the
+    one with the widest blast radius, ties going to the first in document order:
+
+    * services (crash, slow, error rate) and their instance 0 (crash, drain, hang): the most
+      transitive dependents in the declared dependency graph (``hailan-sim topology``);
+    * partition and link latency: the first caller of that service (a service-to-service
+      dependency edge);
+    * infrastructure outage: the component, other than the registry and the gateway, with
+      the most transitive dependents (the registry has its own kind; a gateway outage is
+      every endpoint down at once, which says nothing about resilience);
+    * node, zone, clock skew: the host (or zone) that runs the most instances and components;
+      for a node crash, the host that runs the most instances and no shared component;
+    * load spike: the busiest endpoint (highest mean arrival rate).
+
+    Each fault starts a quarter into ``horizon`` and lasts half of it, so it ends inside the
+    horizon and recovery is watched. The crash of one instance, and of a node that runs no
+    shared component, does not restart (the harsher case: the registry and the clients must
+    route around a permanent loss); crashes of a service or a zone do, and so does a node
+    crash when every node runs a shared component (the permanent loss of the only instance
+    of the database or the broker is not something policies can recover from). Parameters are
+    the alphabet's clearly harmful ones (error fraction 0.5, slowness x10, +200 ms with 10%
+    loss, clock skew 300 s, load x3). ``kinds`` and ``targets`` restrict as in
+    :func:`properties.strategies.fault_schedules`; a kind with no allowed target is left out.
+    """
+    from collections import Counter
+
+    import networkx as nx
+
+    from models.capacity import _endpoint_rates
+    from models.topology import declared_graph
+    from properties.strategies import _candidates
+
+    for k in kinds or ():
+        if k not in FAULT_KINDS:
+            raise ValueError(f"{k=} is not a fault kind; kinds: {', '.join(FAULT_KINDS)}")
+    c = _candidates(scenario)
+    allowed = (lambda name: True) if targets is None else set(targets).__contains__
+    graph = declared_graph(scenario)
+    radius = {n: len(nx.ancestors(graph, n)) for n in graph.nodes}
+
+    def widest(names):
+        names = [n for n in names if allowed(n)]
+        # max() keeps the first of equals: ties go to document order.
+        return max(names, key=lambda n: radius.get(n, 0)) if names else None
+
+    def first(names):
+        names = [n for n in names if allowed(n)]
+        return names[0] if names else None
+
+    placements = scenario.placements()
+    hosted = Counter([p.node for p in placements] + [x.placement for x in scenario.infrastructure if x.placement])
+    zone_of = {n.name: n.zone for n in scenario.nodes}
+    zone_load = Counter()
+    for node, n in hosted.items():
+        zone_load[zone_of[node]] += n
+    busiest_node = first(sorted(c["nodes"], key=lambda n: -hosted[n]))
+    with_infra = {x.placement for x in scenario.infrastructure if x.placement}
+    # A node whose permanent loss the policies can route around: it runs no shared component.
+    busiest_bare = first(sorted([n for n in c["nodes"] if n not in with_infra], key=lambda n: -hosted[n]))
+    busiest_zone = first(sorted(c["zones"], key=lambda z: -zone_load[z]))
+    svc = widest(c["services"])
+    by_service = {s: [p.instance for p in placements if p.instance.rpartition("-")[0] == s] for s in c["services"]}
+    instance = None
+    for s in sorted(c["services"], key=lambda s: -radius.get(s, 0)):
+        instance = first(by_service[s])
+        if instance is not None:
+            break
+    callee_pairs = [p for p in c["pairs"] if p[0] in c["services"] and p[1] in c["services"]
+                    and allowed(p[0]) and allowed(p[1])]
+    pair = max(callee_pairs, key=lambda p: radius.get(p[1], 0)) if callee_pairs else None
+    gateways = {x.name for x in scenario.infrastructure if x.kind == "gateway"}
+    component = widest([x for x in c["components"] if x not in gateways])
+    rates = _endpoint_rates(scenario)
+    endpoint = first(sorted(c["endpoints"], key=lambda e: -rates.get(e, 0.0)))
+    registry = c["registries"][0] if c["registries"] and allowed(c["registries"][0]) else None
+
+    choices = {
+        "crash_instance": instance and {"instance": instance, "restart": False},
+        "crash_service": svc and {"service": svc, "restart": True},
+        "crash_node": ({"node": busiest_bare, "restart": False} if busiest_bare else
+                       busiest_node and {"node": busiest_node, "restart": True}),
+        "crash_zone": busiest_zone and {"zone": busiest_zone, "restart": True},
+        "drain_instance": instance and {"instance": instance},
+        "hang": instance and {"instance": instance},
+        "slow": svc and {"target": svc, "factor": 10.0},
+        "error_rate": svc and {"target": svc, "fraction": 0.5},
+        "partition": pair and {"a": pair[0], "b": pair[1]},
+        "link_latency": pair and {"a": pair[0], "b": pair[1], "added_ms": 200.0, "loss": 0.1},
+        "registry_outage": registry and {},
+        "infra_outage": component and {"component": component},
+        "clock_skew": busiest_node and {"node": busiest_node, "skew_s": 300.0},
+        "key_rotation": {} if targets is None else None,
+        "load_spike": endpoint and {"endpoint": endpoint, "factor": 3.0},
+    }
+    lo, hi = horizon
+    start = round(lo + 0.25 * (hi - lo), 3)
+    duration = round(0.5 * (hi - lo), 3)
+    out = []
+    for kind in kinds or FAULT_KINDS:
+        fields = choices[kind]
+        if fields is None:
+            continue
+        out.append(_FAULT.validate_python({"kind": kind, "start_s": start, "duration_s": duration, **fields}))
     return out

@@ -46,6 +46,7 @@ class InvariantReport:
     counterexample: Optional[str] = None
     seconds_to_find: Optional[float] = None
     replay_hash: Optional[str] = None
+    found_by: Optional[str] = None  # "cover" | "search"
 
     def to_dict(self) -> dict:
         return {
@@ -57,6 +58,7 @@ class InvariantReport:
             "seed": self.seed,
             "counterexample": self.counterexample,
             "seconds_to_find": self.seconds_to_find,
+            "found_by": self.found_by,
             "event_log_sha256": self.replay_hash,
         }
 
@@ -70,6 +72,7 @@ class CheckReport:
     wall_s: float
     fault_kinds_fired: dict[str, int]
     witnessed: dict[str, int]
+    cover: list[dict] = field(default_factory=list)  # per cover fault: which invariants it broke
 
     @property
     def ok(self) -> bool:
@@ -85,6 +88,7 @@ class CheckReport:
             "examples_per_minute": round(self.simulations / self.wall_s * 60, 2) if self.wall_s else None,
             "fault_kinds_fired": self.fault_kinds_fired,
             "witnessed": self.witnessed,
+            "cover": self.cover,
             "invariants": {r.name: r.to_dict() for r in self.invariants},
         }
 
@@ -92,12 +96,15 @@ class CheckReport:
 class Runner:
     """Simulates schedules and evaluates invariants, caching baselines and verdicts."""
 
-    def __init__(self, scenario: Scenario, names: Sequence[str], progress: Optional[Callable[[], None]] = None):
+    def __init__(self, scenario: Scenario, names: Sequence[str], progress: Optional[Callable[[], None]] = None,
+                 jobs: int = 1):
         self.scenario = scenario
         self.names = list(names)
         self.progress = progress
+        self.jobs = max(1, int(jobs))
         self._baselines: dict[int, object] = {}
         self._verdicts: dict[str, dict] = {}
+        self._hashes: dict[str, str] = {}
         self.simulations = 0
         self.fault_kinds_fired: dict[str, int] = {}
         self.witnessed: dict[str, int] = {}
@@ -121,21 +128,102 @@ class Runner:
             self.progress()
         return inv.Record(scenario=scenario, result=result, baseline=self.baseline(seed))
 
+    def _record_quietly(self, faults: list, seed: int):
+        """:meth:`record` for a worker process: no counting, no progress output."""
+        scenario = self.scenario_for(faults, seed)
+        result = simulate(scenario, keep_events=True)
+        baseline = self._baselines.get(seed) or simulate(self.scenario_for([], seed), keep_events=True)
+        return inv.Record(scenario=scenario, result=result, baseline=baseline)
+
+    @staticmethod
+    def key(faults: list, seed: int) -> str:
+        return f"{seed}|" + "|".join(f.model_dump_json() for f in faults)
+
+    def cached(self, faults: list, seed: int) -> Optional[dict]:
+        return self._verdicts.get(self.key(faults, seed))
+
     def verdicts(self, faults: list, seed: int) -> dict:
         """Every checked invariant's verdict for this schedule and seed (cached)."""
-        key = f"{seed}|" + "|".join(f.model_dump_json() for f in faults)
-        hit = self._verdicts.get(key)
+        hit = self.cached(faults, seed)
         if hit is not None:
             return hit
         record = self.record(faults, seed)
         out = {v.name: v for v in inv.evaluate(record, self.names)}
+        self._store(faults, seed, out, inv.witnessed(record), record.result.event_log_sha256)
+        return out
+
+    def event_log_sha256(self, faults: list, seed: int) -> Optional[str]:
+        """The event-log hash of a schedule's run (None if it was not run)."""
+        return self._hashes.get(self.key(faults, seed))
+
+    def _store(self, faults: list, seed: int, out: dict, witnessed: dict, sha: str) -> None:
+        self._hashes[self.key(faults, seed)] = sha
         for kind in dict.fromkeys(f.kind for f in faults):
             self.fault_kinds_fired[kind] = self.fault_kinds_fired.get(kind, 0) + 1
-        for what, seen in inv.witnessed(record).items():
+        for what, seen in witnessed.items():
             if seen:
                 self.witnessed[what] = self.witnessed.get(what, 0) + 1
-        self._verdicts[key] = out
-        return out
+        self._verdicts[self.key(faults, seed)] = out
+
+    def prefetch(self, examples: Sequence[tuple[list, int]]) -> None:
+        """Simulate and judge every ``(faults, seed)`` not yet cached, ``jobs`` at a time.
+
+        Each simulation is a pure function of its scenario, so running them in worker
+        processes changes no verdict, only how soon it is known. Workers are forked (they
+        inherit the baselines already computed, without copying them); where ``fork`` is
+        not available, or with ``jobs=1``, the examples run here one after another.
+        """
+        todo = list({self.key(f, s): (f, s) for f, s in examples if self.cached(f, s) is None}.values())
+        if not todo:
+            return
+        ctx = _fork_context()
+        if self.jobs == 1 or ctx is None or len(todo) == 1:
+            for f, s in todo:
+                self.verdicts(f, s)
+            return
+        from concurrent.futures import ProcessPoolExecutor
+
+        global _WORKER
+        missing = sorted({s for _, s in todo} - set(self._baselines))
+        try:
+            _WORKER = self
+            if missing:
+                # Baselines first (every example needs its seed's), back to this process
+                # so that the examples' workers, forked after, share them.
+                with ProcessPoolExecutor(min(self.jobs, len(missing)), mp_context=ctx) as pool:
+                    for seed, result in zip(missing, pool.map(_baseline_in_worker, missing)):
+                        self._baselines[seed] = result
+                        self.simulations += 1
+            with ProcessPoolExecutor(min(self.jobs, len(todo)), mp_context=ctx) as pool:
+                for (f, s), (out, seen, sha) in zip(todo, pool.map(_example_in_worker, todo)):
+                    self.simulations += 1
+                    self._store(f, s, out, seen, sha)
+                    if self.progress is not None:
+                        self.progress()
+        finally:
+            _WORKER = None
+
+
+# ----------------------------------------------------------------------------- workers
+
+_WORKER: Optional[Runner] = None  # the runner a forked worker inherits
+
+
+def _fork_context():
+    import multiprocessing
+
+    return multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+
+
+def _baseline_in_worker(seed: int):
+    return simulate(_WORKER.scenario_for([], seed), keep_events=True)
+
+
+def _example_in_worker(example: tuple[list, int]) -> tuple[dict, dict, str]:
+    faults, seed = example
+    record = _WORKER._record_quietly(faults, seed)
+    return ({v.name: v for v in inv.evaluate(record, _WORKER.names)}, inv.witnessed(record),
+            record.result.event_log_sha256)
 
 
 def check(
@@ -149,21 +237,35 @@ def check(
     horizon: Optional[tuple[float, float]] = None,
     seed: int = 0,
     n_seeds: int = 3,
+    cover: bool = True,
+    jobs: int = 1,
     out_dir: Optional[Path] = None,
     progress: Optional[Callable[[], None]] = None,
 ) -> CheckReport:
     """Search for a violation of each invariant; shrink and save what is found.
 
+    Two phases. **Cover** (``cover=True``): one single fault of every kind, each where it
+    hurts most (:func:`properties.alphabet.cover_faults`), simulation seed 0; an invariant
+    one of them violates gets that fault as its counterexample, shortened to the shortest
+    of 1 s, half and the full duration that still violates it. **Search**: for every
+    invariant the cover phase did not break, Hypothesis searches ``max_examples`` schedules
+    of up to ``max_faults`` faults (and a simulation seed among ``n_seeds``) and shrinks the
+    first violation it finds (fewer, shorter, later, simpler faults).
+
     ``seed`` fixes Hypothesis's search (derandomized, keyed by it), so the same command
-    explores the same schedules; the simulation seed of each example is drawn too.
+    explores the same schedules. ``jobs`` > 1 simulates the cover phase, the baselines and
+    the schedules the search will generate in that many forked processes; shrinking is
+    sequential. The verdicts, counterexamples and hashes do not depend on ``jobs``.
     """
+    from properties.alphabet import cover_faults
+
     names = list(invariants) if invariants else [n for n in inv.INVARIANTS if n != "determinism"]
     for n in names:
         inv.get(n)  # unknown names raise KeyError with the known ones
     if horizon is None:
         horizon = fault_horizon(scenario)
     started = time.perf_counter()
-    runner = Runner(scenario, names, progress)
+    runner = Runner(scenario, names, progress, jobs)
     # The simulation seed is drawn too, from a few values, so the fault-free baseline (one
     # run per seed) is shared by many examples; it shrinks towards seed 0.
     strategy = st.tuples(
@@ -172,9 +274,55 @@ def check(
         fault_schedules(scenario, max_faults=max_faults, min_faults=0, kinds=kinds, targets=targets, horizon=horizon),
         st.integers(0, max(0, n_seeds - 1)),
     )
-    reports = []
-    for name in names:
-        t0 = time.perf_counter()
+    found: dict[str, InvariantReport] = {}
+
+    def violated(name: str, faults: list, sim_seed: int, examples: int, how: str) -> None:
+        verdict = runner.verdicts(faults, sim_seed)[name]
+        report = found[name] = InvariantReport(
+            name, "violated", examples, verdict.explanation, verdict.window, list(faults), sim_seed,
+            seconds_to_find=round(time.perf_counter() - started, 1), found_by=how,
+            replay_hash=runner.event_log_sha256(faults, sim_seed),
+        )
+        if out_dir is not None:
+            path = write_counterexample(runner.scenario_for(faults, sim_seed), Path(out_dir) / f"{name}.yaml", report)
+            report.counterexample = str(path)
+
+    covers = cover_faults(scenario, horizon, kinds=kinds, targets=targets) if cover else []
+    cover_table: list[dict] = []
+    if covers:
+        runner.prefetch([([f], 0) for f in covers])
+        first_bad: dict[str, tuple[int, object]] = {}
+        for i, f in enumerate(covers):
+            verdicts = runner.cached([f], 0)
+            cover_table.append({"fault": describe(f), "kind": f.kind,
+                                "violated": [n for n in names if not verdicts[n].holds]})
+            for n in names:
+                if n not in first_bad and not verdicts[n].holds:
+                    first_bad[n] = (i, f)
+        shorter = {n: _shorter(f) for n, (_, f) in first_bad.items()}
+        runner.prefetch([([g], 0) for gs in shorter.values() for g in gs])
+        for n in names:
+            if n in first_bad:
+                i, f = first_bad[n]
+                best = next((g for g in shorter[n] if not runner.cached([g], 0)[n].holds), f)
+                violated(n, [best], 0, i + 1 + len(shorter[n]), "cover")
+
+    search = settings(
+        max_examples=max_examples,
+        derandomize=False,
+        database=None,
+        deadline=None,
+        phases=[Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+    )
+    rest = [n for n in names if n not in found]
+    if rest and runner.jobs > 1:
+        # What the searches will generate does not depend on the verdicts until the first
+        # violation (and every search generates the same, see _Random), so list it with a
+        # dry run and simulate it in parallel; the searches then read the cache.
+        runner.prefetch(_generated(strategy, search, seed))
+    searched: dict[str, int] = {}
+    for name in rest:
         seen = {"n": 0}
 
         def violates(example, name=name, seen=seen) -> bool:
@@ -182,30 +330,15 @@ def check(
             faults, sim_seed = example
             return not runner.verdicts(faults, sim_seed)[name].holds
 
-        # Reproducible: no example database, and the search seeded from ``seed`` and the
-        # invariant's name (``find`` turns ``random`` into ``@seed``).
-        search = settings(
-            max_examples=max_examples,
-            derandomize=False,
-            database=None,
-            deadline=None,
-            phases=[Phase.generate, Phase.shrink],
-            suppress_health_check=list(HealthCheck),
-        )
+        # Reproducible: no example database, and the search seeded from ``seed``
+        # (``find`` turns ``random`` into ``@seed``).
         try:
             faults, sim_seed = find(strategy, violates, settings=search, random=_Random(seed))
         except NoSuchExample:
-            reports.append(InvariantReport(name, "held", seen["n"]))
+            searched[name] = seen["n"]
             continue
-        verdict = runner.verdicts(faults, sim_seed)[name]
-        report = InvariantReport(
-            name, "violated", seen["n"], verdict.explanation, verdict.window, list(faults), sim_seed,
-            seconds_to_find=round(time.perf_counter() - t0, 1),
-        )
-        if out_dir is not None:
-            path = write_counterexample(runner.scenario_for(faults, sim_seed), Path(out_dir) / f"{name}.yaml", report)
-            report.counterexample = str(path)
-        reports.append(report)
+        violated(name, faults, sim_seed, len(covers) + seen["n"], "search")
+    reports = [found.get(n) or InvariantReport(n, "held", len(covers) + searched.get(n, 0)) for n in names]
     return CheckReport(
         scenario=scenario.name,
         profile=scenario.profile,
@@ -214,7 +347,36 @@ def check(
         wall_s=time.perf_counter() - started,
         fault_kinds_fired=dict(sorted(runner.fault_kinds_fired.items())),
         witnessed=dict(sorted(runner.witnessed.items())),
+        cover=cover_table,
     )
+
+
+def _shorter(fault) -> list:
+    """The same fault lasting 1 s (the search's shortest), then half as long: those shorter than
+    it and not under 1 s, shortest first."""
+    d = fault.duration_s
+    if d is None:
+        return []
+    out = []
+    for x in (1.0, round(d / 2, 3)):
+        if 1.0 <= x < d and x not in [g.duration_s for g in out]:
+            out.append(fault.model_copy(update={"duration_s": x}))
+    return out
+
+
+def _generated(strategy, search, seed: int) -> list:
+    """The examples a search with these settings generates while nothing fails."""
+    seen: list = []
+
+    def note(example) -> bool:
+        seen.append(example)
+        return False
+
+    try:
+        find(strategy, note, settings=search, random=_Random(seed))
+    except NoSuchExample:
+        pass
+    return seen
 
 
 def fault_horizon(scenario: Scenario) -> tuple[float, float]:
@@ -285,12 +447,14 @@ def replay(scenario: Scenario, names: Optional[Sequence[str]] = None):
 
 
 def exhaustive(scenario: Scenario, faults: Sequence, *, invariants: Optional[Sequence[str]] = None,
-               seed: int = 0, progress: Optional[Callable[[], None]] = None):
-    """Run every single fault of ``faults`` alone and tabulate which invariants it breaks."""
+               seed: int = 0, jobs: int = 1, progress: Optional[Callable[[], None]] = None):
+    """Run every single fault of ``faults`` alone and tabulate which invariants it breaks
+    (``jobs`` at a time, as in :func:`check`)."""
     import pandas as pd
 
     names = list(invariants) if invariants else [n for n in inv.INVARIANTS if n != "determinism"]
-    runner = Runner(scenario, names, progress)
+    runner = Runner(scenario, names, progress, jobs)
+    runner.prefetch([([f], seed) for f in faults])
     rows = []
     for f in faults:
         verdicts = runner.verdicts([f], seed)
