@@ -4,8 +4,9 @@ SimPy supplies the clock and the event heap (``(time, priority, event id)``, so 
 the same instant run first-in first-out and a run is deterministic). The engine does not
 use SimPy processes or resources: every step of a call is one scheduled event carrying a
 callback and its payload (:func:`_at`), which does the work of a process switch without
-the generator machinery, and :meth:`Engine.run_until` runs them in SimPy's order. That is what lets a full call, with network hops, queueing and a
-caller-side timeout, cost little more than a textbook SimPy customer.
+the generator machinery (:meth:`Engine.run_until` runs them, in SimPy's order). That is
+what lets a full call, with network hops, queueing and a caller-side timeout, cost little
+more than a textbook SimPy customer.
 
 Life of a call (``_start_call``): the caller picks an instance, the request pays one
 network hop, the instance serves it at once, queues it, or rejects it when its queue is
@@ -139,7 +140,7 @@ class _Service:
     """A service or an infrastructure component: a set of identical instances."""
 
     __slots__ = ("name", "infra", "workers", "qlimit", "instances", "up", "ops", "key",
-                 "startup", "consumers", "placement", "scaler", "starting", "scale_areas")
+                 "startup", "consumers", "placement", "scaler", "starting", "scale_areas", "routes")
 
     def __init__(self, name, infra, workers, qlimit, startup):
         self.name = name
@@ -156,14 +157,15 @@ class _Service:
         self.scaler = None  # models.autoscaling.Autoscaler, if the service autoscales
         self.starting = 0  # instances added by autoscaling that are still starting up
         self.scale_areas = (0.0, 0.0)  # busy and queue integrals at the last evaluation
+        self.routes: dict[str, _Route] = {}  # caller (service or client) name -> its route here
 
 
 class _Call:
     __slots__ = ("id", "req", "parent", "source", "src_svc", "op", "inst", "t0", "k",
                  "finished", "t_abandon", "hold", "status", "track", "t_arrive", "deadline",
-                 "token", "auth_failed", "lost", "expires")
+                 "token", "auth_failed", "lost", "expires", "route")
 
-    def __init__(self, cid, req, parent, source, src_svc, op, t0, k, track):
+    def __init__(self, cid, req, parent, source, src_svc, op, t0, k, track, route, token):
         self.id = cid
         self.req = req
         self.parent = parent
@@ -179,9 +181,32 @@ class _Call:
         self.status = None
         self.track = track  # 1.0: started after the warm-up, counts in the summaries
         self.deadline = None  # with deadline propagation: when the caller stops waiting
-        self.token = None  # the service token the caller sent, if any
+        self.token = token  # the service token the caller sent, if any
         self.auth_failed = False  # the callee answered 401
         self.lost = False  # the instance died or hung with this call: nothing more happens here
+        self.route = route  # the network path between caller and callee (a _Route)
+
+
+_UNSET = object()  # a _Route's sampler not looked up yet
+
+
+class _Route:
+    """The path from one caller (a service, or an endpoint's client) to one callee service:
+    its hop samplers each way and the caller's instance-pick stream.
+
+    NOTE: for speed; these were two tuple-keyed dict look-ups (``Engine._link``,
+    ``Engine._pick``) per call. Each is still looked up lazily, at its first use, so streams
+    are handed out in the same order as before.
+    """
+
+    __slots__ = ("src", "dst", "there", "back", "pick")
+
+    def __init__(self, src: str, dst: str) -> None:
+        self.src = src
+        self.dst = dst
+        self.there = _UNSET  # latency sampler src -> dst, or None (always 0)
+        self.back = _UNSET  # latency sampler dst -> src, or None
+        self.pick = None  # uniform stream src uses to pick among dst's instances
 
 
 class _TimerQueue:
@@ -289,8 +314,8 @@ class Engine:
             for name, op in s.operations.items():
                 err_u = streams.uniform(f"err/{s.name}.{name}") if op.error_probability > 0 else None
                 tree = self._compile(op.calls, s.name, f"{s.name}.{name}") if op.calls else None
-                svc.ops[name] = _Op(svc, name, streams.sampler(f"svc/{s.name}.{name}", op.service_time_ms, 1e-3),
-                                    op.error_probability, err_u, tree, s.blocking_calls,
+                sample = streams.sampler(f"svc/{s.name}.{name}", op.service_time_ms, 1e-3)
+                svc.ops[name] = _Op(svc, name, sample, op.error_probability, err_u, tree, s.blocking_calls,
                                     op.idempotent, s.max_queue_wait_s)
         self._picks: dict = {}
         self.instance_by_name: dict[str, _Instance] = {}
@@ -359,7 +384,8 @@ class Engine:
         if isinstance(node, ParNode):
             return _XPar([self._compile(c, svc_name, f"{path}.{i}") for i, c in enumerate(node.par)])
         if isinstance(node, MaybeNode):
-            return _XMaybe(node.p, self.streams.uniform(f"tree/{path}"), self._compile(node.maybe, svc_name, f"{path}.m"))
+            return _XMaybe(node.p, self.streams.uniform(f"tree/{path}"),
+                           self._compile(node.maybe, svc_name, f"{path}.m"))
         if isinstance(node, ChoiceNode):
             total = sum(o.weight for o in node.choice)
             cum, acc = [], 0.0
@@ -535,8 +561,13 @@ class Engine:
         env = self.env
         now = env._now
         self.n_calls += 1
-        c = _Call(self.n_calls, req, parent, source, src_svc, op, now, k, 1.0 if now >= self.warmup else 0.0)
         svc = op.svc
+        src = source if src_svc is None else src_svc.name
+        route = svc.routes.get(src)
+        if route is None:
+            route = svc.routes[src] = _Route(src, svc.name)
+        c = _Call(self.n_calls, req, parent, source, src_svc, op, now, k,
+                  1.0 if now >= self.warmup else 0.0, route, token)
         self._rec((now, "call_start", req.id, c.id, parent.id if parent else None, source, svc.name,
                    None, op.name, None))
         if deadline is not None:
@@ -548,7 +579,6 @@ class Engine:
                 return c
             if timeout is None or left < timeout:
                 timeout = left
-        c.token = token
         if inst is None:
             up = svc.up
             if self.registry is not None and src_svc is not None and src_svc is self.gateway:
@@ -562,10 +592,14 @@ class Engine:
             if n == 1:
                 inst = up[0]
             else:
-                pick = self._pick(src_svc.name if src_svc is not None else source, svc.name)
+                pick = route.pick
+                if pick is None:
+                    pick = route.pick = self._pick(src, svc.name)
                 inst = up[int(pick() * n)]
         c.inst = inst
-        hop = self._link(src_svc.name if src_svc is not None else source, svc.name)
+        hop = route.there
+        if hop is _UNSET:
+            hop = route.there = self._link(src, svc.name)
         if self._blocked or self._slow_links:
             extra = self._net_fault(source, src_svc, inst)
             if extra is None:
@@ -575,7 +609,7 @@ class Engine:
         elif hop is None:
             self._arrive_at(c)
         else:
-            _at(env, hop(), self._arrive_at, c)
+            heappush(env._queue, (now + hop(), NORMAL, next(env._eid), self._arrive_at, c))  # _at, inlined
         if timeout is not None:
             self._arm(c, timeout)
         return c
@@ -651,7 +685,7 @@ class Engine:
 
     def _arrive_at(self, c: _Call) -> None:
         inst = c.inst
-        c.t_arrive = self.env._now
+        c.t_arrive = now = self.env._now
         if not inst.up:
             self._answer(c, "error")  # connection refused
             return
@@ -661,7 +695,11 @@ class Engine:
         if c.token is not None and not self._verify(c, inst):
             return
         if inst.free:
-            self._touch(inst)
+            dt = now - inst.last  # self._touch(inst), inlined (hot path)
+            if dt:
+                inst.qarea += len(inst.queue) * dt
+                inst.barea += (inst.workers - inst.free) * dt
+                inst.last = now
             inst.free -= 1
             inst.calls[c.id] = c
             if not self._serve(c):
@@ -691,11 +729,11 @@ class Engine:
         ):
             self._shed(c)
             return False
+        inst = c.inst
         if c.track:
-            inst = c.inst
             inst.wait_sum += now - c.t_arrive
             inst.wait_n += 1
-        _at(env, op.sample() * c.inst.slow, self._served, c)
+        heappush(env._queue, (now + op.sample() * inst.slow, NORMAL, next(env._eid), self._served, c))  # _at
         return True
 
     def _shed(self, c: _Call) -> None:
@@ -729,7 +767,12 @@ class Engine:
             self._work_done(c, "ok")
 
     def _release(self, inst: _Instance) -> None:
-        self._touch(inst)
+        now = self.env._now
+        dt = now - inst.last  # self._touch(inst), inlined (hot path)
+        if dt:
+            inst.qarea += len(inst.queue) * dt
+            inst.barea += (inst.workers - inst.free) * dt
+            inst.last = now
         q = inst.queue
         while q:
             if self._serve(q.popleft()):
@@ -775,22 +818,31 @@ class Engine:
         """Send the callee's answer back over the network."""
         if c.finished:
             return
-        hop = self._link(c.op.svc.name, c.src_svc.name if c.src_svc is not None else c.source)
+        route = c.route
+        hop = route.back
+        if hop is _UNSET:
+            hop = route.back = self._link(route.dst, route.src)
         c.status = status
         if self._blocked or self._slow_links:
             extra = self._net_fault(c.source, c.src_svc, c.inst)
             if extra is not None:
                 _at(self.env, (hop() if hop is not None else 0.0) + extra, self._deliver, c)
         elif hop is None:
-            self._complete(c, status)
+            self._deliver(c)
         else:
-            _at(self.env, hop(), self._deliver, c)
-
-    def _deliver(self, c: _Call) -> None:
-        if not c.finished:
-            self._complete(c, c.status)
+            env = self.env
+            heappush(env._queue, (env._now + hop(), NORMAL, next(env._eid), self._deliver, c))  # _at
 
     def _complete(self, c: _Call, outcome: str) -> None:
+        """The caller gets ``outcome`` for ``c`` now (its own timeout, or a failure before sending)."""
+        c.status = outcome
+        self._deliver(c)
+
+    def _deliver(self, c: _Call) -> None:
+        """The answer in ``c.status`` reaches the caller, unless it already stopped waiting."""
+        if c.finished:
+            return
+        outcome = c.status
         c.finished = True
         now = self.env._now
         svc = c.op.svc
