@@ -13,6 +13,8 @@ family so their means are exact.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from typing import Annotated, Literal, Union
 
@@ -229,9 +231,14 @@ class Sampler:
     ``scale`` multiplies every draw (1e-3 turns a ``*_ms`` distribution into seconds).
     The block size is fixed, so the k-th value a sampler returns depends only on its
     stream and k, never on when or by whom it was asked for.
+
+    ``sampler()`` and ``sampler.next()`` return the same sequence (they share it). ``next``
+    is what hot paths hold: a C-level callable (``functools.partial`` of the builtin
+    ``next`` over a chain of blocks), so a draw costs no Python frame; the next block is
+    drawn when the last one runs out, as ``sampler()`` always did.
     """
 
-    __slots__ = ("_dist", "_rng", "_scale", "_buf", "_i", "_n")
+    __slots__ = ("_dist", "_rng", "_scale", "next")
 
     BLOCK = 1024
 
@@ -239,25 +246,22 @@ class Sampler:
         self._dist = dist
         self._rng = rng
         self._scale = scale
-        self._buf: list = []
-        self._i = 0
-        self._n = 0
+        self.next = functools.partial(next, itertools.chain.from_iterable(iter(self._blocks(), None)))
 
-    def _refill(self) -> None:
-        block = self._dist.draw(self._rng, self.BLOCK)
-        if self._scale != 1.0:
-            block = block * self._scale
-        self._buf = block.tolist()
-        self._i = 0
-        self._n = len(self._buf)
+    def _blocks(self):
+        """A function returning the stream's next block as a list (never None)."""
+        dist, rng, scale, n = self._dist, self._rng, self._scale, self.BLOCK
+
+        def block() -> list:
+            values = dist.draw(rng, n)
+            if scale != 1.0:
+                values = values * scale
+            return values.tolist()
+
+        return block
 
     def __call__(self):
-        # NOTE: hot path; kept to a compare, an index and an increment.
-        if self._i == self._n:
-            self._refill()
-        i = self._i
-        self._i = i + 1
-        return self._buf[i]
+        return self.next()
 
 
 class UniformSampler(Sampler):
@@ -268,7 +272,6 @@ class UniformSampler(Sampler):
     def __init__(self, rng: np.random.Generator) -> None:
         super().__init__(None, rng)
 
-    def _refill(self) -> None:
-        self._buf = self._rng.random(self.BLOCK).tolist()
-        self._i = 0
-        self._n = self.BLOCK
+    def _blocks(self):
+        rng, n = self._rng, self.BLOCK
+        return lambda: rng.random(n).tolist()

@@ -6,7 +6,8 @@ use SimPy processes or resources: every step of a call is one scheduled event ca
 callback and its payload (:func:`_at`), which does the work of a process switch without
 the generator machinery (:meth:`Engine.run_until` runs them, in SimPy's order). That is
 what lets a full call, with network hops, queueing and a caller-side timeout, cost little
-more than a textbook SimPy customer.
+more than a textbook SimPy customer. Random streams are held as their samplers' ``next``
+(a draw without a Python frame).
 
 Life of a call (``_start_call``): the caller picks an instance, the request pays one
 network hop, the instance serves it at once, queues it, or rejects it when its queue is
@@ -294,7 +295,7 @@ class Engine:
         self.breaker_transitions: dict[str, int] = {}
         for c in sc.infrastructure:
             svc = _Service(c.name, c, c.capacity, c.queue_limit, 0.0)
-            svc.ops[None] = _Op(svc, None, streams.sampler(f"svc/{c.name}", c.latency_ms, 1e-3),
+            svc.ops[None] = _Op(svc, None, streams.sampler(f"svc/{c.name}", c.latency_ms, 1e-3).next,
                                 0.0, None, None, False)
             node = c.placement or sc.nodes[0].name
             svc.instances.append(_Instance(svc, 0, node, zone[node]))
@@ -312,9 +313,9 @@ class Engine:
         for s in sc.services:
             svc = self.services[s.name]
             for name, op in s.operations.items():
-                err_u = streams.uniform(f"err/{s.name}.{name}") if op.error_probability > 0 else None
+                err_u = streams.uniform(f"err/{s.name}.{name}").next if op.error_probability > 0 else None
                 tree = self._compile(op.calls, s.name, f"{s.name}.{name}") if op.calls else None
-                sample = streams.sampler(f"svc/{s.name}.{name}", op.service_time_ms, 1e-3)
+                sample = streams.sampler(f"svc/{s.name}.{name}", op.service_time_ms, 1e-3).next
                 svc.ops[name] = _Op(svc, name, sample, op.error_probability, err_u, tree, s.blocking_calls,
                                     op.idempotent, s.max_queue_wait_s)
         self._picks: dict = {}
@@ -332,7 +333,7 @@ class Engine:
         self.registry_svc = self.services[reg.name] if reg is not None else None
         self.registry = Registry(check=self.policies.health_check) if reg is not None else None
         self._registry_timer = None
-        self._check_u = {s.name: streams.uniform(f"check/{s.name}") for s in sc.services} if reg else {}
+        self._check_u = {s.name: streams.uniform(f"check/{s.name}").next for s in sc.services} if reg else {}
         tokens = self.policies.tokens
         self.tokens = tokens if tokens.enabled else None
         if self.tokens is not None:
@@ -358,7 +359,7 @@ class Engine:
                 e.schedule = schedule_for(ep.arrival)
             else:
                 e.schedule = schedule_for(sc.workload.arrival, shares[ep.name])
-            e.draw = streams.sampler(f"arrive/{ep.name}", _UNIT_EXP)
+            e.draw = streams.sampler(f"arrive/{ep.name}", _UNIT_EXP).next
             e.key = len(self.endpoints)
             self.endpoints.append(e)
         self.request_rec = Recorder([e.name for e in self.endpoints], self.window)
@@ -384,7 +385,7 @@ class Engine:
         if isinstance(node, ParNode):
             return _XPar([self._compile(c, svc_name, f"{path}.{i}") for i, c in enumerate(node.par)])
         if isinstance(node, MaybeNode):
-            return _XMaybe(node.p, self.streams.uniform(f"tree/{path}"),
+            return _XMaybe(node.p, self.streams.uniform(f"tree/{path}").next,
                            self._compile(node.maybe, svc_name, f"{path}.m"))
         if isinstance(node, ChoiceNode):
             total = sum(o.weight for o in node.choice)
@@ -392,11 +393,11 @@ class Engine:
             for o in node.choice:
                 acc += o.weight / total
                 cum.append(acc)
-            return _XChoice(cum, self.streams.uniform(f"tree/{path}"),
+            return _XChoice(cum, self.streams.uniform(f"tree/{path}").next,
                             [self._compile(o.do, svc_name, f"{path}.{i}") for i, o in enumerate(node.choice)])
         if isinstance(node, RepeatNode):
             count = node.count
-            draw = None if isinstance(count, int) else self.streams.sampler(f"tree/{path}", count)
+            draw = None if isinstance(count, int) else self.streams.sampler(f"tree/{path}", count).next
             return _XRepeat(count if isinstance(count, int) else None, draw, node.parallel,
                             self._compile(node.repeat, svc_name, f"{path}.r"))
         raise TypeError(f"unknown call-tree node {node!r}")  # pragma: no cover
@@ -418,7 +419,7 @@ class Engine:
         if isinstance(dist, Constant) and dist.value == 0:
             sampler = None
         else:
-            sampler = self.streams.sampler(f"net/{src}>{dst}", dist, 1e-3)
+            sampler = self.streams.sampler(f"net/{src}>{dst}", dist, 1e-3).next
         self._links[key] = sampler
         return sampler
 
@@ -672,7 +673,7 @@ class Engine:
         """
         pick = self._picks.get((src, dst))
         if pick is None:
-            pick = self._picks[(src, dst)] = self.streams.uniform(f"pick/{src}>{dst}")
+            pick = self._picks[(src, dst)] = self.streams.uniform(f"pick/{src}>{dst}").next
         return pick
 
     def _retry_u(self, src: str, dst: str):
@@ -680,7 +681,7 @@ class Engine:
         key = ("retry", src, dst)
         u = self._picks.get(key)
         if u is None:
-            u = self._picks[key] = self.streams.uniform(f"retry/{src}>{dst}")
+            u = self._picks[key] = self.streams.uniform(f"retry/{src}>{dst}").next
         return u
 
     def _arrive_at(self, c: _Call) -> None:
@@ -861,7 +862,7 @@ class Engine:
         name = key.name if isinstance(key, _Instance) else str(key)
         u = self._fault_us.get(name)
         if u is None:
-            u = self._fault_us[name] = self.streams.uniform(f"fault/{name}")
+            u = self._fault_us[name] = self.streams.uniform(f"fault/{name}").next
         return u
 
     def _fault_instances(self, f) -> list:
@@ -1035,7 +1036,7 @@ class Engine:
             schedule = schedule_for(ep.arrival, factor)
         else:
             schedule = schedule_for(self.scenario.workload.arrival, self.scenario.workload.shares()[ep.name] * factor)
-        draw = self.streams.sampler(f"fault/{i}/arrive", _UNIT_EXP)
+        draw = self.streams.sampler(f"fault/{i}/arrive", _UNIT_EXP).next
         end = min(f.end_s() or self.duration, self.duration)
         state = (e, schedule, draw, end)
         t = schedule.next_arrival(self.env._now, draw())
