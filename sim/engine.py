@@ -343,7 +343,7 @@ class Engine:
             self._issuer_op = self.services[issuer].ops[issuer_op]
             self._rotations = sorted([*tokens.key_rotations_s, *self._rotations_extra])
         self.call_rec = Recorder(list(self.services), self.window)
-        self._call_done = self.call_rec.buf.append
+        self._call_done = self.call_rec.buf.extend
 
         self.gateway = next((self.services[c.name] for c in sc.infrastructure if c.kind == "gateway"), None)
         self.endpoints: list[_Endpoint] = []
@@ -363,7 +363,7 @@ class Engine:
             e.key = len(self.endpoints)
             self.endpoints.append(e)
         self.request_rec = Recorder([e.name for e in self.endpoints], self.window)
-        self._request_done_rec = self.request_rec.buf.append
+        self._request_done_rec = self.request_rec.buf.extend
 
     def _compile(self, node, svc_name: str, path: str):
         """Turn a call-tree node into an executor object (see the ``_X*`` classes)."""

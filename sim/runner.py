@@ -86,7 +86,7 @@ def _simulate(scenario: Scenario, keep_events: bool, progress: Optional[bool]) -
         if t > env.now:
             engine.run_until(t)
         for rec in recorders:
-            if len(rec.buf) >= _FLUSH_AT:
+            if rec.pending >= _FLUSH_AT:
                 rec.flush(env.now)
         if len(engine.log.buf) >= _FLUSH_AT:
             engine.log.flush()
