@@ -23,6 +23,7 @@ full). Every request ends with exactly one of them.
 from __future__ import annotations
 
 import bisect
+import functools
 from collections import deque
 from heapq import heappop, heappush
 from typing import Callable, Optional
@@ -162,14 +163,13 @@ class _Service:
 
 
 class _Call:
-    __slots__ = ("id", "req", "parent", "source", "src_svc", "op", "inst", "t0", "k",
-                 "finished", "t_abandon", "hold", "status", "track", "t_arrive", "deadline",
+    __slots__ = ("id", "req", "source", "src_svc", "op", "inst", "t0", "k",
+                 "finished", "t_abandon", "status", "track", "t_arrive", "deadline",
                  "token", "auth_failed", "lost", "expires", "route")
 
-    def __init__(self, cid, req, parent, source, src_svc, op, t0, k, track, route, token):
+    def __init__(self, cid, req, source, src_svc, op, t0, k, track, route, token):
         self.id = cid
         self.req = req
-        self.parent = parent
         self.source = source
         self.src_svc = src_svc
         self.op = op
@@ -178,7 +178,6 @@ class _Call:
         self.k = k
         self.finished = False
         self.t_abandon = None
-        self.hold = 0.0
         self.status = None
         self.track = track  # 1.0: started after the warm-up, counts in the summaries
         self.deadline = None  # with deadline propagation: when the caller stops waiting
@@ -567,7 +566,7 @@ class Engine:
         route = svc.routes.get(src)
         if route is None:
             route = svc.routes[src] = _Route(src, svc.name)
-        c = _Call(self.n_calls, req, parent, source, src_svc, op, now, k,
+        c = _Call(self.n_calls, req, source, src_svc, op, now, k,
                   1.0 if now >= self.warmup else 0.0, route, token)
         self._rec((now, "call_start", req.id, c.id, parent.id if parent else None, source, svc.name,
                    None, op.name, None))
@@ -723,7 +722,7 @@ class Engine:
     def _serve(self, c: _Call) -> bool:
         """A worker takes ``c``; False if it was shed instead (the worker stays free)."""
         env = self.env
-        now = c.hold = env._now
+        now = env._now
         op = c.op
         if (c.deadline is not None and now >= c.deadline) or (
             op.max_wait is not None and now - c.t_arrive > op.max_wait
@@ -763,7 +762,7 @@ class Engine:
         ):
             self._work_done(c, "error")
         elif op.tree is not None:
-            op.tree.run(self, c, lambda outcome: self._work_done(c, "ok" if outcome == "ok" else "error"))
+            op.tree.run(self, c, functools.partial(self._work_done, c))
         else:
             self._work_done(c, "ok")
 
@@ -792,6 +791,10 @@ class Engine:
             inst.last = now
 
     def _work_done(self, c: _Call, status: str) -> None:
+        """The work is done; ``status`` is ok, or anything else for an error (the outcome of
+        the operation's call tree, whatever failed in it, makes it an error)."""
+        if status != "ok":
+            status = "error"
         if c.lost:
             return
         inst = c.inst
@@ -1414,12 +1417,13 @@ class _ClientState:
     """What one caller instance's HTTP/gRPC clients remember (spec 3.3: one HttpClient, one
     GrpcClient and one ServiceAuth per process)."""
 
-    __slots__ = ("inst", "views", "balancers", "breakers", "outliers", "inflight", "channels",
+    __slots__ = ("inst", "views", "edge_views", "balancers", "breakers", "outliers", "inflight", "channels",
                  "budgets", "token_cache", "token_waiters", "active", "retrying")
 
     def __init__(self, inst: _Instance) -> None:
         self.inst = inst
-        self.views: dict = {}
+        self.views: dict = {}  # discovery config -> view
+        self.edge_views: dict = {}  # _Edge -> its view (a cache of the above)
         self.balancers: dict = {}
         self.breakers: dict = {}
         self.outliers: dict = {}
@@ -1442,7 +1446,7 @@ class _Logical:
 
     __slots__ = ("eng", "edge", "parent", "op", "timeout", "k", "fallback", "attempt_no",
                  "prev_delay", "client", "callee", "inst", "breaker", "br_key", "t_sent",
-                 "auth_retried", "token", "with_token")
+                 "auth_retried", "token", "with_token", "view")
 
     def __init__(self, eng, edge, parent, op, timeout, k, fallback):
         self.eng = eng
@@ -1478,9 +1482,16 @@ class _Logical:
         if eng.registry is None:
             self._choose([i.name for i in self.op.svc.up])
             return
-        view = self.client.views.get(self.edge.discovery)
+        # NOTE: looked up by the edge (one object per caller -> callee) first: keying by the
+        # discovery config (equal configs share a view) hashes a pydantic model every time.
+        cl = self.client
+        view = cl.edge_views.get(self.edge)
         if view is None:
-            view = self.client.views[self.edge.discovery] = make_view(self.edge.discovery)
+            view = cl.views.get(self.edge.discovery)
+            if view is None:
+                view = cl.views[self.edge.discovery] = make_view(self.edge.discovery)
+            cl.edge_views[self.edge] = view
+        self.view = view
         if _needs_query(view, eng.env._now, self.callee):
             # agent.service.list() is an HTTP call to the Consul agent: it costs a round trip.
             reg = eng.registry_svc
@@ -1492,7 +1503,7 @@ class _Logical:
 
     def _discovered(self, outcome: str) -> None:
         eng = self.eng
-        view = self.client.views[self.edge.discovery]
+        view = self.view
         now = eng.env._now
         if outcome == "ok":
             names = view.instances(now, self.callee, eng.registry)
