@@ -96,8 +96,10 @@ def cover_faults(
       for a node crash, the host that runs the most instances and no shared component;
     * load spike: the busiest endpoint (highest mean arrival rate).
 
-    Each fault starts a quarter into ``horizon`` and lasts half of it, so it ends inside the
-    horizon and recovery is watched. The crash of one instance, and of a node that runs no
+    Each fault lasts the whole ``horizon`` (the longest a fault may last and still leave the
+    run time to recover: a short outage often hides what a long one shows, such as a
+    registry outage outlasting Consul's deregistration timer; the checker then tries it
+    shorter). The crash of one instance, and of a node that runs no
     shared component, does not restart (the harsher case: the registry and the clients must
     route around a permanent loss); crashes of a service or a zone do, and so does a node
     crash when every node runs a shared component (the permanent loss of the only instance
@@ -177,8 +179,7 @@ def cover_faults(
         "load_spike": endpoint and {"endpoint": endpoint, "factor": 3.0},
     }
     lo, hi = horizon
-    start = round(lo + 0.25 * (hi - lo), 3)
-    duration = round(0.5 * (hi - lo), 3)
+    start, duration = round(lo, 3), round(hi - lo, 3)
     out = []
     for kind in kinds or FAULT_KINDS:
         fields = choices[kind]

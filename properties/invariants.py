@@ -290,12 +290,24 @@ class Record:
     @cached_property
     def registry_unreachable(self) -> list[tuple[float, float]]:
         """Intervals in which callers could not reach the registry (outages, partitions
-        with the registry as one side)."""
+        with the registry as one side, and any time the registry was down: a crash of its
+        node or zone takes it down too)."""
         reg = _registry_name(self.scenario)
         if reg is None:
             return []
         end = self.result.end_s
         out = []
+        spell = self.instance_states.get(f"{reg}-0")
+        if spell is not None:
+            down_since = None
+            for t, st in zip(spell[1].tolist(), spell[2]):
+                if st != "up" and down_since is None:
+                    down_since = t
+                elif st == "up" and down_since is not None:
+                    out.append((down_since, t))
+                    down_since = None
+            if down_since is not None:
+                out.append((down_since, end))
         for f in self.faults_fired:
             i = f["index"]
             fault = self.scenario.faults[i]
@@ -1374,7 +1386,8 @@ def no_traffic_to_dead_instances(record: Record, *, bound_s: Optional[float] = N
     ``call_start`` is logged and goes to the instance on its ``call_end``. The bound is
     :func:`dead_instance_bound_s` of the call's edge (caller service -> callee service;
     the largest over all edges for calls from the gateway, clients or brokers); time in
-    which the registry was unreachable (an outage, a partition with it) does not count,
+    which the registry was unreachable (an outage, a partition with it, the registry down
+    with its node or zone) does not count,
     as no registry policy can act then. ``bound_s`` overrides the bound for every call.
 
     A hung instance is dead only for callers that find instances through the registry

@@ -75,8 +75,8 @@ def plot_timeline(record, path: Path, *, title: Optional[str] = None) -> Path:
         stop = ends.get(row.outcome, end_t)
         for ax in (ax1, ax2, ax3):
             ax.axvspan(row.t, stop, color="tab:red", alpha=0.12)
-        ax1.text(row.t, 1.02, f"{row.operation} {row.target}", fontsize=7, color="tab:red",
-                 transform=ax1.get_xaxis_transform())
+        label = str(row.operation) if pd.isna(row.target) else f"{row.operation} {row.target}"
+        ax1.text(row.t, 1.02, label, fontsize=7, color="tab:red", transform=ax1.get_xaxis_transform())
     marks = [
         ("breaker opened", ev[(ev.event == "breaker") & (ev.outcome == "open")]["t"], 2, "tab:orange"),
         ("instance down", ev[ev.event == "instance_down"]["t"], 1, "tab:red"),

@@ -447,6 +447,17 @@ def test_dead_instance_traffic_seed_sticky_grpc_beyond_the_reaper(seed_sticky):
     assert v.details["mechanisms"]["instance_deregistered"]  # reaped, yet still called
 
 
+def test_dead_instance_time_without_a_registry_is_excused():
+    # The crash of n2 takes consul (placed there) down with the instances on n2: no health
+    # check runs until it is back, so no registry policy could have hidden them meanwhile.
+    crash = [{"kind": "crash_node", "node": "n2", "start_s": 20, "duration_s": 20, "restart": True}]
+    record = _record(mini("hardened", crash, duration_s=90))
+    (down,) = [(a, b) for a, b in record.registry_unreachable]
+    assert down[0] == pytest.approx(20.0) and down[1] >= 40.0
+    v = _holds(get("no_traffic_to_dead_instances")(record))
+    assert v.details["calls_to_dead_instances"] > 0
+
+
 def test_dead_instance_gateway_to_hung_entry_is_not_a_registry_violation():
     # The gateway picks among the engine's up instances (no registry, no health checks), so
     # it keeps sending to a hung entry instance: visible in the details, not charged to the
