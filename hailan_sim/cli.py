@@ -314,6 +314,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
           + f": {report.simulations} simulations in {report.wall_s:.0f} s")
     print("fault kinds fired: " + (", ".join(f"{k} x{v}" for k, v in report.fault_kinds_fired.items()) or "none"))
     print("witnessed: " + (", ".join(f"{k} x{v}" for k, v in report.witnessed.items()) or "nothing"))
+    print("never witnessed: " + (", ".join(report.not_witnessed) or "none (every applicable mechanism was)"))
+    if report.not_applicable:
+        print("not applicable here: " + ", ".join(report.not_applicable))
     if report.cover:
         print("\ncover phase (one fault of each kind, seed 0):")
         width = max(len(c["fault"]) for c in report.cover)

@@ -85,8 +85,11 @@ def cover_faults(
     anti-vacuity claim of a check ("every fault kind fired"). The target of each kind is the
     one with the widest blast radius, ties going to the first in document order:
 
-    * services (crash, slow, error rate) and their instance 0 (crash, drain, hang): the most
+    * services (crash, error rate) and their instance 0 (crash, drain, hang): the most
       transitive dependents in the declared dependency graph (``hailan-sim topology``);
+    * slowness: the busiest service (highest analytic utilisation,
+      :func:`models.capacity.offered_load`), which a slowdown pushes into overload: queues,
+      rejections, timeouts, bulkheads and deadline drops get exercised;
     * partition and link latency: the first caller of that service (a service-to-service
       dependency edge);
     * infrastructure outage: the component, other than the registry and the gateway, with
@@ -112,7 +115,7 @@ def cover_faults(
 
     import networkx as nx
 
-    from models.capacity import _endpoint_rates
+    from models.capacity import _endpoint_rates, offered_load
     from models.topology import declared_graph
     from properties.strategies import _candidates
 
@@ -157,6 +160,8 @@ def cover_faults(
     gateways = {x.name for x in scenario.infrastructure if x.kind == "gateway"}
     component = widest([x for x in c["components"] if x not in gateways])
     rates = _endpoint_rates(scenario)
+    load = offered_load(scenario)["utilisation"].to_dict()
+    busiest_svc = first(sorted(c["services"], key=lambda s: -load.get(s, 0.0)))
     endpoint = first(sorted(c["endpoints"], key=lambda e: -rates.get(e, 0.0)))
     registry = c["registries"][0] if c["registries"] and allowed(c["registries"][0]) else None
 
@@ -168,7 +173,7 @@ def cover_faults(
         "crash_zone": busiest_zone and {"zone": busiest_zone, "restart": True},
         "drain_instance": instance and {"instance": instance},
         "hang": instance and {"instance": instance},
-        "slow": svc and {"target": svc, "factor": 10.0},
+        "slow": busiest_svc and {"target": busiest_svc, "factor": 10.0},
         "error_rate": svc and {"target": svc, "fraction": 0.5},
         "partition": pair and {"a": pair[0], "b": pair[1]},
         "link_latency": pair and {"a": pair[0], "b": pair[1], "added_ms": 200.0, "loss": 0.1},

@@ -73,6 +73,8 @@ class CheckReport:
     fault_kinds_fired: dict[str, int]
     witnessed: dict[str, int]
     cover: list[dict] = field(default_factory=list)  # per cover fault: which invariants it broke
+    not_witnessed: list[str] = field(default_factory=list)  # could happen here, never did
+    not_applicable: list[str] = field(default_factory=list)  # cannot happen in this scenario
 
     @property
     def ok(self) -> bool:
@@ -89,6 +91,8 @@ class CheckReport:
             "fault_kinds_fired": self.fault_kinds_fired,
             "witnessed": self.witnessed,
             "cover": self.cover,
+            "not_witnessed": self.not_witnessed,
+            "not_applicable": self.not_applicable,
             "invariants": {r.name: r.to_dict() for r in self.invariants},
         }
 
@@ -339,6 +343,7 @@ def check(
             continue
         violated(name, faults, sim_seed, len(covers) + seen["n"], "search")
     reports = [found.get(n) or InvariantReport(n, "held", len(covers) + searched.get(n, 0)) for n in names]
+    can = inv.applicable(scenario)
     return CheckReport(
         scenario=scenario.name,
         profile=scenario.profile,
@@ -348,6 +353,8 @@ def check(
         fault_kinds_fired=dict(sorted(runner.fault_kinds_fired.items())),
         witnessed=dict(sorted(runner.witnessed.items())),
         cover=cover_table,
+        not_witnessed=[k for k, ok in can.items() if ok and k not in runner.witnessed],
+        not_applicable=[k for k, ok in can.items() if not ok],
     )
 
 

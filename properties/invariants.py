@@ -62,6 +62,7 @@ from sim.result import Result
 __all__ = [
     "INVARIANTS",
     "Invariant",
+    "applicable",
     "Record",
     "TOKENS",
     "Verdict",
@@ -730,6 +731,38 @@ def witnessed(record: Record) -> dict[str, bool]:
     ``message_redelivered``, ``autoscaled``.
     """
     return dict(record.mechanisms_witnessed)
+
+
+def applicable(scenario: Scenario) -> dict[str, bool]:
+    """Which of :func:`witnessed`'s keys the scenario and its policies can exercise at all:
+    a retry needs an edge with more than one attempt (and, with ``idempotent_only``, an
+    idempotent operation), a bulkhead needs a bulkhead, a fallback a call site with one,
+    autoscaling a service with a policy, and so on. A check report lists the applicable
+    ones it never witnessed apart from those that cannot happen here."""
+    pol = scenario.effective_policies()
+    edges = [pol, *pol.edges]
+    registry = _registry_name(scenario) is not None
+    breaker = any(e.breaker is not None for e in edges)
+    idempotent = any(op.idempotent for s in scenario.services for op in s.operations.values())
+    retry = any(e.retry is not None and e.retry.max_attempts > 1
+                and (idempotent or not e.retry.idempotent_only) for e in edges)
+    fallback = any(isinstance(n, CallNode) and n.fallback
+                   for s in scenario.services for name, op in s.operations.items()
+                   for n, _ in walk_tree(op.calls, name))
+    tokens = pol.tokens.enabled
+    return {
+        "fault_fired": True, "instance_down": True, "timeout_seen": True,
+        "breaker_opened": breaker, "breaker_half_open": breaker, "breaker_closed_again": breaker,
+        "short_circuit": breaker, "retry_made": retry,
+        "instance_deregistered": registry, "discovery_error": registry, "no_instance": registry,
+        "bulkhead_full": any(e.bulkhead is not None for e in edges),
+        "fallback_used": fallback,
+        "load_shed": any(e.deadline_propagation for e in edges)
+        or any(s.max_queue_wait_s is not None for s in scenario.services),
+        "token_fetched": tokens, "auth_401": tokens,
+        "message_redelivered": any(c.kind == "queue" for c in scenario.infrastructure),
+        "autoscaled": any(s.autoscaling is not None for s in scenario.services),
+    }
 
 
 def _witnessed(record: Record) -> dict[str, bool]:

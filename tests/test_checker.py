@@ -34,7 +34,8 @@ def test_cover_faults_one_of_every_kind_where_it_hurts_most():
         assert horizon[0] <= f.start_s and f.start_s + f.duration_s <= horizon[1]
     by = {f.kind: f for f in faults}
     # auth-service has the most transitive dependents of the twelve services ...
-    assert by["crash_service"].service == "auth-service" and by["slow"].target == "auth-service"
+    assert by["crash_service"].service == "auth-service" and by["error_rate"].target == "auth-service"
+    assert by["slow"].target == "ai-service"  # the busiest: its LLM slots run at about 50%
     assert by["crash_instance"].instance == "auth-service-0" and by["crash_instance"].restart is False
     assert (by["partition"].a, by["partition"].b) == ("user-service", "auth-service")
     # ... redis is the component everything uses; the gateway and the registry are left out.
@@ -105,3 +106,22 @@ def test_a_cover_counterexample_is_the_shortest_that_still_violates(small_report
         for g in (g for g in _shorter(full) if g.duration_s < f.duration_s):
             record = inv.Record.from_scenario(with_faults(sc, [g]).with_run(seed=r.seed), rerun=False)
             assert inv.get(r.name)(record).holds, (r.name, g)
+
+
+def test_report_separates_unwitnessed_from_inapplicable_mechanisms(small_reports):
+    one, _, sc = small_reports
+    can = inv.applicable(sc)
+    assert set(one.not_applicable) == {k for k, ok in can.items() if not ok}
+    # small.yaml has no registry, breaker or token policy: those cannot happen at all ...
+    assert {"instance_deregistered", "short_circuit", "token_fetched"} <= set(one.not_applicable)
+    # ... and every mechanism that can is either witnessed or listed as never witnessed.
+    assert set(one.witnessed) | set(one.not_witnessed) >= {k for k, ok in can.items() if ok}
+    assert not set(one.witnessed) & set(one.not_witnessed)
+
+
+def test_applicable_mechanisms_follow_the_policies():
+    seed, hardened = (inv.applicable(default_scenario().with_profile(p)) for p in ("seed", "hardened"))
+    assert not seed["bulkhead_full"] and hardened["bulkhead_full"]  # only hardened has bulkheads
+    assert not seed["retry_made"] and hardened["retry_made"]  # seed makes one attempt
+    assert seed["short_circuit"] and seed["token_fetched"] and seed["instance_deregistered"]
+    assert not seed["autoscaled"] and not hardened["fallback_used"]  # nothing in the scenario
