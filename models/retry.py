@@ -118,12 +118,23 @@ class RetryPolicy(Frozen):
     spec: no retries). Only outcomes in ``retry_on`` are retried, and with
     ``idempotent_only`` only idempotent operations (the spec's FAQ 3.9 pairs retries
     with idempotency).
+
+    ``pushback``: do not retry a failure the callee answered after its own retries had
+    failed (or after a pushback from further down). Retries at several layers multiply
+    (3 attempts at each of 3 layers is 27 calls to the bottom one); the Google SRE book
+    (ch. 22, "Handling Overload") has a backend whose own retries failed answer "overloaded;
+    don't retry", so only one layer retries, as gRPC's retry pushback (gRFC A6,
+    ``grpc-retry-pushback-ms``) lets a server tell a client. The engine marks such answers
+    whatever the callee's policy; only callers with ``pushback`` honour the mark.
     """
 
     max_attempts: int = Field(1, ge=1, le=100)
     backoff: BackoffConfig = Field(default_factory=ConstantBackoff)
     retry_on: list[RetryableOutcome] = Field(default_factory=lambda: ["error", "timeout"])
     idempotent_only: bool = True
+    pushback: bool = Field(
+        False, description="do not retry an answer whose callee already retried and failed (SRE book ch. 22)"
+    )
 
     def should_retry(self, attempt: int, outcome: str, idempotent: bool) -> bool:
         """After attempt number ``attempt`` (1 = the original) ended with ``outcome``."""

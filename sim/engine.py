@@ -165,7 +165,7 @@ class _Service:
 class _Call:
     __slots__ = ("id", "req", "source", "src_svc", "op", "inst", "t0", "k",
                  "finished", "t_abandon", "status", "track", "t_arrive", "deadline",
-                 "token", "auth_failed", "lost", "expires", "route")
+                 "token", "auth_failed", "lost", "expires", "route", "pushback")
 
     def __init__(self, cid, req, source, src_svc, op, t0, k, track, route, token):
         self.id = cid
@@ -185,6 +185,7 @@ class _Call:
         self.auth_failed = False  # the callee answered 401
         self.lost = False  # the instance died or hung with this call: nothing more happens here
         self.route = route  # the network path between caller and callee (a _Route)
+        self.pushback = False  # the callee's own retries failed: "don't retry" (RetryPolicy.pushback)
 
 
 _UNSET = object()  # a _Route's sampler not looked up yet
@@ -1446,7 +1447,7 @@ class _Logical:
 
     __slots__ = ("eng", "edge", "parent", "op", "timeout", "k", "fallback", "attempt_no",
                  "prev_delay", "client", "callee", "inst", "breaker", "br_key", "t_sent",
-                 "auth_retried", "token", "with_token", "view")
+                 "auth_retried", "token", "with_token", "view", "pushed_back")
 
     def __init__(self, eng, edge, parent, op, timeout, k, fallback):
         self.eng = eng
@@ -1464,6 +1465,7 @@ class _Logical:
         self.breaker = None
         self.br_key = None
         self.auth_retried = False
+        self.pushed_back = False
         self.token = None
         self.with_token = eng.tokens is not None
         budget = edge.budget
@@ -1684,12 +1686,22 @@ class _Logical:
             self.attempt_no -= 1
             self.attempt()
             return
+        if eng.last_call.pushback and self.edge.retry.pushback:
+            self.pushed_back = True
+            self._failed(outcome, retryable=False)
+            return
         self._failed(outcome, retryable=True)
 
     def _failed(self, outcome: str, retryable: bool) -> None:
         eng = self.eng
         edge = self.edge
         retry = edge.retry
+        if retryable and edge.deadline and self.parent.deadline is not None \
+                and eng.env._now >= self.parent.deadline:
+            # With deadline propagation no retry starts after the caller's own deadline:
+            # nobody waits for its answer (gRFC A6: the original RPC and all its retries
+            # are bound by the deadline).
+            retryable = False
         if retryable and retry.should_retry(self.attempt_no, outcome, self.op.idempotent) and self._budget_allows():
             delay = retry.delay(self.attempt_no, self.prev_delay, eng._retry_u(self.parent.op.svc.name, self.callee))
             self.prev_delay = delay
@@ -1719,6 +1731,10 @@ class _Logical:
         return b.retries_allowed()
 
     def _finish(self, outcome: str) -> None:
+        if outcome != "ok" and (self.attempt_no > 1 or self.pushed_back):
+            # This call failed after retries (or was pushed back): if the work it serves
+            # fails, its answer tells the caller not to retry (RetryPolicy.pushback).
+            self.parent.pushback = True
         if outcome != "ok" and self.fallback:
             self.eng.counters["fallbacks"] += 1
             outcome = "ok"

@@ -508,14 +508,44 @@ def test_amplification_hardened_single_layer_retries_hold(hardened_crash):
     assert v.details["mechanisms"]["retry_made"] and v.details["max_ratio"] <= 4.0
 
 
+STOCK_FAILS = [{"kind": "error_rate", "target": "stock", "fraction": 1.0, "start_s": 30, "duration_s": 10}]
+
+
 def test_amplification_retries_at_two_layers_compound():
-    # Retries at front -> catalog and catalog -> stock with no budget: a failing stock gets
-    # 3 x 3 calls per request.
-    sc = mini("hardened", [{"kind": "error_rate", "target": "stock", "fraction": 1.0, "start_s": 30,
-                            "duration_s": 10}], duration_s=45, policies={"retry_budget": {"kind": "none"}})
+    # Retries at front -> catalog and catalog -> stock with no budget and no pushback: a
+    # failing stock gets 3 x 3 calls per request.
+    sc = mini("hardened", STOCK_FAILS, duration_s=45,
+              policies={"retry_budget": {"kind": "none"}, "retry": {"pushback": False}})
     v = _fails(get("bounded_retry_amplification")(_record(sc)))
     assert v.details["worst"]["target"] == "stock" and v.details["worst"]["calls"] == 9
     assert v.details["requests_over"] > 0
+
+
+def test_amplification_pushback_keeps_retries_to_one_layer():
+    # The same, with hardened's pushback: catalog's own retries fail, its answer says
+    # "don't retry", so front does not multiply them: 3 calls to stock, not 9.
+    sc = mini("hardened", STOCK_FAILS, duration_s=45, policies={"retry_budget": {"kind": "none"}})
+    record = _record(sc)
+    v = _holds(get("bounded_retry_amplification")(record))
+    assert v.details["worst"]["target"] == "stock" and v.details["worst"]["calls"] == 3
+    assert record.result.mechanisms["retries"] > 0
+
+
+def test_amplification_no_retry_after_the_callers_deadline():
+    # Half the packets between catalog and stock are lost: catalog's attempts time out.
+    # Pushback cannot help (front times out first and gets no answer), but with deadline
+    # propagation catalog starts no retry once front has stopped waiting (gRFC A6), so
+    # stock sees at most 3 calls per request; without it front's and catalog's retries
+    # multiply.
+    loss = [{"kind": "link_latency", "a": "catalog", "b": "stock", "added_ms": 300, "loss": 0.5,
+             "start_s": 30, "duration_s": 10}]
+    with_deadlines = _record(mini("hardened", loss, duration_s=45, policies={"retry_budget": {"kind": "none"}}))
+    v = _holds(get("bounded_retry_amplification")(with_deadlines))
+    assert v.details["worst"]["target"] == "stock" and v.details["worst"]["calls"] <= 3
+    without = _record(mini("hardened", loss, duration_s=45,
+                           policies={"retry_budget": {"kind": "none"}, "deadline_propagation": False}))
+    v = _fails(get("bounded_retry_amplification")(without))
+    assert v.details["worst"]["target"] == "stock" and v.details["worst"]["calls"] > 3
 
 
 def test_amplification_counts_redeliveries_unless_asked_not_to():
