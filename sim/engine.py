@@ -1017,7 +1017,9 @@ class Engine:
     def _net_fault(self, source: str, src_svc, inst: _Instance) -> Optional[float]:
         """Extra delay on a hop between a caller and ``inst`` under network faults, or None
         when the packet is dropped (a partition, or loss)."""
-        ends_a = (source, src_svc.name) if src_svc is not None else (source,)
+        # A gateway's or a broker's calls carry its component name as both the sender and
+        # the sender's service: look each link up once.
+        ends_a = (source, src_svc.name) if src_svc is not None and src_svc.name != source else (source,)
         ends_b = (inst.name, inst.svc.name)
         extra = 0.0
         for a in ends_a:

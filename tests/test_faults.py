@@ -113,6 +113,23 @@ def test_link_latency_adds_to_every_hop_both_ways():
     assert lat[req.set_index("request")["t"] > 6].unique().tolist() == [0.011]
 
 
+def test_link_latency_from_a_gateway_counts_once():
+    # A gateway's calls carry its component name as both the sender and the sender's
+    # service: the link fault must still be applied once per hop, not once per name.
+    s = build(
+        [svc("a", 3001, {"op": op(1)}, workers=8)],
+        [endpoint("a.op", trace(*[i * 0.1 for i in range(40)]))],
+        infrastructure=[{"name": "gw", "kind": "gateway", "capacity": 64, "latency_ms": const(1)}],
+        faults=[{"kind": "link_latency", "a": "gw", "b": "a", "added_ms": 20, "start_s": 0, "duration_s": 2}],
+    )
+    ev = simulate(s, keep_events=True).events()
+    calls = ev[(ev.event.isin(["call_start", "call_end"])) & (ev.target == "a")]
+    dur = calls.groupby("call")["t"].agg(lambda t: t.max() - t.min()).round(9)
+    sent = calls[calls.event == "call_start"].set_index("call")["t"]
+    assert dur[sent[sent < 1.9].index].unique().tolist() == [0.041]  # 20 + 1 + 20 ms, not 81
+    assert dur[sent[sent > 2.1].index].unique().tolist() == [0.001]  # the fault is over
+
+
 def test_infra_outage_refuses_calls_at_once():
     s = build(
         [svc("a", 3001, {"op": op(1, {"call": "redis"})}, depends_on=["redis"], workers=8)],
