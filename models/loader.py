@@ -548,20 +548,21 @@ def _get(data: Any, key: Any) -> tuple[bool, Any]:
     return False, None
 
 
-def _exists(data: Any, keys: list) -> bool:
+def _walk(data: Any, keys: list) -> tuple[bool, Any]:
+    """``(found, value)`` at the end of the data path ``keys``."""
     for k in keys:
         ok, data = _get(data, k)
         if not ok:
-            return False
-    return True
+            return False, None
+    return True, data
+
+
+def _exists(data: Any, keys: list) -> bool:
+    return _walk(data, keys)[0]
 
 
 def _value_at(data: Any, keys: list) -> Any:
-    for k in keys:
-        ok, data = _get(data, k)
-        if not ok:
-            return None
-    return data
+    return _walk(data, keys)[1]
 
 
 def _type_at(keys: list, data: Any, resolve: bool = True) -> Optional[_Type]:

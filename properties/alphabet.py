@@ -21,6 +21,15 @@ __all__ = ["cover_faults", "single_faults"]
 
 _FAULT = TypeAdapter(Fault)
 
+# The fixed, clearly harmful parameter of each kind that has one (both phases use these).
+_HARMFUL = {
+    "error_rate": {"fraction": 0.5},
+    "slow": {"factor": 10.0},
+    "link_latency": {"added_ms": 200.0, "loss": 0.1},
+    "clock_skew": {"skew_s": 300.0},
+    "load_spike": {"factor": 3.0},
+}
+
 
 def single_faults(
     scenario: Scenario,
@@ -50,18 +59,18 @@ def single_faults(
         "crash_instance": [{"instance": i} for i in instances],
         "drain_instance": [{"instance": i} for i in instances],
         "hang": [{"instance": i} for i in instances],
-        "error_rate": [{"target": s, "fraction": 0.5} for s in services],
-        "slow": [{"target": s, "factor": 10.0} for s in services],
+        "error_rate": [{"target": s, **_HARMFUL["error_rate"]} for s in services],
+        "slow": [{"target": s, **_HARMFUL["slow"]} for s in services],
         "crash_service": [{"service": s} for s in services],
         "crash_node": [{"node": n} for n in used_nodes],
         "crash_zone": [{"zone": z} for z in zones],
         "partition": [{"a": a, "b": b} for a, b in edges],
-        "link_latency": [{"a": a, "b": b, "added_ms": 200.0, "loss": 0.1} for a, b in edges],
+        "link_latency": [{"a": a, "b": b, **_HARMFUL["link_latency"]} for a, b in edges],
         "registry_outage": [{}] if registry else [],
         "infra_outage": [{"component": c} for c in infra],
-        "clock_skew": [{"node": n, "skew_s": 300.0} for n in used_nodes],
+        "clock_skew": [{"node": n, **_HARMFUL["clock_skew"]} for n in used_nodes],
         "key_rotation": [{}],
-        "load_spike": [{"endpoint": e, "factor": 3.0} for e in endpoints],
+        "load_spike": [{"endpoint": e, **_HARMFUL["load_spike"]} for e in endpoints],
     }
     out = []
     for kind in kinds or FAULT_KINDS:
@@ -113,10 +122,8 @@ def cover_faults(
     """
     from collections import Counter
 
-    import networkx as nx
-
     from models.capacity import _endpoint_rates, offered_load
-    from models.topology import declared_graph
+    from models.topology import analyse
     from properties.strategies import _candidates
 
     for k in kinds or ():
@@ -124,8 +131,7 @@ def cover_faults(
             raise ValueError(f"{k=} is not a fault kind; kinds: {', '.join(FAULT_KINDS)}")
     c = _candidates(scenario)
     allowed = (lambda name: True) if targets is None else set(targets).__contains__
-    graph = declared_graph(scenario)
-    radius = {n: len(nx.ancestors(graph, n)) for n in graph.nodes}
+    radius = {n: len(d) for n, d in analyse(scenario).dependents.items()}  # blast radius
 
     def widest(names):
         names = [n for n in names if allowed(n)]
@@ -173,15 +179,15 @@ def cover_faults(
         "crash_zone": busiest_zone and {"zone": busiest_zone, "restart": True},
         "drain_instance": instance and {"instance": instance},
         "hang": instance and {"instance": instance},
-        "slow": busiest_svc and {"target": busiest_svc, "factor": 10.0},
-        "error_rate": svc and {"target": svc, "fraction": 0.5},
+        "slow": busiest_svc and {"target": busiest_svc, **_HARMFUL["slow"]},
+        "error_rate": svc and {"target": svc, **_HARMFUL["error_rate"]},
         "partition": pair and {"a": pair[0], "b": pair[1]},
-        "link_latency": pair and {"a": pair[0], "b": pair[1], "added_ms": 200.0, "loss": 0.1},
+        "link_latency": pair and {"a": pair[0], "b": pair[1], **_HARMFUL["link_latency"]},
         "registry_outage": registry and {},
         "infra_outage": component and {"component": component},
-        "clock_skew": busiest_node and {"node": busiest_node, "skew_s": 300.0},
+        "clock_skew": busiest_node and {"node": busiest_node, **_HARMFUL["clock_skew"]},
         "key_rotation": {} if targets is None else None,
-        "load_spike": endpoint and {"endpoint": endpoint, "factor": 3.0},
+        "load_spike": endpoint and {"endpoint": endpoint, **_HARMFUL["load_spike"]},
     }
     lo, hi = horizon
     start, duration = round(lo, 3), round(hi - lo, 3)

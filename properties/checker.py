@@ -125,19 +125,17 @@ class Runner:
         return b
 
     def record(self, faults: list, seed: int):
-        scenario = self.scenario_for(faults, seed)
-        result = simulate(scenario, keep_events=True)
+        record = self._record(faults, seed, self.baseline(seed))
         self.simulations += 1
         if self.progress is not None:
             self.progress()
-        return inv.Record(scenario=scenario, result=result, baseline=self.baseline(seed))
+        return record
 
-    def _record_quietly(self, faults: list, seed: int):
-        """:meth:`record` for a worker process: no counting, no progress output."""
+    def _record(self, faults: list, seed: int, baseline):
+        """Simulate the schedule and pair it with ``baseline`` (no counting, no progress:
+        a worker process calls this too)."""
         scenario = self.scenario_for(faults, seed)
-        result = simulate(scenario, keep_events=True)
-        baseline = self._baselines.get(seed) or simulate(self.scenario_for([], seed), keep_events=True)
-        return inv.Record(scenario=scenario, result=result, baseline=baseline)
+        return inv.Record(scenario=scenario, result=simulate(scenario, keep_events=True), baseline=baseline)
 
     @staticmethod
     def key(faults: list, seed: int) -> str:
@@ -225,7 +223,8 @@ def _baseline_in_worker(seed: int):
 
 def _example_in_worker(example: tuple[list, int]) -> tuple[dict, dict, str]:
     faults, seed = example
-    record = _WORKER._record_quietly(faults, seed)
+    # Every example's baseline is simulated (and inherited) before the workers are forked.
+    record = _WORKER._record(faults, seed, _WORKER._baselines[seed])
     return ({v.name: v for v in inv.evaluate(record, _WORKER.names)}, inv.witnessed(record),
             record.result.event_log_sha256)
 
