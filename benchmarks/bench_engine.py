@@ -72,7 +72,7 @@ TARGET_PROFILE = 0.5
 def mm1_scenario(duration_s: float, seed: int = SEED):
     """hailan-sim's M/M/1: one server, one worker, Poisson arrivals, exponential service,
     no network latency, no timeouts, no queue limit (the same as /tmp/mm1.yaml)."""
-    from models.scenario import Scenario
+    from hailan_sim.models.scenario import Scenario
 
     return Scenario.model_validate({
         "name": "mm1",
@@ -160,7 +160,7 @@ def run_heapq_mm1(horizon_s: float, seed: int = SEED):
 
 
 def run_hailan_mm1(horizon_s: float, seed: int = SEED):
-    from sim import simulate
+    from hailan_sim.sim import simulate
 
     sc = mm1_scenario(horizon_s, seed)
     c0, t0 = time.process_time(), time.perf_counter()
@@ -170,7 +170,7 @@ def run_hailan_mm1(horizon_s: float, seed: int = SEED):
 
 
 def default_for_bench(duration_s: float | None, seed: int = SEED, profile: str | None = None):
-    from models import default_scenario
+    from hailan_sim.models import default_scenario
 
     sc = default_scenario()
     if profile is not None:
@@ -183,7 +183,7 @@ def default_for_bench(duration_s: float | None, seed: int = SEED, profile: str |
 
 def run_hailan_default(sc):
     """Calls per wall second: sum of services['total'] over every row (warm-up 0)."""
-    from sim import simulate
+    from hailan_sim.sim import simulate
 
     c0, t0 = time.process_time(), time.perf_counter()
     r = simulate(sc)
@@ -226,12 +226,12 @@ def _peak_rss() -> tuple[int, str]:
 def _child_main(mode: str, requests: int, window_s: float = 1.0) -> None:
     """Runs in a fresh interpreter; prints one JSON line with its own peak RSS."""
     t0 = time.perf_counter()
-    import models  # noqa: F401
-    import sim  # noqa: F401
+    import hailan_sim.models  # noqa: F401
+    import hailan_sim.sim  # noqa: F401
 
     out = {"mode": mode, "peak_after_import_bytes": _peak_rss()[0]}
     if mode == "mem":
-        from sim import simulate
+        from hailan_sim.sim import simulate
 
         duration = requests / LAMBDA
         sc = mm1_scenario(duration).with_run(window_s=window_s)
@@ -271,9 +271,8 @@ def measure_child(mode: str, requests: int = 0, window_s: float = 1.0) -> dict:
     gtime = _gnu_time()
     if gtime:
         cmd = [gtime, "-v", *cmd]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    # The child imports the installed package (pip install -e . for the working tree).
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"memory child {mode} failed ({proc.returncode}):\n{proc.stderr}")
     line = next(l for l in proc.stdout.splitlines() if l.startswith("CHILD "))
@@ -299,7 +298,7 @@ def code_info() -> dict:
 
     commit = git("rev-parse", "HEAD")
     dirty = git("status", "--porcelain", "--", "sim", "models") if commit else None
-    mod = sys.modules.get("sim")
+    mod = sys.modules.get("hailan_sim.sim")
     return {"root": str(ROOT), "sim_imported_from": getattr(mod, "__file__", None), "commit": commit,
             "dirty_engine_files": dirty.splitlines() if dirty else ([] if commit else None)}
 
@@ -543,7 +542,6 @@ def main(argv=None) -> int:
         _child_main(args.child, args.requests, args.window)
         return 0
 
-    sys.path.insert(0, str(ROOT))
     res = run_benchmark(args.quick, args.rounds, not args.no_memory, args.big_memory)
     res["command"] = shlex.join([Path(sys.executable).name, *sys.argv])
     res["label"] = args.label

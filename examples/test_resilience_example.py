@@ -14,10 +14,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models import default_scenario
-from properties import fault_schedules, with_faults
-from properties.checker import check_duration, fault_horizon
-from properties.invariants import Record, Verdict, evaluate, register, unregister
+from hailan_sim.models import default_scenario
+from hailan_sim.properties import fault_schedules, with_faults
+from hailan_sim.properties.checker import check_duration, fault_horizon
+from hailan_sim.properties.invariants import Record, Verdict, evaluate, register, unregister
 
 # Your scenario: a file (models.load_scenario("my-platform.yaml")) or the built-in one.
 # Runs must be long enough to watch recovery: check_duration adds the policies' own

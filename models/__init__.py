@@ -3,15 +3,15 @@
 Nothing here imports SimPy; the engine in :mod:`sim` drives these.
 """
 
-from models.arrivals import RateSchedule as RateSchedule
-from models.loader import DEFAULT_SCENARIO as DEFAULT_SCENARIO
-from models.loader import ScenarioError as ScenarioError
-from models.loader import default_scenario as default_scenario
-from models.loader import load_scenario as load_scenario
-from models.loader import parse_scenario as parse_scenario
-from models.scenario import Scenario as Scenario
-from models.topology import TopologyReport as TopologyReport
-from models.topology import analyse as analyse
+from hailan_sim.models.arrivals import RateSchedule as RateSchedule
+from hailan_sim.models.loader import DEFAULT_SCENARIO as DEFAULT_SCENARIO
+from hailan_sim.models.loader import ScenarioError as ScenarioError
+from hailan_sim.models.loader import default_scenario as default_scenario
+from hailan_sim.models.loader import load_scenario as load_scenario
+from hailan_sim.models.loader import parse_scenario as parse_scenario
+from hailan_sim.models.scenario import Scenario as Scenario
+from hailan_sim.models.topology import TopologyReport as TopologyReport
+from hailan_sim.models.topology import analyse as analyse
 
 __all__ = [
     "DEFAULT_SCENARIO",

@@ -12,7 +12,7 @@ import bisect
 import math
 from typing import Union
 
-from models.scenario import PiecewiseArrival, PoissonArrival, TraceArrival
+from hailan_sim.models.scenario import PiecewiseArrival, PoissonArrival, TraceArrival
 
 __all__ = ["RateSchedule", "TraceSchedule", "cumulative_rate", "schedule_for"]
 

@@ -16,7 +16,7 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from models._base import Frozen
+from hailan_sim.models._base import Frozen
 
 __all__ = ["AutoscalingPolicy", "Autoscaler"]
 

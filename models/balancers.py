@@ -26,7 +26,7 @@ from typing import Annotated, Callable, Literal, Mapping, Optional, Protocol, Se
 
 from pydantic import Field, PositiveFloat
 
-from models._base import Frozen
+from hailan_sim.models._base import Frozen
 
 Uniform = Callable[[], float]
 

@@ -51,7 +51,7 @@ from typing import Annotated, Any, Callable, Literal, Optional, Protocol, Sequen
 import numpy as np
 from pydantic import Field, TypeAdapter, field_validator, model_validator
 
-from models._base import Frozen
+from hailan_sim.models._base import Frozen
 
 __all__ = [
     "CLOSED",

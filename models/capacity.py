@@ -22,7 +22,7 @@ from typing import Optional
 
 import pandas as pd
 
-from models.scenario import (
+from hailan_sim.models.scenario import (
     CallNode,
     ChoiceNode,
     Infrastructure,
@@ -131,7 +131,7 @@ class _Visits:
 
 def _endpoint_rates(scenario: Scenario) -> dict[str, float]:
     """Mean arrivals per second of each endpoint over ``[0, duration_s)``."""
-    from models.arrivals import schedule_for
+    from hailan_sim.models.arrivals import schedule_for
 
     horizon = scenario.run.duration_s
     shares = scenario.workload.shares()
@@ -235,7 +235,7 @@ def offered_load(scenario: Scenario) -> pd.DataFrame:
 
 def second_moment(dist) -> float:
     """E[X^2] of a service-time or count distribution (or a fixed ``int`` count)."""
-    from models.distributions import (
+    from hailan_sim.models.distributions import (
         Constant, Discrete, Empirical, Exponential, Gamma, LogNormal, Poisson, Uniform, UniformInt,
     )
 

@@ -21,7 +21,7 @@ from typing import Annotated, Literal, Union
 import numpy as np
 from pydantic import Field, model_validator
 
-from models._base import Frozen
+from hailan_sim.models._base import Frozen
 
 __all__ = [
     "Constant",

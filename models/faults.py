@@ -13,7 +13,7 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import Field
 
-from models._base import Frozen
+from hailan_sim.models._base import Frozen
 
 __all__ = ["FAULT_KINDS", "Fault", "describe"]
 

@@ -8,7 +8,7 @@ its own bookkeeping (the tag of a discriminated union, the name of a union membe
 location is walked here alongside the scenario's types, which drops that bookkeeping,
 finds the field's type (to say what would have been allowed) and the YAML node (to give
 the line). Messages raised by validators may start with a field path of their own
-(cross-reference checks in :mod:`models.topology` do); that path is used the same way.
+(cross-reference checks in :mod:`hailan_sim.models.topology` do); that path is used the same way.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from models.scenario import Scenario
+from hailan_sim.models.scenario import Scenario
 
 __all__ = ["DEFAULT_SCENARIO", "ScenarioError", "default_scenario", "load_scenario", "parse_scenario"]
 
@@ -999,5 +999,5 @@ def load_scenario(path: Union[str, Path, None] = None) -> Scenario:
 
 def default_scenario() -> Scenario:
     """The spec's twelve services under the load documented in ``models/data/default.yaml``."""
-    ref = resources.files("models") / "data" / "default.yaml"
+    ref = resources.files("hailan_sim.models") / "data" / "default.yaml"
     return parse_scenario(ref.read_text(encoding="utf-8"), "<built-in default>")

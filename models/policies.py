@@ -19,11 +19,11 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import Field
 
-from models._base import Frozen
-from models.balancers import BalancerConfig, RandomConfig
-from models.breakers import OutlierConfig, SlidingWindowConfig, SpecBreakerConfig
-from models.registry import DiscoveryConfig, HealthCheckConfig
-from models.retry import NoBudget, RetryBudgetConfig, RetryPolicy
+from hailan_sim.models._base import Frozen
+from hailan_sim.models.balancers import BalancerConfig, RandomConfig
+from hailan_sim.models.breakers import OutlierConfig, SlidingWindowConfig, SpecBreakerConfig
+from hailan_sim.models.registry import DiscoveryConfig, HealthCheckConfig
+from hailan_sim.models.retry import NoBudget, RetryBudgetConfig, RetryPolicy
 
 __all__ = [
     "PROFILES",
@@ -145,7 +145,7 @@ EDGE_FIELDS = tuple(k for k in EdgePolicy.model_fields if k not in ("caller", "c
 
 @lru_cache(maxsize=None)
 def _profile_text(name: str) -> str:
-    return (resources.files("models") / "data" / "profiles" / f"{name}.yaml").read_text(encoding="utf-8")
+    return (resources.files("hailan_sim.models") / "data" / "profiles" / f"{name}.yaml").read_text(encoding="utf-8")
 
 
 def profile_policies(name: str) -> dict:

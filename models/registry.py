@@ -46,7 +46,7 @@ from typing import Annotated, Callable, Literal, Optional, Sequence, Union
 
 from pydantic import Field
 
-from models._base import Frozen
+from hailan_sim.models._base import Frozen
 
 __all__ = [
     "CHECK_DEREGISTER_INTERVAL_MIN_S",

@@ -21,7 +21,7 @@ from typing import Annotated, Callable, Literal, Union
 
 from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
 
-from models._base import Frozen
+from hailan_sim.models._base import Frozen
 
 Uniform = Callable[[], float]
 

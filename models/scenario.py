@@ -1,9 +1,9 @@
 """The scenario: everything a run depends on, as validated, immutable data.
 
-A scenario is loaded from YAML (see :mod:`models.loader`) or built in code; either way it
+A scenario is loaded from YAML (see :mod:`hailan_sim.models.loader`) or built in code; either way it
 passes through these pydantic models, so a run never starts from data it cannot honour.
 Cross-references (dependencies, call targets, recursion) are checked by
-:mod:`models.topology` once the fields themselves are valid.
+:mod:`hailan_sim.models.topology` once the fields themselves are valid.
 
 Units are in the field names: ``*_s`` seconds, ``*_ms`` milliseconds, ``rate`` per second.
 """
@@ -25,11 +25,11 @@ from pydantic import (
     model_validator,
 )
 
-from models._base import Frozen
-from models.autoscaling import AutoscalingPolicy
-from models.distributions import Constant, CountDistribution, Distribution
-from models.faults import Fault
-from models.policies import PROFILES, Policies, merge_policies, profile_policies
+from hailan_sim.models._base import Frozen
+from hailan_sim.models.autoscaling import AutoscalingPolicy
+from hailan_sim.models.distributions import Constant, CountDistribution, Distribution
+from hailan_sim.models.faults import Fault
+from hailan_sim.models.policies import PROFILES, Policies, merge_policies, profile_policies
 
 __all__ = [
     "Arrival",
@@ -386,7 +386,7 @@ class PiecewiseArrival(Frozen):
 
     def mean_rate(self, horizon_s: float) -> float:
         """Average rate over ``[0, horizon_s)`` (for capacity estimates)."""
-        from models.arrivals import cumulative_rate
+        from hailan_sim.models.arrivals import cumulative_rate
 
         return cumulative_rate(self, horizon_s) / horizon_s
 
@@ -550,7 +550,7 @@ class Scenario(Frozen):
 
     @model_validator(mode="after")
     def _references(self) -> Scenario:
-        from models.topology import check_references
+        from hailan_sim.models.topology import check_references
 
         check_references(self)
         return self

@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Iterator, Optional
 import networkx as nx
 
 if TYPE_CHECKING:
-    from models.scenario import Scenario
+    from hailan_sim.models.scenario import Scenario
 
 __all__ = ["TopologyReport", "analyse", "check_references", "declared_graph", "walk_tree"]
 
 
 def walk_tree(node, path: str) -> Iterator[tuple[object, str]]:
     """Every node of a call tree with its field path, depth first, in document order."""
-    from models.scenario import ChoiceNode, MaybeNode, ParNode, RepeatNode, SeqNode
+    from hailan_sim.models.scenario import ChoiceNode, MaybeNode, ParNode, RepeatNode, SeqNode
 
     if node is None:
         return
@@ -51,7 +51,7 @@ def _queue_for(scenario: Scenario, via: Optional[str]):
 
 def check_references(scenario: Scenario) -> None:
     """Raise ``ValueError`` naming the field path of the first broken cross-reference."""
-    from models.scenario import CallNode, PublishNode, split_target
+    from hailan_sim.models.scenario import CallNode, PublishNode, split_target
 
     components: dict[str, str] = {}
     ports: dict[int, str] = {}

@@ -14,8 +14,8 @@ from typing import Optional, Sequence
 
 from pydantic import TypeAdapter
 
-from models.faults import FAULT_KINDS, Fault
-from models.scenario import Scenario
+from hailan_sim.models.faults import FAULT_KINDS, Fault
+from hailan_sim.models.scenario import Scenario
 
 __all__ = ["cover_faults", "single_faults"]
 
@@ -97,7 +97,7 @@ def cover_faults(
     * services (crash, error rate) and their instance 0 (crash, drain, hang): the most
       transitive dependents in the declared dependency graph (``hailan-sim topology``);
     * slowness: the busiest service (highest analytic utilisation,
-      :func:`models.capacity.offered_load`), which a slowdown pushes into overload: queues,
+      :func:`hailan_sim.models.capacity.offered_load`), which a slowdown pushes into overload: queues,
       rejections, timeouts, bulkheads and deadline drops get exercised;
     * partition and link latency: the first caller of that service (a service-to-service
       dependency edge);
@@ -118,13 +118,13 @@ def cover_faults(
     of the database or the broker is not something policies can recover from). Parameters are
     the alphabet's clearly harmful ones (error fraction 0.5, slowness x10, +200 ms with 10%
     loss, clock skew 300 s, load x3). ``kinds`` and ``targets`` restrict as in
-    :func:`properties.strategies.fault_schedules`; a kind with no allowed target is left out.
+    :func:`hailan_sim.properties.strategies.fault_schedules`; a kind with no allowed target is left out.
     """
     from collections import Counter
 
-    from models.capacity import _endpoint_rates, offered_load
-    from models.topology import analyse
-    from properties.strategies import _candidates
+    from hailan_sim.models.capacity import _endpoint_rates, offered_load
+    from hailan_sim.models.topology import analyse
+    from hailan_sim.properties.strategies import _candidates
 
     for k in kinds or ():
         if k not in FAULT_KINDS:

@@ -1,7 +1,7 @@
 """The checker: search fault schedules for invariant violations, shrink them, replay them.
 
 For each invariant, Hypothesis searches ``(fault schedule, seed)`` pairs drawn from
-:func:`properties.strategies.fault_schedules` and :func:`~properties.strategies.seeds` for one
+:func:`hailan_sim.properties.strategies.fault_schedules` and :func:`~properties.strategies.seeds` for one
 that violates it, and shrinks the first it finds to a minimal schedule (fewer, shorter,
 later, simpler faults). Every example is simulated once: the verdicts of *all* invariants
 are cached by schedule and seed, so the searches for later invariants mostly replay what
@@ -24,11 +24,11 @@ from hypothesis import HealthCheck, Phase, find, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
-from models.faults import describe
-from models.scenario import Scenario
-from properties import invariants as inv
-from properties.strategies import fault_schedules, with_faults
-from sim import simulate
+from hailan_sim.models.faults import describe
+from hailan_sim.models.scenario import Scenario
+from hailan_sim.properties import invariants as inv
+from hailan_sim.properties.strategies import fault_schedules, with_faults
+from hailan_sim.sim import simulate
 
 __all__ = ["CheckReport", "InvariantReport", "Runner", "check", "check_duration", "exhaustive",
            "fault_horizon", "replay", "write_counterexample"]
@@ -248,7 +248,7 @@ def check(
     """Search for a violation of each invariant; shrink and save what is found.
 
     Two phases. **Cover** (``cover=True``): one single fault of every kind, each where it
-    hurts most (:func:`properties.alphabet.cover_faults`), simulation seed 0; an invariant
+    hurts most (:func:`hailan_sim.properties.alphabet.cover_faults`), simulation seed 0; an invariant
     one of them violates gets that fault as its counterexample, shortened to the shortest
     of 1 s, half and the full duration that still violates it. **Search**: for every
     invariant the cover phase did not break, Hypothesis searches ``max_examples`` schedules
@@ -260,7 +260,7 @@ def check(
     the schedules the search will generate in that many forked processes; shrinking is
     sequential. The verdicts, counterexamples and hashes do not depend on ``jobs``.
     """
-    from properties.alphabet import cover_faults
+    from hailan_sim.properties.alphabet import cover_faults
 
     names = list(invariants) if invariants else [n for n in inv.INVARIANTS if n != "determinism"]
     for n in names:
@@ -387,7 +387,7 @@ def _generated(strategy, search, seed: int) -> list:
 
 def fault_horizon(scenario: Scenario) -> tuple[float, float]:
     """When faults may happen: after the warm-up, and early enough that the run still
-    holds the recovery time the policies need (:func:`properties.invariants.default_recovery_s`)
+    holds the recovery time the policies need (:func:`hailan_sim.properties.invariants.default_recovery_s`)
     after the last one ends."""
     run = scenario.run
     after = _after_faults_s(scenario)

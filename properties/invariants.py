@@ -26,7 +26,7 @@ when it checked nothing, so a pass that exercised nothing is visible.
 
 Typical use::
 
-    from properties.invariants import Record, evaluate
+    from hailan_sim.properties.invariants import Record, evaluate
     record = Record.from_scenario(scenario_with_faults)
     for v in evaluate(record):
         print(v)
@@ -52,12 +52,12 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from models.policies import EDGE_FIELDS
-from models.scenario import CallNode, Infrastructure, PublishNode, Scenario, split_target
-from models.topology import walk_tree
-from sim.eventlog import COLUMNS
-from sim.metrics import OUTCOMES
-from sim.result import Result
+from hailan_sim.models.policies import EDGE_FIELDS
+from hailan_sim.models.scenario import CallNode, Infrastructure, PublishNode, Scenario, split_target
+from hailan_sim.models.topology import walk_tree
+from hailan_sim.sim.eventlog import COLUMNS
+from hailan_sim.sim.metrics import OUTCOMES
+from hailan_sim.sim.result import Result
 
 __all__ = [
     "INVARIANTS",
@@ -189,7 +189,7 @@ class Record:
 
     Attributes:
         scenario: the scenario that was run, faults included.
-        result: its :class:`sim.Result`, with the event log kept.
+        result: its :class:`hailan_sim.sim.Result`, with the event log kept.
         baseline: the same scenario and seed without faults (:func:`without_faults`);
             its event log is optional (without it the statistical invariants fall back on
             its per-window table, and retry amplification cannot be checked).
@@ -221,7 +221,7 @@ class Record:
                       baseline_events: bool = True) -> "Record":
         """Run ``scenario`` (events kept) and its fault-free baseline; ``rerun`` makes the
         determinism check possible (it costs one more run when evaluated)."""
-        from sim import simulate
+        from hailan_sim.sim import simulate
 
         result = simulate(scenario, keep_events=True)
         baseline = simulate(without_faults(scenario), keep_events=baseline_events)
@@ -1803,7 +1803,7 @@ def bounded_retry_amplification(record: Record, *, factor: Optional[float] = Non
 @register("determinism")
 def determinism(record: Record, *, rerun: Optional[Callable[[], str]] = None) -> Verdict:
     """Re-running the scenario reproduces the identical event-log hash (SHA-256 of the
-    canonical log, :mod:`sim.eventlog`). The re-run is ``rerun`` or ``record.rerun``;
+    canonical log, :mod:`hailan_sim.sim.eventlog`). The re-run is ``rerun`` or ``record.rerun``;
     without either the check is skipped (it holds, marked vacuous)."""
     again = rerun or record.rerun
     expected = record.result.event_log_sha256

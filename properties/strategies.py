@@ -13,7 +13,7 @@ towards zero (or the bound nearest it), whereas a bounded float shrinks towards 
 Typical use::
 
     from hypothesis import given
-    from properties.strategies import fault_schedules, seeds, with_faults
+    from hailan_sim.properties.strategies import fault_schedules, seeds, with_faults
 
     @given(faults=fault_schedules(scenario, max_faults=2), seed=seeds())
     def test_recovers(faults, seed):
@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from models.balancers import (
+from hailan_sim.models.balancers import (
     LeastConnectionsConfig,
     P2CLeastRequestConfig,
     PeakEwmaConfig,
@@ -41,17 +41,17 @@ from models.balancers import (
     RoundRobinConfig,
     WeightedRandomConfig,
 )
-from models.breakers import SlidingWindowConfig, SpecBreakerConfig
-from models.faults import FAULT_KINDS, Fault
-from models.policies import EdgePolicy, Policies
-from models.retry import (
+from hailan_sim.models.breakers import SlidingWindowConfig, SpecBreakerConfig
+from hailan_sim.models.faults import FAULT_KINDS, Fault
+from hailan_sim.models.policies import EdgePolicy, Policies
+from hailan_sim.models.retry import (
     ConstantBackoff,
     DecorrelatedJitterBackoff,
     EqualJitterBackoff,
     FullJitterBackoff,
     RetryPolicy,
 )
-from models.scenario import Scenario
+from hailan_sim.models.scenario import Scenario
 
 __all__ = [
     "KINDS_SIMPLEST_FIRST",
@@ -154,7 +154,7 @@ def with_faults(scenario: Scenario, faults: Iterable[Any]) -> Scenario:
     ``[*scenario.faults, *extra]`` to keep them.
     """
     if not isinstance(scenario, Scenario):
-        raise TypeError(f"scenario must be a models.Scenario, not {type(scenario).__name__}")
+        raise TypeError(f"scenario must be a hailan_sim.models.Scenario, not {type(scenario).__name__}")
     data = _scenario_data(scenario)
     data["faults"] = [f.model_dump(mode="python") if isinstance(f, BaseModel) else f for f in faults]
     return Scenario.model_validate(data)
@@ -324,7 +324,7 @@ def _plan(
     allow_permanent: Any,
 ) -> _Plan:
     if not isinstance(scenario, Scenario):
-        raise TypeError(f"scenario must be a models.Scenario, not {type(scenario).__name__}")
+        raise TypeError(f"scenario must be a hailan_sim.models.Scenario, not {type(scenario).__name__}")
     for name, v in (("max_faults", max_faults), ("min_faults", min_faults)):
         if not isinstance(v, int) or isinstance(v, bool):
             raise TypeError(f"{name}={v!r} must be an int")
@@ -506,7 +506,7 @@ def fault_schedules(
     max_duration_s: Optional[float] = None,
     allow_permanent: bool = False,
 ) -> SearchStrategy[list]:
-    """Lists of faults (models from :mod:`models.faults`) that ``scenario`` accepts.
+    """Lists of faults (models from :mod:`hailan_sim.models.faults`) that ``scenario`` accepts.
 
     Every name comes from the scenario itself: instances from ``scenario.placements()``,
     its services, the nodes that host something and their zones, its infrastructure
@@ -672,7 +672,7 @@ _SEED_SPEC_BREAKER = {
 
 
 def spec_breakers(**fixed: Any) -> SearchStrategy[SpecBreakerConfig]:
-    """The spec's breaker (:class:`models.breakers.SpecBreakerConfig`) with drawn settings:
+    """The spec's breaker (:class:`hailan_sim.models.breakers.SpecBreakerConfig`) with drawn settings:
     failure threshold 1-20, success threshold 1-10, timeout 0.1-120 s (0.1 s grid), a
     half-open limit 1-10, enforced or not (the spec never enforces it), and which outcomes
     count as failures. Keyword arguments fix a field to a value (or draw it from a strategy
@@ -698,7 +698,7 @@ def spec_breakers(**fixed: Any) -> SearchStrategy[SpecBreakerConfig]:
 
 
 def sliding_window_breakers(**fixed: Any) -> SearchStrategy[SlidingWindowConfig]:
-    """resilience4j breakers (:class:`models.breakers.SlidingWindowConfig`) with drawn
+    """resilience4j breakers (:class:`hailan_sim.models.breakers.SlidingWindowConfig`) with drawn
     settings: count- or time-based window of 1-200 (calls or seconds), minimum calls
     1-200, failure and slow-call rate thresholds 1-100 %, slow call 0.1-60 s, 1-20
     half-open calls, wait in open 0.1-120 s, automatic transition or not, maximum half-open
@@ -753,7 +753,7 @@ def _backoffs() -> SearchStrategy:
 
 
 def retry_policies(**fixed: Any) -> SearchStrategy[RetryPolicy]:
-    """Retry policies (:class:`models.retry.RetryPolicy`): 1-6 attempts; constant backoff
+    """Retry policies (:class:`hailan_sim.models.retry.RetryPolicy`): 1-6 attempts; constant backoff
     (0-2 s) or AWS full / equal / decorrelated jitter (base 1 ms-1 s, cap from base to
     30 s); which outcomes are retried; idempotent operations only or all. Keyword arguments
     fix a field (a value or a strategy), e.g. ``retry_policies(max_attempts=3)``.
@@ -779,7 +779,7 @@ def retry_policies(**fixed: Any) -> SearchStrategy[RetryPolicy]:
 
 
 def balancers() -> SearchStrategy:
-    """Balancer configs of every kind in :mod:`models.balancers`: the spec's random,
+    """Balancer configs of every kind in :mod:`hailan_sim.models.balancers`: the spec's random,
     round robin, least connections (released on end or, as the spec, never) and weighted
     random; Envoy P2C least request (2-5 choices, with or without replacement); peak EWMA
     (initial RTT 1 ms-1 s, decay 1-60 s); ring hash (1-1000 virtual nodes per host).
@@ -832,7 +832,7 @@ def with_policies(scenario: Scenario, **policies: Any) -> Scenario:
     policies reject raise ``ValidationError``.
     """
     if not isinstance(scenario, Scenario):
-        raise TypeError(f"scenario must be a models.Scenario, not {type(scenario).__name__}")
+        raise TypeError(f"scenario must be a hailan_sim.models.Scenario, not {type(scenario).__name__}")
     for name in policies:
         if name not in Policies.model_fields:
             raise ValueError(

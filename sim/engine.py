@@ -31,7 +31,7 @@ from typing import Callable, Optional
 import simpy
 from simpy.events import NORMAL, URGENT
 
-from models.scenario import (
+from hailan_sim.models.scenario import (
     CallNode,
     ChoiceNode,
     Infrastructure,
@@ -43,18 +43,18 @@ from models.scenario import (
     SeqNode,
     split_target,
 )
-from models.arrivals import schedule_for
-from models.autoscaling import Autoscaler
-from models.balancers import make_balancer
-from models.breakers import OutlierDetector, make_breaker
-from models.policies import EDGE_FIELDS
-from models.registry import Registry, deep_check_passes, make_view
-from models.retry import NoBudget
-from models.tokens import KeySet, RefreshAheadCache, SpecTokenCache, issue, verify
-from models.distributions import Constant, Exponential
-from sim.eventlog import EventLog
-from sim.metrics import OUTCOME_INDEX, Recorder
-from sim.rng import Streams
+from hailan_sim.models.arrivals import schedule_for
+from hailan_sim.models.autoscaling import Autoscaler
+from hailan_sim.models.balancers import make_balancer
+from hailan_sim.models.breakers import OutlierDetector, make_breaker
+from hailan_sim.models.policies import EDGE_FIELDS
+from hailan_sim.models.registry import Registry, deep_check_passes, make_view
+from hailan_sim.models.retry import NoBudget
+from hailan_sim.models.tokens import KeySet, RefreshAheadCache, SpecTokenCache, issue, verify
+from hailan_sim.models.distributions import Constant, Exponential
+from hailan_sim.sim.eventlog import EventLog
+from hailan_sim.sim.metrics import OUTCOME_INDEX, Recorder
+from hailan_sim.sim.rng import Streams
 
 __all__ = ["Engine"]
 

@@ -13,8 +13,8 @@ from typing import Optional, Union
 
 import pandas as pd
 
-from sim.eventlog import COLUMNS
-from sim.metrics import OUTCOMES
+from hailan_sim.sim.eventlog import COLUMNS
+from hailan_sim.sim.metrics import OUTCOMES
 
 __all__ = ["Result"]
 
@@ -24,12 +24,12 @@ _SUMMARY_COLUMNS = [*OUTCOMES, "total", "mean_ms", "p50_ms", "p95_ms", "p99_ms",
 
 @dataclass(frozen=True, eq=False)
 class Result:
-    """The outcome of :func:`sim.simulate`. Every field is a pure function of the scenario.
+    """The outcome of :func:`hailan_sim.sim.simulate`. Every field is a pure function of the scenario.
 
     Attributes:
         seed, duration_s, warmup_s: the run's settings.
         end_s: simulated time when the run stopped (after draining in-flight requests).
-        event_log_sha256: SHA-256 of the canonical event log (:mod:`sim.eventlog`).
+        event_log_sha256: SHA-256 of the canonical event log (:mod:`hailan_sim.sim.eventlog`).
         event_count: records in the event log.
         sim_events: events the SimPy kernel processed.
         requests: counts by outcome of requests that started after the warm-up.
@@ -94,8 +94,8 @@ class Result:
         return df
 
     def spans(self) -> list[dict]:
-        """Every request's span tree (OpenTelemetry JSON shape; see :mod:`sim.tracing`)."""
-        from sim.tracing import spans
+        """Every request's span tree (OpenTelemetry JSON shape; see :mod:`hailan_sim.sim.tracing`)."""
+        from hailan_sim.sim.tracing import spans
 
         return spans(self.events())
 

@@ -13,7 +13,7 @@ import hashlib
 
 import numpy as np
 
-from models.distributions import Sampler, UniformSampler
+from hailan_sim.models.distributions import Sampler, UniformSampler
 
 __all__ = ["Streams", "stream_seed"]
 

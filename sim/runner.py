@@ -14,10 +14,10 @@ from typing import Optional
 
 import pandas as pd
 
-from models.scenario import Scenario
-from sim.engine import Engine
-from sim.metrics import OUTCOMES
-from sim.result import Result
+from hailan_sim.models.scenario import Scenario
+from hailan_sim.sim.engine import Engine
+from hailan_sim.sim.metrics import OUTCOMES
+from hailan_sim.sim.result import Result
 
 __all__ = ["simulate"]
 

@@ -13,9 +13,9 @@ from typing import Callable, Hashable, Iterable, Mapping, Optional
 
 import pandas as pd
 
-from models.scenario import Scenario
-from sim.result import Result
-from sim.runner import simulate
+from hailan_sim.models.scenario import Scenario
+from hailan_sim.sim.result import Result
+from hailan_sim.sim.runner import simulate
 
 __all__ = ["summary_metrics", "sweep"]
 

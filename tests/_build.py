@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from models.scenario import Scenario
+from hailan_sim.models.scenario import Scenario
 
 
 def const(ms: float) -> dict:

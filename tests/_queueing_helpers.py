@@ -16,8 +16,8 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 from scipy import stats
 
-from models.scenario import Scenario
-from sim import simulate
+from hailan_sim.models.scenario import Scenario
+from hailan_sim.sim import simulate
 
 __all__ = [
     "Interval",

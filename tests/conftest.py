@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from models import load_scenario
+from hailan_sim.models import load_scenario
 
 HERE = Path(__file__).parent
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from models import default_scenario
-from models.faults import FAULT_KINDS
-from models.loader import load_scenario
-from properties import invariants as inv
-from properties.alphabet import cover_faults
-from properties.checker import _shorter, check, check_duration, fault_horizon
-from properties.strategies import with_faults
+from hailan_sim.models import default_scenario
+from hailan_sim.models.faults import FAULT_KINDS
+from hailan_sim.models.loader import load_scenario
+from hailan_sim.properties import invariants as inv
+from hailan_sim.properties.alphabet import cover_faults
+from hailan_sim.properties.checker import _shorter, check, check_duration, fault_horizon
+from hailan_sim.properties.strategies import with_faults
 
 SMALL = Path(__file__).parent / "scenarios" / "small.yaml"
 

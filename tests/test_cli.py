@@ -55,8 +55,8 @@ def test_run_writes_the_event_log(tmp_path, capsys, suffix):
 
 
 def test_progress_goes_to_stderr_never_stdout(capsys):
-    from models import load_scenario
-    from sim import simulate
+    from hailan_sim.models import load_scenario
+    from hailan_sim.sim import simulate
 
     simulate(load_scenario(SMALL), progress=True)
     out = capsys.readouterr()

@@ -11,16 +11,16 @@ import math
 
 import pytest
 
-from models import analyse, default_scenario
-from models.capacity import offered_load, sampling_se, second_moment
-from models.distributions import (
+from hailan_sim.models import analyse, default_scenario
+from hailan_sim.models.capacity import offered_load, sampling_se, second_moment
+from hailan_sim.models.distributions import (
     Constant, Discrete, Empirical, Exponential, Gamma, LogNormal, Poisson, Uniform, UniformInt,
 )
-from models.scenario import (
+from hailan_sim.models.scenario import (
     CallNode, ChoiceNode, MaybeNode, ParNode, PublishNode, RepeatNode, Scenario, SeqNode,
     split_target,
 )
-from models.topology import walk_tree
+from hailan_sim.models.topology import walk_tree
 
 # Spec 074, 3.1.2 服务列表: (服务代码, 端口, 依赖服务), in the spec's order. The spec writes
 # "Auth Service", "User Service", ... and "Redis"; these are their service codes.
@@ -178,7 +178,7 @@ Z = 4.0
 
 @pytest.fixture(scope="module")
 def short_run(sc):
-    from sim import simulate
+    from hailan_sim.sim import simulate
 
     run = sc.with_run(duration_s=120.0, warmup_s=20.0)
     return run, simulate(run)

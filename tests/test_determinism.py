@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from models import load_scenario
-from sim import simulate
-from sim.eventlog import canonical
+from hailan_sim.models import load_scenario
+from hailan_sim.sim import simulate
+from hailan_sim.sim.eventlog import canonical
 
 SMALL = Path(__file__).parent / "scenarios" / "small.yaml"
 

@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from sim import simulate
+from hailan_sim.sim import simulate
 from tests._build import build, const, endpoint, log, op, svc, trace
 
 

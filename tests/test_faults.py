@@ -7,8 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from models.scenario import Scenario
-from sim import simulate
+from hailan_sim.models.scenario import Scenario
+from hailan_sim.sim import simulate
 from tests._build import build, const, endpoint, op, svc, trace
 
 REGISTRY = {"name": "consul", "kind": "registry", "port": 8500, "capacity": 8, "latency_ms": const(0.5)}
@@ -232,7 +232,7 @@ def test_a_zone_crash_takes_every_instance_in_it():
 
 @pytest.mark.parametrize("profile", ["seed", "hardened"])
 def test_faults_keep_runs_deterministic(profile):
-    from models import default_scenario
+    from hailan_sim.models import default_scenario
 
     s = default_scenario().with_profile(profile).with_run(duration_s=60, warmup_s=5)
     data = s.model_dump(mode="python", exclude_unset=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from models.loader import load_scenario
-from properties.invariants import Record, evaluate
+from hailan_sim.models.loader import load_scenario
+from hailan_sim.properties.invariants import Record, evaluate
 
 FINDINGS = Path(__file__).parent.parent / "findings" / "counterexamples"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from hailan_sim.cli import main
-from models.loader import ScenarioError, load_scenario, parse_scenario
+from hailan_sim.models.loader import ScenarioError, load_scenario, parse_scenario
 
 GOOD = """\
 name: shop

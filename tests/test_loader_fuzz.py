@@ -21,9 +21,9 @@ import yaml
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from models.distributions import Discrete, Poisson, UniformInt
-from models.loader import ScenarioError, parse_scenario
-from models.scenario import (
+from hailan_sim.models.distributions import Discrete, Poisson, UniformInt
+from hailan_sim.models.loader import ScenarioError, parse_scenario
+from hailan_sim.models.scenario import (
     CallNode,
     ChoiceNode,
     MaybeNode,
@@ -468,7 +468,7 @@ def time_limit(seconds: float):
 
 
 def check_runs(s: Scenario) -> None:
-    from sim import simulate
+    from hailan_sim.sim import simulate
 
     s = short_run(s)
     with time_limit(30):
@@ -517,7 +517,7 @@ def test_bases_run_with_any_seed(name, seed):
 
 def test_lognormal_with_negative_zero_sigma_runs():
     """sigma: -0.0 is valid (>= 0); numpy's lognormal refused it mid-run ("sigma < 0")."""
-    from sim import simulate
+    from hailan_sim.sim import simulate
 
     text = MM1.replace("{dist: exponential, mean: 8}", "{dist: lognormal, median: 8, sigma: -0.0}")
     result = simulate(parse_scenario(text, SOURCE).with_run(duration_s=1.0))
@@ -527,7 +527,7 @@ def test_lognormal_with_negative_zero_sigma_runs():
 def test_sparse_periodic_arrivals_run():
     """A period holding almost no expected arrivals: the schedule walked period by period
     and gave up ("arrival schedule did not advance") after a million of them."""
-    from sim import simulate
+    from hailan_sim.sim import simulate
 
     text = MM1.replace("{kind: poisson, rate: 100}", "{kind: piecewise, steps: [[0, 1.0e-9], [1, 0]], period_s: 2}")
     with time_limit(10):

@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from sim import simulate
+from hailan_sim.sim import simulate
 from tests._build import build, const, endpoint, op, svc, trace
 
 REGISTRY = {"name": "consul", "kind": "registry", "port": 8500, "capacity": 8, "latency_ms": const(0.5)}
@@ -217,7 +217,7 @@ def test_key_rotation_fails_calls_until_verifiers_refetch_keys():
 
 @pytest.mark.parametrize("profile", ["seed", "hardened"])
 def test_profiles_run_the_default_deterministically(profile):
-    from models import default_scenario
+    from hailan_sim.models import default_scenario
 
     s = default_scenario().with_profile(profile).with_run(duration_s=20, warmup_s=2)
     a, b = simulate(s), simulate(s)
@@ -227,7 +227,7 @@ def test_profiles_run_the_default_deterministically(profile):
 
 
 def test_profile_values_are_overridden_by_the_scenarios_own_policies():
-    from models import default_scenario
+    from hailan_sim.models import default_scenario
 
     s = default_scenario().with_profile("seed")
     assert s.effective_policies().breaker.kind == "spec"

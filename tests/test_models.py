@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.arrivals import RateSchedule
-from models.distributions import (
+from hailan_sim.models.arrivals import RateSchedule
+from hailan_sim.models.distributions import (
     Constant, Discrete, Empirical, Exponential, Gamma, LogNormal, Poisson, Sampler, Uniform, UniformInt,
 )
-from models.scenario import PiecewiseArrival, PoissonArrival, Scenario
-from sim.rng import Streams
+from hailan_sim.models.scenario import PiecewiseArrival, PoissonArrival, Scenario
+from hailan_sim.sim.rng import Streams
 
 DISTS = [
     Exponential(dist="exponential", mean=8.0),
@@ -98,7 +98,7 @@ def test_piecewise_schedule_repeats_with_its_period_and_scale():
 
 def test_piecewise_arrivals_in_a_run_follow_the_schedule(tmp_path):
     (tmp_path / "rates.csv").write_text("t_s,rate\n0,50\n20,200\n40,0\n")
-    from models import load_scenario
+    from hailan_sim.models import load_scenario
 
     (tmp_path / "s.yaml").write_text(
         "name: pw\nrun: {duration_s: 60, seed: 4}\n"
@@ -107,7 +107,7 @@ def test_piecewise_arrivals_in_a_run_follow_the_schedule(tmp_path):
     )
     scenario = load_scenario(tmp_path / "s.yaml")
     assert scenario.workload.endpoints[0].arrival.steps == [(0.0, 50.0), (20.0, 200.0), (40.0, 0.0)]
-    from sim import simulate
+    from hailan_sim.sim import simulate
 
     w = simulate(scenario).windows
     for lo, hi, rate in ((0, 20, 25), (20, 40, 100), (40, 60, 0)):
@@ -117,14 +117,14 @@ def test_piecewise_arrivals_in_a_run_follow_the_schedule(tmp_path):
 
 
 def test_scenario_round_trips_through_json():
-    from models import default_scenario
+    from hailan_sim.models import default_scenario
 
     s = default_scenario()
     assert Scenario.model_validate_json(s.model_dump_json()) == s
 
 
 def test_policy_edges_must_name_services():
-    from models import ScenarioError, parse_scenario
+    from hailan_sim.models import ScenarioError, parse_scenario
 
     text = (Path(__file__).parent / "scenarios" / "small.yaml").read_text()
     with pytest.raises(ScenarioError, match=r"policies.edges\[0\].callee: 'db' is an infrastructure component"):

@@ -70,7 +70,7 @@ from typing import Callable, Optional
 import numpy as np
 import pytest
 
-from models.scenario import Scenario
+from hailan_sim.models.scenario import Scenario
 from tests._queueing_helpers import (
     Interval,
     erlang_c,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from models import parse_scenario
-from sim import simulate
+from hailan_sim.models import parse_scenario
+from hailan_sim.sim import simulate
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
 

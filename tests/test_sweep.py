@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from sim import sweep
+from hailan_sim.sim import sweep
 
 
 def test_sweep_rows_and_parallel_equals_serial(small):

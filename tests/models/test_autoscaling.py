@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from models.autoscaling import Autoscaler, AutoscalingPolicy
+from hailan_sim.models.autoscaling import Autoscaler, AutoscalingPolicy
 
 
 def test_scales_out_and_in_within_bounds_and_cooldown():

@@ -17,7 +17,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 from scipy import stats
 
-from models.balancers import (
+from hailan_sim.models.balancers import (
     BalancerConfig,
     LeastConnectionsBalancer,
     P2CLeastRequestBalancer,
@@ -28,7 +28,7 @@ from models.balancers import (
     WeightedRandomBalancer,
     make_balancer,
 )
-from models.distributions import UniformSampler
+from hailan_sim.models.distributions import UniformSampler
 
 CHI2_ALPHA = 1e-4  # a correct balancer fails a chi-square check with this probability
 Z = 4.4  # two-sided normal tail ~1.1e-5

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from models.breakers import (
+from hailan_sim.models.breakers import (
     ALL_FAILURES,
     CLOSED,
     HALF_OPEN,

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from models.registry import (
+from hailan_sim.models.registry import (
     CHECK_DEREGISTER_INTERVAL_MIN_S,
     CHECK_REAP_INTERVAL_S,
     CachedView,

@@ -19,8 +19,8 @@ import tenacity
 from pydantic import TypeAdapter, ValidationError
 from scipy import stats
 
-from models.distributions import UniformSampler
-from models.retry import (
+from hailan_sim.models.distributions import UniformSampler
+from hailan_sim.models.retry import (
     BackoffConfig,
     ConstantBackoff,
     DecorrelatedJitterBackoff,

@@ -24,7 +24,7 @@ from freezegun import freeze_time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.tokens import (
+from hailan_sim.models.tokens import (
     KeySet,
     RefreshAheadCache,
     SpecTokenCache,

@@ -13,10 +13,10 @@ import os
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models import default_scenario
-from properties import fault_schedules, with_faults
-from properties.checker import check_duration, fault_horizon
-from properties.invariants import Record, evaluate
+from hailan_sim.models import default_scenario
+from hailan_sim.properties import fault_schedules, with_faults
+from hailan_sim.properties.checker import check_duration, fault_horizon
+from hailan_sim.properties.invariants import Record, evaluate
 
 BASE = default_scenario().with_profile("hardened").with_run(warmup_s=10, duration_s=60)
 SCENARIO = BASE.with_run(duration_s=check_duration(BASE, fault_window_s=30))

@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import properties.invariants as inv
-import sim.engine
-from models import breakers as B
-from models import default_scenario
-from models.scenario import Scenario
-from properties.invariants import (
+import hailan_sim.properties.invariants as inv
+import hailan_sim.sim.engine as engine_mod
+from hailan_sim.models import breakers as B
+from hailan_sim.models import default_scenario
+from hailan_sim.models.scenario import Scenario
+from hailan_sim.properties.invariants import (
     INVARIANTS,
     TOKENS,
     Record,
@@ -42,7 +42,7 @@ from properties.invariants import (
     witnessed,
     without_faults,
 )
-from sim import simulate
+from hailan_sim.sim import simulate
 
 BUILT_IN = [
     "no_cascading_failure", "bounded_recovery", "conservation", "breaker_legality",
@@ -409,8 +409,8 @@ class _Herd(B.SpecBreaker):
 
 
 def _with_planted(monkeypatch, cls, config_type):
-    real = sim.engine.make_breaker
-    monkeypatch.setattr(sim.engine, "make_breaker",
+    real = engine_mod.make_breaker
+    monkeypatch.setattr(engine_mod, "make_breaker",
                         lambda config, **kw: cls(config) if isinstance(config, config_type) else real(config, **kw))
 
 
@@ -580,7 +580,7 @@ def test_determinism_catches_unseeded_randomness(monkeypatch):
         # Instance picks from an unseeded generator: the kind of bug the check exists for.
         rng = random.Random()
         with monkeypatch.context() as m:
-            m.setattr(sim.engine.Engine, "_pick", lambda self, src, dst: rng.random)
+            m.setattr(engine_mod.Engine, "_pick", lambda self, src, dst: rng.random)
             return simulate(sc).event_log_sha256
 
     v = _fails(get("determinism")(record, rerun=rerun_with_a_planted_bug))

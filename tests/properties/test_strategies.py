@@ -17,14 +17,14 @@ from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 from pydantic import ValidationError
 
-import properties.strategies as strategies
-from models import default_scenario, load_scenario
-from models.balancers import RandomConfig
-from models.breakers import SlidingWindowConfig, SpecBreakerConfig
-from models.faults import FAULT_KINDS
-from models.policies import EdgePolicy, profile_policies
-from models.retry import RetryPolicy
-from properties.strategies import (
+import hailan_sim.properties.strategies as strategies
+from hailan_sim.models import default_scenario, load_scenario
+from hailan_sim.models.balancers import RandomConfig
+from hailan_sim.models.breakers import SlidingWindowConfig, SpecBreakerConfig
+from hailan_sim.models.faults import FAULT_KINDS
+from hailan_sim.models.policies import EdgePolicy, profile_policies
+from hailan_sim.models.retry import RetryPolicy
+from hailan_sim.properties.strategies import (
     KINDS_SIMPLEST_FIRST,
     balancers,
     fault_schedules,
@@ -314,7 +314,7 @@ def test_bad_options_are_refused_eagerly_by_name(kwargs, error, match):
 
 
 def test_scenario_must_be_a_scenario():
-    with pytest.raises(TypeError, match="scenario must be a models.Scenario"):
+    with pytest.raises(TypeError, match="scenario must be a hailan_sim.models.Scenario"):
         fault_schedules(SMALL.model_dump())
 
 

@@ -1,7 +1,7 @@
 """Quality tests: the checker finds a planted bug and shrinks it to a small schedule.
 
 As Hypothesis's own ``quality/`` tests do, each test plants a known bug and asserts that the
-search (:func:`properties.checker.check`) *finds* it and *shrinks* it. The bugs are planted
+search (:func:`hailan_sim.properties.checker.check`) *finds* it and *shrinks* it. The bugs are planted
 with ``monkeypatch`` on the model classes, so the engine runs the broken behaviour in-process.
 
 Every test runs the same scenario twice with the same budget and seed: once with the correct
@@ -72,13 +72,13 @@ from typing import Callable
 
 import pytest
 
-from models.breakers import SlidingWindowBreaker
-from models.registry import DiscoveryView
-from models.retry import RetryPolicy
-from models.scenario import Scenario
-from properties.checker import CheckReport, InvariantReport, check
-from properties.invariants import Record, default_recovery_s, get
-from properties.strategies import with_faults
+from hailan_sim.models.breakers import SlidingWindowBreaker
+from hailan_sim.models.registry import DiscoveryView
+from hailan_sim.models.retry import RetryPolicy
+from hailan_sim.models.scenario import Scenario
+from hailan_sim.properties.checker import CheckReport, InvariantReport, check
+from hailan_sim.properties.invariants import Record, default_recovery_s, get
+from hailan_sim.properties.strategies import with_faults
 from tests._build import build, const, endpoint, op, svc
 
 REGISTRY = {"name": "consul", "kind": "registry", "port": 8500, "capacity": 8, "latency_ms": const(0.5)}

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from models import ScenarioError, analyse, load_scenario
-from models.policies import PROFILES
-from models.scenario import Scenario
+from hailan_sim.models import ScenarioError, analyse, load_scenario
+from hailan_sim.models.policies import PROFILES
+from hailan_sim.models.scenario import Scenario
 
 __all__ = ["main"]
 
@@ -173,7 +173,7 @@ def _cmd_topology(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from sim import simulate
+    from hailan_sim.sim import simulate
 
     scenario = _load(args.scenario)
     if args.profile is not None:
@@ -259,7 +259,7 @@ def _print_run(scenario: Scenario, result, wall: float) -> None:
 
 
 def _check_scenario(args: argparse.Namespace) -> Scenario:
-    from properties.checker import check_duration
+    from hailan_sim.properties.checker import check_duration
 
     scenario = _load(args.scenario)
     if args.profile is not None:
@@ -274,7 +274,7 @@ def _check_scenario(args: argparse.Namespace) -> Scenario:
 
 
 def _known_invariants(names) -> None:
-    from properties import invariants as inv
+    from hailan_sim.properties import invariants as inv
 
     for n in names or ():
         if n not in inv.INVARIANTS:
@@ -283,8 +283,8 @@ def _known_invariants(names) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from models.faults import FAULT_KINDS, describe
-    from properties import checker
+    from hailan_sim.models.faults import FAULT_KINDS, describe
+    from hailan_sim.properties import checker
 
     scenario = _check_scenario(args)
     _known_invariants(args.invariant)
@@ -337,8 +337,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _check_exhaustive(args, scenario: Scenario, bar) -> int:
-    from properties import checker
-    from properties.alphabet import single_faults
+    from hailan_sim.properties import checker
+    from hailan_sim.properties.alphabet import single_faults
 
     try:
         faults = single_faults(scenario, kinds=args.kinds)
@@ -359,8 +359,8 @@ def _check_exhaustive(args, scenario: Scenario, bar) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from properties import checker
-    from properties.timeline import plot_timeline, timeline_events, windowed_success
+    from hailan_sim.properties import checker
+    from hailan_sim.properties.timeline import plot_timeline, timeline_events, windowed_success
 
     scenario = _load(args.file)
     _known_invariants(args.invariant)
