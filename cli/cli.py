@@ -76,12 +76,14 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--events", metavar="FILE", help="write the event log (.parquet, otherwise CSV)")
     run.add_argument("--spans", metavar="FILE", help="write every request's span tree as JSON (OpenTelemetry shape)")
     run.add_argument("--no-progress", action="store_true", help="never show the progress bar")
+    _data_root(run)
 
     topo = sub.add_parser("topology", help="services, dependencies, cycles and blast radius",
                           description="Print services, ports, dependencies, dependency cycles and "
                                       "each component's transitive dependents.")
     topo.add_argument("scenario", nargs="?", metavar="SCENARIO", help="scenario YAML file (default: built-in)")
     topo.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+    _data_root(topo)
 
     sub.add_parser("schema", help="print the JSON Schema of a scenario file",
                    description="Print the JSON Schema every scenario file must satisfy.")
@@ -115,6 +117,7 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="instead of searching, run every single fault of the alphabet and tabulate")
     chk.add_argument("--out", metavar="DIR", default="counterexamples", help="where counterexamples go")
     chk.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+    _data_root(chk)
 
     rep = sub.add_parser(
         "replay", help="re-run a counterexample and re-evaluate the invariants",
@@ -124,7 +127,14 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--invariant", action="append", metavar="NAME", help="evaluate only this invariant (repeatable)")
     rep.add_argument("--plot", metavar="PNG", help="save the timeline plot")
     rep.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+    _data_root(rep)
     return p
+
+
+def _data_root(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", metavar="DIR",
+                        help="data files the scenario names (csv:, file:) may lie anywhere under DIR "
+                             "(default: only in the scenario file's folder)")
 
 
 def _default_jobs() -> int:
@@ -133,8 +143,10 @@ def _default_jobs() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def _load(path: Optional[str]) -> Scenario:
-    return load_scenario(path)
+def _load(path: Optional[str], data_root: Optional[str] = None) -> Scenario:
+    if data_root is not None and not Path(data_root).is_dir():
+        raise ScenarioError(data_root, "--data-root: no such folder")
+    return load_scenario(path, data_root=data_root)
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -143,7 +155,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_topology(args: argparse.Namespace) -> int:
-    scenario = _load(args.scenario)
+    scenario = _load(args.scenario, args.data_root)
     report = analyse(scenario)
     if args.json:
         print(json.dumps({"scenario": scenario.name, **report.to_dict()}, indent=2))
@@ -175,7 +187,7 @@ def _cmd_topology(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from hailan_sim.sim import simulate
 
-    scenario = _load(args.scenario)
+    scenario = _load(args.scenario, args.data_root)
     if args.profile is not None:
         scenario = scenario.with_profile(args.profile)
     changes = {}
@@ -261,7 +273,7 @@ def _print_run(scenario: Scenario, result, wall: float) -> None:
 def _check_scenario(args: argparse.Namespace) -> Scenario:
     from hailan_sim.properties.checker import check_duration
 
-    scenario = _load(args.scenario)
+    scenario = _load(args.scenario, args.data_root)
     if args.profile is not None:
         scenario = scenario.with_profile(args.profile)
     warmup = min(scenario.run.warmup_s, 10.0)
@@ -362,7 +374,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from hailan_sim.properties import checker
     from hailan_sim.properties.timeline import plot_timeline, timeline_events, windowed_success
 
-    scenario = _load(args.file)
+    scenario = _load(args.file, args.data_root)
     _known_invariants(args.invariant)
     record, verdicts = checker.replay(scenario, args.invariant)
     result = record.result

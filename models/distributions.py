@@ -24,6 +24,8 @@ from pydantic import Field, model_validator
 from hailan_sim.models._base import Frozen
 
 __all__ = [
+    "MAX_COUNT",
+    "MAX_POISSON_MEAN",
     "Constant",
     "CountDistribution",
     "Discrete",
@@ -40,6 +42,17 @@ __all__ = [
 
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+# A repeat makes at most this many calls per execution, whether its count is fixed or
+# drawn: a count is memory (a parallel repeat holds every child call at once), so an
+# unbounded one could take the machine down in one draw.
+MAX_COUNT = 1000
+# A Poisson count's mean is capped so the cap above is a safety net, not a distortion:
+# with mean 800 the standard deviation is 28.3 and 1000 lies 7.07 of them above the mean,
+# so P(X > 1000) < 1e-11 (normal tail; the Poisson tail is lighter still). Draws above
+# MAX_COUNT are clipped to it, never refused mid-run.
+MAX_POISSON_MEAN = 800.0
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 
 
 class Exponential(Frozen):
@@ -175,21 +188,24 @@ class Poisson(Frozen):
     """Poisson-distributed count with the given mean."""
 
     dist: Literal["poisson"]
-    mean: NonNegativeFloat
+    mean: Annotated[float, Field(ge=0, le=MAX_POISSON_MEAN, allow_inf_nan=False)] = Field(
+        description=f"at most {MAX_POISSON_MEAN:g}, so a draw above the cap of {MAX_COUNT} is all but impossible"
+    )
 
     def expected(self) -> float:
         return self.mean
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return rng.poisson(self.mean, n)
+        # Clipped, not refused: the same draws (and stream consumption) as unclipped below the cap.
+        return np.minimum(rng.poisson(self.mean, n), MAX_COUNT)
 
 
 class UniformInt(Frozen):
     """Integer uniform on ``[low, high]`` inclusive."""
 
     dist: Literal["uniform_int"]
-    low: Annotated[int, Field(ge=0)]
-    high: Annotated[int, Field(ge=0)]
+    low: Count
+    high: Count
 
     @model_validator(mode="after")
     def _ordered(self) -> UniformInt:
@@ -208,7 +224,7 @@ class Discrete(Frozen):
     """A count drawn from ``weights``: a list of ``[count, weight]`` pairs."""
 
     dist: Literal["discrete"]
-    weights: list[tuple[Annotated[int, Field(ge=0)], PositiveFloat]] = Field(min_length=1)
+    weights: list[tuple[Count, PositiveFloat]] = Field(min_length=1)
 
     def expected(self) -> float:
         total = sum(w for _, w in self.weights)

@@ -27,6 +27,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+from hailan_sim.models import yaml12
+from hailan_sim.models.datafiles import MAX_INLINE_TIMES, MAX_SCENARIO_BYTES, read_bounded
 from hailan_sim.models.scenario import Scenario
 
 __all__ = ["DEFAULT_SCENARIO", "ScenarioError", "default_scenario", "load_scenario", "parse_scenario"]
@@ -53,6 +55,8 @@ _PATTERNS = {
 # "endpoints[0] (name) needs ...".
 _PATH_AT_START = re.compile(r"^([A-Za-z_][\w-]*(?:\[\d+\])*(?:\.[A-Za-z_][\w-]*(?:\[\d+\])*)*)(: | )")
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+# YAML 1.1's sexagesimal numbers (1:30 was 90); YAML 1.2 reads them as text.
+_BASE_60 = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
 _CYCLE = re.compile(r"call trees recurse: ([a-z][a-z0-9-]*)\.(\w+) -> ([a-z][a-z0-9-]*)\.(\w+)")
 
 
@@ -389,16 +393,15 @@ class _Type:
 
 
 def _compose(text: str, source: str) -> tuple[Optional[yaml.Node], Any]:
-    """The YAML node tree (for line numbers) and the data it constructs."""
+    """The YAML node tree (for line numbers) and the data it constructs, read as YAML 1.2
+    reads it (:mod:`hailan_sim.models.yaml12`: no base-60 numbers, no yes/no/on/off
+    booleans), parsed by libyaml."""
     try:
-        loader = yaml.SafeLoader(text)
-        try:
-            root = loader.get_single_node()
-            if root is not None:
-                _check_nodes(root, source)
-            data = loader.construct_document(root) if root is not None else None
-        finally:
-            loader.dispose()
+        root = yaml12.compose(text)
+        data = None
+        if root is not None:
+            _check_nodes(root, source)
+            data = yaml12.construct(root)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -466,6 +469,14 @@ def _check_nodes(root: yaml.Node, source: str) -> None:
                     seen[(k.tag, k.value)] = line
                 size += walk(k, keys) + walk(v, [*keys, k.value if scalar else "?"])
         elif isinstance(node, yaml.SequenceNode):
+            if keys and keys[-1] == "times_s" and len(node.value) > MAX_INLINE_TIMES:
+                path = _text_path(keys)
+                raise ScenarioError(
+                    source,
+                    f"{path}: {len(node.value)} times written inline; at most {MAX_INLINE_TIMES} are allowed "
+                    "in the YAML: put them in a CSV or Parquet file with a column t_s and give 'file: NAME' instead",
+                    node.start_mark.line + 1, path,
+                )
             for i, v in enumerate(node.value):
                 size += walk(v, [*keys, i])
         on_path.discard(ident)
@@ -488,7 +499,7 @@ def _key_is(node: yaml.Node, key: Any) -> bool:
     if node.tag == "tag:yaml.org,2002:null":
         return key is None or key == "None"
     if node.tag == "tag:yaml.org,2002:bool" and isinstance(key, bool):
-        return node.value.lower() in ("true", "yes", "on") if key else node.value.lower() in ("false", "no", "off")
+        return node.value.lower() == str(key).lower()
     return node.value == str(key)
 
 
@@ -705,6 +716,8 @@ def _describe_error(err: dict, data: Any) -> tuple[str, list, str]:
         hint = "; YAML read this as a " + (
             "date" if isinstance(value, _dt.date) else "boolean" if isinstance(value, bool) else "number"
         ) + ", put it in quotes"
+    if isinstance(value, str) and ty.tp in (int, float) and _BASE_60.match(value.strip()):
+        hint = "; YAML 1.2 reads this as text, not as a base-60 number (YAML 1.1 read 1:30 as 90): write the number itself"
     if kind == "finite_number":
         hint = "; .nan and .inf are not allowed"
     return _text_path(keys), keys, f"got {_show(value)}, expected {ty.describe()}{hint}"
@@ -812,6 +825,9 @@ def _validator_message(msg: str, keys: list, data: Any) -> tuple[str, list, str]
         if "t_s" not in msg and "cannot read" in msg:
             msg += " (expected a CSV file with header t_s,rate; a relative path starts at the scenario file's folder)"
         return _text_path(csv_keys), csv_keys, msg
+    if isinstance(value, dict) and isinstance(value.get("file"), str) and value.get("times_s") is None:
+        file_keys = [*keys, "file"]
+        return _text_path(file_keys), file_keys, msg
     return _text_path(keys), keys, msg
 
 
@@ -916,17 +932,32 @@ def _csv_failure(data: Any) -> list:
 # --------------------------------------------------------------------------- entry points
 
 
-def parse_scenario(text: str, source: str = "<scenario>", base_dir: Union[str, Path] = ".") -> Scenario:
-    """Validate YAML text as a scenario; raise :class:`ScenarioError` on any problem."""
+def parse_scenario(
+    text: str,
+    source: str = "<scenario>",
+    base_dir: Union[str, Path] = ".",
+    data_root: Union[str, Path, None] = None,
+) -> Scenario:
+    """Validate YAML text as a scenario; raise :class:`ScenarioError` on any problem.
+
+    Data files the scenario names (``csv:``, ``file:``) are resolved in ``base_dir`` and
+    must lie inside ``data_root`` (default: ``base_dir``); see :mod:`hailan_sim.models.datafiles`.
+    """
     try:
-        return _parse(text, source, base_dir)
+        return _parse(text, source, base_dir, data_root)
     except RecursionError:
         raise ScenarioError(source, "the scenario is nested too deeply (more than a few hundred levels)") from None
 
 
-def _parse(text: str, source: str, base_dir: Union[str, Path]) -> Scenario:
+def _parse(text: str, source: str, base_dir: Union[str, Path], data_root: Union[str, Path, None]) -> Scenario:
     if not isinstance(text, str):
         raise ScenarioError(source, f"expected YAML text, got {type(text).__name__}")
+    if len(text) > MAX_SCENARIO_BYTES:
+        raise ScenarioError(
+            source,
+            f"the scenario is {len(text)} characters; at most {MAX_SCENARIO_BYTES} are allowed "
+            "(put large tables and traces in data files: csv: for rates, file: for traces)",
+        )
     root, data = _compose(text, source)
     if data is None:
         raise ScenarioError(
@@ -944,7 +975,8 @@ def _parse(text: str, source: str, base_dir: Union[str, Path]) -> Scenario:
             root.start_mark.line + 1 if root is not None else 1,
         )
     try:
-        scenario = Scenario.model_validate(data, context={"base_dir": str(base_dir)})
+        context = {"base_dir": str(base_dir), "data_root": None if data_root is None else str(data_root)}
+        scenario = Scenario.model_validate(data, context=context)
     except ValidationError as exc:
         errors = _typos_first(_one_branch(exc.errors(include_url=False), data), data)
         described = [_describe_error(e, data) for e in errors]
@@ -972,13 +1004,19 @@ def _parse(text: str, source: str, base_dir: Union[str, Path]) -> Scenario:
     return scenario
 
 
-def load_scenario(path: Union[str, Path, None] = None) -> Scenario:
-    """Load a scenario file; ``None`` gives the built-in default scenario."""
+def load_scenario(path: Union[str, Path, None] = None, data_root: Union[str, Path, None] = None) -> Scenario:
+    """Load a scenario file; ``None`` gives the built-in default scenario.
+
+    The file must be a regular file of at most ``MAX_SCENARIO_BYTES``. Data files it names
+    are read from its folder, or from anywhere under ``data_root`` if that is given.
+    """
     if path is None:
         return default_scenario()
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        raw = read_bounded(p, MAX_SCENARIO_BYTES, "the scenario file")
+    except ValueError as exc:
+        raise ScenarioError(str(p), f"{exc} (give a scenario .yaml file; tables and traces go in data files)") from None
     except FileNotFoundError:
         raise ScenarioError(str(p), "no such file (give the path of a scenario .yaml file)") from None
     except IsADirectoryError:
@@ -994,7 +1032,7 @@ def load_scenario(path: Union[str, Path, None] = None) -> Scenario:
         raise ScenarioError(
             str(p), f"byte {raw[exc.start]:#04x} is not UTF-8 text (save the file as UTF-8)", line
         ) from None
-    return parse_scenario(text, str(p), p.parent)
+    return parse_scenario(text, str(p), p.parent, data_root)
 
 
 def default_scenario() -> Scenario:

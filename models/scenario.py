@@ -11,7 +11,7 @@ Units are in the field names: ``*_s`` seconds, ``*_ms`` milliseconds, ``rate`` p
 from __future__ import annotations
 
 import csv
-from pathlib import Path
+import io
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
@@ -27,7 +27,8 @@ from pydantic import (
 
 from hailan_sim.models._base import Frozen
 from hailan_sim.models.autoscaling import AutoscalingPolicy
-from hailan_sim.models.distributions import Constant, CountDistribution, Distribution
+from hailan_sim.models.datafiles import MAX_TABLE_BYTES, read_data_file, read_trace
+from hailan_sim.models.distributions import MAX_COUNT, Constant, CountDistribution, Distribution
 from hailan_sim.models.faults import Fault
 from hailan_sim.models.policies import PROFILES, Policies, merge_policies, profile_policies
 
@@ -147,7 +148,7 @@ class RepeatNode(Frozen):
     """The child ``count`` times (a fixed number or a count distribution), in sequence or in parallel."""
 
     repeat: TreeNode
-    count: Union[Annotated[int, Field(ge=0, le=1000)], CountDistribution]
+    count: Union[Annotated[int, Field(ge=0, le=MAX_COUNT)], CountDistribution]
     parallel: bool = False
 
 
@@ -352,13 +353,10 @@ class PiecewiseArrival(Frozen):
         path = data.get("csv")
         if not isinstance(path, str):
             return data
-        base = Path((info.context or {}).get("base_dir", "."))
-        file = Path(path) if Path(path).is_absolute() else base / path
-        try:
-            with file.open(newline="") as fh:
-                rows = list(csv.DictReader(fh))
-        except OSError as exc:
-            raise ValueError(f"cannot read arrival table {str(file)!r}: {exc.strerror}") from None
+        # Resolved in the scenario file's folder, confined to the data root, a regular
+        # file of bounded size (models/datafiles.py).
+        file, raw = read_data_file(path, info.context, "the arrival table", MAX_TABLE_BYTES)
+        rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8"), newline="")))
         steps = []
         for lineno, row in enumerate(rows, start=2):
             try:
@@ -393,17 +391,35 @@ class PiecewiseArrival(Frozen):
 
 class TraceArrival(Frozen):
     """Requests at exactly the listed times (seconds): replay recorded traffic, or pin a
-    test's arrivals."""
+    test's arrivals.
+
+    ``times_s`` lists them inline (at most ``MAX_INLINE_TIMES`` in a YAML file), or
+    ``file`` names a CSV or Parquet file with a column ``t_s`` (read when the scenario is
+    loaded, like a piecewise ``csv``; the times are then part of the scenario). Given both,
+    ``times_s`` is used and the file is not read: that is how a dump keeps the times.
+    """
 
     kind: Literal["trace"]
-    times_s: list[NonNegativeFloat] = Field(min_length=1)
+    times_s: Optional[list[NonNegativeFloat]] = Field(None, min_length=1)
+    file: Optional[str] = Field(
+        None, description="a .csv or .parquet file with a column t_s, relative to the scenario file"
+    )
 
-    @field_validator("times_s")
+    @model_validator(mode="before")
     @classmethod
-    def _sorted(cls, times: list[float]) -> list[float]:
+    def _read_file(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict) or data.get("times_s") is not None or not isinstance(data.get("file"), str):
+            return data
+        return {**data, "times_s": read_trace(data["file"], info.context)}
+
+    @model_validator(mode="after")
+    def _sorted(self) -> TraceArrival:
+        times = self.times_s
+        if times is None:
+            raise ValueError("give either 'times_s' (a list of times) or 'file' (a CSV or Parquet file)")
         if any(b < a for a, b in zip(times, times[1:])):
             raise ValueError("times_s must be in non-decreasing order")
-        return times
+        return self
 
 
 Arrival = Annotated[

@@ -145,9 +145,15 @@ FIELD_CASES = [
      edit("services:\n  - name: front", "services: front\nunused:\n  - name: front"),
      "services: front", "services",
      ["got 'front'", "expected a list of mappings (Service)"]),
-    ("wrong-type-name-is-a-date",
+    # YAML 1.2 (models/yaml12.py): no dates, no base-60 numbers, no yes/no/on/off booleans.
+    ("name-like-a-date-is-text",
      edit("name: shop", "name: 2024-01-01"), "name: 2024-01-01", "name",
-     ["got 2024-01-01", "YAML read this as a date, put it in quotes"]),
+     ["got '2024-01-01'", "lower-case letters, digits and '-', starting with a letter"]),
+    ("base-60-is-text",
+     edit("  seed: 1\n", "  seed: 1\n  duration_s: 1:30\n", edit("  duration_s: 60\n", "")),
+     "duration_s: 1:30", "run.duration_s",
+     ["got '1:30'", "expected a number > 0", "not as a base-60 number (YAML 1.1 read 1:30 as 90)"]),
+
     ("negative-rate",
      edit("rate: 10", "rate: -10"), "rate: -10", "workload.endpoints[0].arrival.rate",
      ["got -10", "expected a number > 0"]),
@@ -310,8 +316,113 @@ def test_repeat_count_distribution_reports_the_mapping_member(tmp_path):
     file, exc = reject(tmp_path, text)
     check(exc, file, line=line_of(text, "count: {dist: poisson"),
           path="services[0].operations.home.calls.seq[0].count.mean",
-          allowed=["got -1", "expected a number >= 0"])
+          allowed=["got -1", "expected a number from 0 to 800"])
     assert "more problem" not in str(exc)
+
+
+# --------------------------------------------------------------------------- YAML 1.2, not 1.1
+
+
+def test_yaml_1_1_booleans_are_text_in_keys_and_values(tmp_path):
+    """YAML 1.1 read on/off/yes/no/y/n as booleans: an operation named `on` became the key
+    True, and a service named `no` the value False. YAML 1.2 reads them as text."""
+    text = edit("      audit:", "      on:", edit("- publish: back.audit", "- publish: back.on"))
+    text = edit("name: shop", "name: y", text)
+    text = edit("      item:", "      off:", edit("- call: back.item", "- call: back.off", text))
+    (tmp_path / "s.yaml").write_text(text)
+    scenario = load_scenario(tmp_path / "s.yaml")
+    assert scenario.name == "y"
+    assert list(scenario.service("back").operations) == ["off", "on"]
+
+
+def test_yaml_1_2_numbers(tmp_path):
+    """1e3 is a number (1.1 wanted 1.0e+3), 010 is ten (1.1: octal eight), 0o10 is eight."""
+    text = edit("rate: 10", "rate: 1e3", edit("port: 3001", "port: 010", edit("capacity: 8", "capacity: 0o10")))
+    (tmp_path / "s.yaml").write_text(text)
+    scenario = load_scenario(tmp_path / "s.yaml")
+    assert scenario.workload.endpoints[0].arrival.rate == 1000.0
+    assert scenario.services[0].port == 10
+    assert scenario.infrastructure[0].capacity == 8
+
+
+@pytest.mark.parametrize("tagged", ["!!bool yes", "!!int 1:30", "!!float 1:30"])
+def test_explicit_tags_asking_for_yaml_1_1_readings_are_refused(tmp_path, tagged):
+    text = edit("  seed: 1\n", f"  seed: 1\n  cold_start: {tagged}\n")
+    file, exc = reject(tmp_path, text)
+    check(exc, file, line=line_of(text, "cold_start:"), path=None,
+          allowed=["YAML syntax error", "in YAML 1.2", "remove the !!tag"])
+
+
+def test_libyaml_and_pure_python_parsers_give_the_same_tree():
+    """The fast parser (libyaml) and the pure-Python one compose the same nodes and lines."""
+    from hailan_sim.models import yaml12
+
+    if not yaml12.HAVE_LIBYAML:
+        pytest.skip("PyYAML without libyaml")
+
+    def flat(node):
+        out = [(type(node).__name__, node.tag, node.start_mark.line, node.start_mark.column)]
+        if isinstance(node.value, str):
+            out.append(node.value)
+        elif isinstance(node.value, list):
+            for item in node.value:
+                for part in item if isinstance(item, tuple) else (item,):
+                    out.extend(flat(part))
+        return out
+
+    for text in (GOOD, RECURSIVE):
+        fast = yaml12._compose_with(yaml12.FastLoader, text)
+        pure = yaml12._compose_with(yaml12.PureLoader, text)
+        assert flat(fast) == flat(pure)
+
+
+# --------------------------------------------------------------------------- bounded counts
+
+REPEAT = "- repeat: {call: back.item}\n              count: %s"
+
+
+@pytest.mark.parametrize(
+    "count, field, allowed",
+    [
+        ("{dist: poisson, mean: 1e6}", "count.mean", ["got 1000000.0", "expected a number from 0 to 800"]),
+        ("{dist: poisson, mean: 1e12}", "count.mean", ["got 1000000000000.0", "from 0 to 800"]),
+        ("{dist: poisson, mean: 801}", "count.mean", ["got 801", "from 0 to 800"]),
+        ("{dist: uniform_int, low: 0, high: 1001}", "count.high", ["got 1001", "a whole number from 0 to 1000"]),
+        ("{dist: uniform_int, low: 5000, high: 6000}", "count.low", ["got 5000", "a whole number from 0 to 1000"]),
+        ("{dist: discrete, weights: [[1, 1], [1000000, 1]]}", "count.weights[1][0]",
+         ["got 1000000", "a whole number from 0 to 1000"]),
+    ],
+    ids=["poisson-1e6", "poisson-1e12", "poisson-801", "uniform-high", "uniform-low", "discrete"],
+)
+def test_drawn_repeat_counts_are_capped_like_fixed_ones(tmp_path, count, field, allowed):
+    """A count drawn from a distribution is bounded like a fixed one (at most 1000 calls):
+    a Poisson mean of 1e6 used to pass and fill memory, 1e12 ended in a MemoryError."""
+    text = edit("- call: back.item", REPEAT % count)
+    file, exc = reject(tmp_path, text)
+    check(exc, file, line=line_of(text, "count: {dist"),
+          path=f"services[0].operations.home.calls.seq[0].{field}", allowed=allowed)
+
+
+def test_counts_at_the_caps_are_accepted(tmp_path):
+    for count in ("1000", "{dist: poisson, mean: 800}", "{dist: uniform_int, low: 1000, high: 1000}",
+                  "{dist: discrete, weights: [[1000, 1]]}"):
+        (tmp_path / "s.yaml").write_text(edit("- call: back.item", REPEAT % count))
+        load_scenario(tmp_path / "s.yaml")
+
+
+def test_poisson_count_draws_are_clipped_at_the_cap():
+    """The cap is also enforced on the draws themselves (a safety net: at mean 800 a draw
+    above 1000 has probability < 1e-11, so below the cap the draws are numpy's own)."""
+    import numpy as np
+
+    from hailan_sim.models.distributions import MAX_COUNT, Poisson
+
+    draws = Poisson(dist="poisson", mean=800).draw(np.random.default_rng(1), 100_000)
+    assert draws.max() <= MAX_COUNT
+    assert (draws == np.random.default_rng(1).poisson(800, 100_000)).all()
+    # Past the validated range (built without validation) the clip is what bounds a draw.
+    wild = Poisson.model_construct(dist="poisson", mean=5000.0).draw(np.random.default_rng(1), 1000)
+    assert wild.max() == MAX_COUNT
 
 
 def test_token_issuer_from_a_profile_must_be_an_operation(tmp_path):
@@ -401,7 +512,7 @@ def test_piecewise_csv_missing_file(tmp_path):
     text = _with_csv("load.csv")
     file, exc = reject(tmp_path, text)
     check(exc, file, line=line_of(text, "csv: load.csv"), path="workload.endpoints[0].arrival.csv",
-          allowed=["cannot read arrival table", "load.csv", "No such file",
+          allowed=["cannot read the arrival table", "load.csv", "No such file",
                    "expected a CSV file with header t_s,rate"])
 
 
@@ -436,6 +547,146 @@ def test_piecewise_csv_not_utf8(tmp_path):
     file, exc = reject(tmp_path, text)
     check(exc, file, line=line_of(text, "csv: load.csv"), path="workload.endpoints[0].arrival.csv",
           allowed=["in the table 'load.csv'", "not UTF-8 text", "save it as UTF-8"])
+
+
+# --------------------------------------------------------------------------- data files: where, what, how large
+
+CSV_PATH = "workload.endpoints[0].arrival.csv"
+
+
+@pytest.mark.parametrize("name", ["../load.csv", "sub/../../load.csv", "{abs}"], ids=["dotdot", "dotdot-deep", "absolute"])
+def test_data_file_outside_the_scenario_folder_is_refused(tmp_path, name):
+    (tmp_path / "load.csv").write_text("t_s,rate\n0,5\n")
+    inner = tmp_path / "inner"
+    (inner / "sub").mkdir(parents=True)
+    text = _with_csv(name.format(abs=tmp_path / "load.csv"))
+    file, exc = reject(inner, text)
+    check(exc, file, line=line_of(text, "csv: "), path=CSV_PATH,
+          allowed=["the arrival table", "is outside", str(inner), "--data-root DIR"])
+    # A wider data root allows it (relative paths still start at the scenario's folder).
+    scenario = load_scenario(file, data_root=tmp_path)
+    assert scenario.workload.endpoints[0].arrival.steps == [(0.0, 5.0)]
+
+
+def test_symbolic_link_out_of_the_folder_is_refused(tmp_path):
+    (tmp_path / "load.csv").write_text("t_s,rate\n0,5\n")
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "load.csv").symlink_to(tmp_path / "load.csv")
+    text = _with_csv("load.csv")
+    file, exc = reject(inner, text)
+    check(exc, file, line=line_of(text, "csv: "), path=CSV_PATH, allowed=["is outside"])
+
+
+def test_fifo_is_refused_without_waiting(tmp_path):
+    os.mkfifo(tmp_path / "load.csv")  # opening it for reading would wait for a writer
+    text = _with_csv("load.csv")
+    file, exc = reject(tmp_path, text)
+    check(exc, file, line=line_of(text, "csv: "), path=CSV_PATH,
+          allowed=["arrival table 'load.csv' is a FIFO; only regular files are read"])
+
+
+def test_device_is_refused_even_inside_the_data_root(tmp_path):
+    text = _with_csv("/dev/zero")
+    (tmp_path / "s.yaml").write_text(text)
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(tmp_path / "s.yaml", data_root="/")
+    check(info.value, tmp_path / "s.yaml", line=line_of(text, "csv: "), path=CSV_PATH,
+          allowed=["arrival table '/dev/zero' is a device; only regular files are read"])
+
+
+def test_oversized_table_is_refused_before_it_is_read(tmp_path):
+    from hailan_sim.models.datafiles import MAX_TABLE_BYTES
+
+    with open(tmp_path / "load.csv", "wb") as fh:  # sparse: no disk used
+        fh.truncate(MAX_TABLE_BYTES + 1)
+    text = _with_csv("load.csv")
+    file, exc = reject(tmp_path, text)
+    check(exc, file, line=line_of(text, "csv: "), path=CSV_PATH,
+          allowed=["arrival table 'load.csv' is 16.0 MiB; at most 16.0 MiB is allowed"])
+
+
+def test_oversized_or_special_scenario_file_is_refused(tmp_path):
+    from hailan_sim.models.datafiles import MAX_SCENARIO_BYTES
+
+    with open(tmp_path / "big.yaml", "wb") as fh:
+        fh.truncate(MAX_SCENARIO_BYTES + 1)
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(tmp_path / "big.yaml")
+    check(info.value, tmp_path / "big.yaml", line=None, path=None, allowed=["at most 1.0 MiB is allowed"])
+    os.mkfifo(tmp_path / "fifo.yaml")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(tmp_path / "fifo.yaml")
+    check(info.value, tmp_path / "fifo.yaml", line=None, path=None, allowed=["is a FIFO"])
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario("#" * (MAX_SCENARIO_BYTES + 1), "text.yaml")
+    check(info.value, "text.yaml", line=None, path=None, allowed=["at most 1048576 are allowed", "data files"])
+
+
+# --------------------------------------------------------------------------- traces: inline, or from a file
+
+TRACE = "kind: trace\n        {what}"
+TRACE_PATH = "workload.endpoints[0].arrival"
+
+
+def _with_trace(what: str) -> str:
+    return edit("kind: poisson\n        rate: 10", TRACE.format(what=what))
+
+
+def test_long_inline_trace_is_refused_with_a_pointer_to_files(tmp_path):
+    from hailan_sim.models.datafiles import MAX_INLINE_TIMES
+
+    times = ", ".join(str(i) for i in range(MAX_INLINE_TIMES + 1))
+    text = _with_trace(f"times_s: [{times}]")
+    file, exc = reject(tmp_path, text)
+    check(exc, file, line=line_of(text, "times_s:"), path=f"{TRACE_PATH}.times_s",
+          allowed=["10001 times written inline", "at most 10000", "CSV or Parquet file with a column t_s",
+                   "'file: NAME'"])
+    (tmp_path / "ok.yaml").write_text(_with_trace(f"times_s: [{times.rsplit(', ', 1)[0]}]"))
+    assert len(load_scenario(tmp_path / "ok.yaml").workload.endpoints[0].arrival.times_s) == MAX_INLINE_TIMES
+
+
+def test_trace_from_csv_and_parquet_files(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    times = [i * 0.01 for i in range(50_000)]  # five times the inline limit
+    (tmp_path / "t.csv").write_text("user,t_s\n" + "".join(f"u{i},{t!r}\n" for i, t in enumerate(times)))
+    pq.write_table(pa.table({"t_s": times}), tmp_path / "t.parquet")
+    for name in ("t.csv", "t.parquet"):
+        (tmp_path / "s.yaml").write_text(_with_trace(f"file: {name}"))
+        arrival = load_scenario(tmp_path / "s.yaml").workload.endpoints[0].arrival
+        assert arrival.times_s == times and arrival.file == name
+
+
+@pytest.mark.parametrize(
+    "name, content, allowed",
+    [
+        ("t.csv", "t_s\n0\n2\n1\n", ["the trace file 't.csv', line 4: t_s 1 comes after 2", "non-decreasing"]),
+        ("t.csv", "t_s\n0\n-1\n", ["the trace file 't.csv', line 3: t_s -1.0 is not a finite number >= 0"]),
+        ("t.csv", "t_s\n0\nnan\n", ["line 3: t_s nan is not a finite number >= 0"]),
+        ("t.csv", "t_s\n0\nten\n", ["cannot read the trace file 't.csv'", "numeric column t_s"]),
+        ("t.csv", "time\n0\n", ["cannot read the trace file 't.csv'", "numeric column t_s"]),
+        ("t.csv", "t_s\n", ["the trace file 't.csv' has no times"]),
+        ("t.json", "[0, 1]", ["the trace file 't.json': expected a .csv or .parquet file with a column t_s"]),
+        ("t.parquet", "not parquet", ["cannot read the trace file 't.parquet'", "Parquet file with a numeric column t_s"]),
+        ("missing.csv", None, ["cannot read the trace file", "No such file"]),
+    ],
+    ids=["unsorted", "negative", "nan", "not-a-number", "no-column", "empty", "suffix", "bad-parquet", "missing"],
+)
+def test_bad_trace_files(tmp_path, name, content, allowed):
+    if content is not None:
+        (tmp_path / name).write_text(content)
+    text = _with_trace(f"file: {name}")
+    file, exc = reject(tmp_path, text)
+    check(exc, file, line=line_of(text, "file: "), path=f"{TRACE_PATH}.file", allowed=allowed)
+
+
+def test_trace_needs_times_or_a_file(tmp_path):
+    text = edit("kind: poisson\n        rate: 10", "kind: trace")
+    file, exc = reject(tmp_path, text)
+    check(exc, file, line=line_of(text, "arrival:"), path=TRACE_PATH,
+          allowed=["give either 'times_s' (a list of times) or 'file' (a CSV or Parquet file)"])
 
 
 # --------------------------------------------------------------------------- the CLI, in-process

@@ -1,0 +1,171 @@
+"""YAML as YAML 1.2 reads it, fast, with line numbers.
+
+PyYAML implements YAML 1.1, whose implicit types surprise people who write scenarios:
+``timeout_s: 1:30`` is the base-60 number 90, ``on``/``off``/``yes``/``no``/``y``/``n`` are
+booleans (an operation named ``on`` becomes the key ``True``), ``010`` is 8 (octal) and
+``2020-01-01`` a date. YAML 1.2 (2009) dropped all of these; its core schema (YAML 1.2.2,
+section 10.3.2, https://yaml.org/spec/1.2.2/#1032-tag-resolution) resolves a plain scalar
+to null, a boolean, an integer or a float only when it matches these patterns:
+
+    null   null | Null | NULL | ~ | (empty)
+    bool   true | True | TRUE | false | False | FALSE
+    int    [-+]? [0-9]+  |  0o [0-7]+  |  0x [0-9a-fA-F]+
+    float  [-+]? ( \\. [0-9]+ | [0-9]+ ( \\. [0-9]* )? ) ( [eE] [-+]? [0-9]+ )?
+           | [-+]? \\. ( inf | Inf | INF )  |  \\. ( nan | NaN | NAN )
+
+and everything else is text. This module resolves exactly that (plus ``<<`` merge keys,
+which YAML 1.1 defined and PyYAML's safe constructor understands; they are harmless and
+people use them to share blocks). ``1e3`` is a float as in 1.2 (1.1 wanted ``1.0e+3``).
+An explicit tag that asks for a 1.1 reading (``!!bool yes``, ``!!int 1:30``) is refused.
+
+Speed: the document is parsed by libyaml (PyYAML's C ``CParser``), which composes the same
+node tree as the pure-Python parser, with a line and column on every node; resolution and
+construction stay in Python (the classes below), so both parsers give identical data.
+Only when libyaml finds the text malformed is it parsed again by the pure-Python parser,
+whose messages (and line numbers) the loader's error messages are built on; a valid
+document never pays for that. Without libyaml the pure-Python parser does everything.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Optional
+
+import yaml
+from yaml.composer import Composer
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.parser import Parser
+from yaml.reader import Reader
+from yaml.resolver import BaseResolver
+from yaml.scanner import Scanner
+
+__all__ = ["HAVE_LIBYAML", "compose", "safe_load"]
+
+HAVE_LIBYAML = bool(getattr(yaml, "__with_libyaml__", False))
+
+_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT = re.compile(
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+_BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+
+
+class Resolver12(BaseResolver):
+    """Implicit tags of the YAML 1.2 core schema (and ``<<``)."""
+
+
+Resolver12.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+Resolver12.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
+# An int pattern matches first where both would (the resolver tries them in order).
+Resolver12.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+.0123456789"))
+Resolver12.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"),
+                                 ["~", "n", "N", ""])
+Resolver12.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^<<$"), ["<"])
+
+
+class Constructor12(SafeConstructor):
+    """PyYAML's safe constructor with YAML 1.2 readings of booleans and numbers (an
+    explicit ``!!bool``/``!!int``/``!!float`` tag must hold a 1.2 value too)."""
+
+    def _refuse(self, node: yaml.ScalarNode, what: str) -> None:
+        raise ConstructorError(
+            None, None,
+            f"{node.value!r} is not {what} in YAML 1.2 (YAML 1.1 readings such as yes/no/on/off "
+            "and base-60 numbers like 1:30 are not used)",
+            node.start_mark,
+        )
+
+    def construct_yaml_bool(self, node: yaml.ScalarNode) -> bool:
+        value = self.construct_scalar(node)
+        if value not in _BOOL:
+            self._refuse(node, "a boolean")
+        return _BOOL[value]
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        value = self.construct_scalar(node)
+        if not _INT.match(value):
+            self._refuse(node, "an integer")
+        if value.startswith("0o"):
+            return int(value[2:], 8)
+        if value.startswith("0x"):
+            return int(value[2:], 16)
+        return int(value, 10)  # "010" is ten, not eight
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        value = self.construct_scalar(node)
+        if not _FLOAT.match(value):
+            self._refuse(node, "a number")
+        lower = value.lower()
+        if lower.endswith(".inf"):
+            return -math.inf if lower.startswith("-") else math.inf
+        if lower == ".nan":
+            return math.nan
+        return float(value)
+
+
+Constructor12.add_constructor("tag:yaml.org,2002:bool", Constructor12.construct_yaml_bool)
+Constructor12.add_constructor("tag:yaml.org,2002:int", Constructor12.construct_yaml_int)
+Constructor12.add_constructor("tag:yaml.org,2002:float", Constructor12.construct_yaml_float)
+
+
+class PureLoader(Reader, Scanner, Parser, Composer, Constructor12, Resolver12):
+    """The pure-Python parser with YAML 1.2 resolution (precise error messages)."""
+
+    def __init__(self, stream: Any) -> None:
+        Reader.__init__(self, stream)
+        Scanner.__init__(self)
+        Parser.__init__(self)
+        Composer.__init__(self)
+        Constructor12.__init__(self)
+        Resolver12.__init__(self)
+
+
+if HAVE_LIBYAML:
+
+    from yaml._yaml import CParser
+
+    class FastLoader(CParser, Constructor12, Resolver12):  # type: ignore[misc]
+        """libyaml's parser with YAML 1.2 resolution."""
+
+        def __init__(self, stream: Any) -> None:
+            CParser.__init__(self, stream)
+            Constructor12.__init__(self)
+            Resolver12.__init__(self)
+
+else:  # pragma: no cover - PyYAML built without libyaml
+    FastLoader = PureLoader  # type: ignore[misc,assignment]
+
+
+def _compose_with(loader_cls: type, text: str) -> Optional[yaml.Node]:
+    loader = loader_cls(text)
+    try:
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
+def compose(text: str) -> Optional[yaml.Node]:
+    """The node tree of a one-document YAML text (None when it is empty). Raises PyYAML's
+    own errors, with the pure-Python parser's messages and marks."""
+    try:
+        return _compose_with(FastLoader, text)
+    except yaml.YAMLError:
+        if FastLoader is PureLoader:
+            raise
+    # libyaml refused it: the pure-Python parser says why, in the words (and at the
+    # lines) the loader's messages expect. Should it accept what libyaml refused, use
+    # its tree: the two implement the same YAML.
+    return _compose_with(PureLoader, text)
+
+
+def construct(root: yaml.Node) -> Any:
+    """The data a node tree stands for (YAML 1.2 readings)."""
+    return Constructor12().construct_document(root)
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` with YAML 1.2 readings (for our own data files and tests)."""
+    root = compose(text)
+    return None if root is None else construct(root)
