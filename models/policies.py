@@ -16,9 +16,9 @@ from functools import lru_cache
 from importlib import resources
 from typing import Annotated, Any, Literal, Optional, Union
 
-import yaml
 from pydantic import Field
 
+from hailan_sim.models import yaml12
 from hailan_sim.models._base import Frozen
 from hailan_sim.models.balancers import BalancerConfig, RandomConfig
 from hailan_sim.models.breakers import OutlierConfig, SlidingWindowConfig, SpecBreakerConfig
@@ -152,7 +152,7 @@ def profile_policies(name: str) -> dict:
     """The ``policies`` mapping a shipped profile sets (a fresh copy)."""
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; profiles are {', '.join(PROFILES)}")
-    return yaml.safe_load(_profile_text(name))["policies"]
+    return yaml12.safe_load(_profile_text(name))["policies"]
 
 
 def merge_policies(base: Any, top: Any) -> Any:

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
     Discriminator,
     Field,
     PrivateAttr,
+    SerializationInfo,
     Tag,
     ValidationInfo,
     field_serializer,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -442,6 +445,15 @@ class Endpoint(Frozen):
     )
     idempotent: bool = False
 
+    @model_serializer(mode="wrap")
+    def _keep_no_timeout(self, handler, info: SerializationInfo) -> dict:
+        # timeout_s: null means "wait for ever", not the 60 s default: a dump with
+        # exclude_none must not drop it (that would change what the scenario means).
+        out = handler(self)
+        if info.exclude_none and self.timeout_s is None and isinstance(out, dict):
+            out = {k: (out[k] if k in out else None) for k in type(self).model_fields if k in out or k == "timeout_s"}
+        return out
+
 
 class Workload(Frozen):
     arrival: Optional[Arrival] = Field(
@@ -557,12 +569,16 @@ class Scenario(Frozen):
         return scenario
 
     @field_serializer("policies", mode="wrap")
-    def _serialise_policies(self, value: Policies, handler):
-        # With a profile, what the scenario set itself is what it says: dumping the merged
-        # policies would freeze the profile's values into the scenario.
+    def _serialise_policies(self, value: Policies, handler, info: SerializationInfo):
+        """Every dump (``model_dump()``, ``exclude_none``, ``exclude_defaults``, JSON) writes
+        only the policies the scenario set itself, never a default: with a profile, the
+        profile's values would otherwise be frozen into the file, and without one, a
+        ``profile:`` added to the file later would be overridden field by field by
+        defaults merely written out. Explicit nulls the scenario set (no timeout, no
+        breaker) are kept whatever ``exclude_none`` says: they mean something."""
         if self.profile is not None and self._own_policies is not None:
             return self._own_policies
-        return handler(value)
+        return value.model_dump(mode=info.mode, exclude_unset=True)
 
     @model_validator(mode="after")
     def _references(self) -> Scenario:
@@ -591,6 +607,44 @@ class Scenario(Frozen):
         data = self.model_dump(mode="python", exclude_unset=True)
         data["run"] = {**data.get("run", {}), **changes}
         return Scenario.model_validate(data)
+
+    def to_yaml(self, path: Union[str, Path, None] = None) -> str:
+        """The scenario as YAML that loads back to the same scenario; written to ``path``
+        too if given. Use this, not a pydantic dump, to save a scenario.
+
+        What is written is what the scenario set (``exclude_unset``): defaults stay
+        defaults, and with a ``profile`` only the scenario's own policies are written, so
+        the file still starts from the profile. A trace read from a ``file`` is written
+        as that reference (the times are not copied in; a relative path is relative to the
+        folder of the file it was loaded from, so save beside it). Strings YAML 1.1 or 1.2
+        would read as something else (``'yes'``, ``'1:30'``, ``'1e3'``) are quoted. A
+        trace of more than ``MAX_INLINE_TIMES`` inline times is refused: the loader would
+        refuse the file (put the times in a CSV or Parquet file and set ``file``).
+        """
+        from hailan_sim.models import yaml12
+        from hailan_sim.models.datafiles import MAX_INLINE_TIMES
+
+        data = self.model_dump(mode="json", exclude_unset=True)
+        workload = data["workload"]
+        places = [("workload.arrival", workload)] + [
+            (f"workload.endpoints[{i}].arrival", ep) for i, ep in enumerate(workload["endpoints"])
+        ]
+        for where, holder in places:
+            arrival = holder.get("arrival")
+            if not isinstance(arrival, dict) or arrival.get("kind") != "trace":
+                continue
+            if arrival.get("file") is not None:
+                holder["arrival"] = {k: v for k, v in arrival.items() if k != "times_s"}
+            elif len(arrival.get("times_s") or ()) > MAX_INLINE_TIMES:
+                raise ValueError(
+                    f"{where}.times_s: {len(arrival['times_s'])} times cannot be written inline "
+                    f"(at most {MAX_INLINE_TIMES}); put them in a CSV or Parquet file with a column t_s "
+                    "and give the arrival 'file: NAME'"
+                )
+        text = yaml12.safe_dump(data)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
 
     def effective_policies(self) -> Policies:
         """The policies a run uses (with a profile: already merged with it)."""

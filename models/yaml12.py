@@ -40,7 +40,7 @@ from yaml.reader import Reader
 from yaml.resolver import BaseResolver
 from yaml.scanner import Scanner
 
-__all__ = ["HAVE_LIBYAML", "compose", "safe_load"]
+__all__ = ["HAVE_LIBYAML", "compose", "construct", "safe_dump", "safe_load"]
 
 HAVE_LIBYAML = bool(getattr(yaml, "__with_libyaml__", False))
 
@@ -169,3 +169,20 @@ def safe_load(text: str) -> Any:
     """``yaml.safe_load`` with YAML 1.2 readings (for our own data files and tests)."""
     root = compose(text)
     return None if root is None else construct(root)
+
+
+class Dumper12(yaml.SafeDumper):
+    """PyYAML's safe dumper, quoting every string that YAML 1.1 *or* YAML 1.2 would read as
+    something else: ``'yes'`` and ``'1:30'`` (1.1) as well as ``'1e3'`` and ``'0o10'`` (1.2),
+    so what it writes reads back the same under either."""
+
+
+for _first, _resolvers in Resolver12.yaml_implicit_resolvers.items():
+    for _tag, _regexp in _resolvers:
+        Dumper12.add_implicit_resolver(_tag, _regexp, [_first])
+
+
+def safe_dump(data: Any) -> str:
+    """YAML text for plain data (mappings keep their order) that :func:`safe_load` and
+    YAML 1.1 readers read back to the same data."""
+    return yaml.dump(data, Dumper=Dumper12, sort_keys=False, allow_unicode=True)
