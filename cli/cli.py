@@ -77,6 +77,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--spans", metavar="FILE", help="write every request's span tree as JSON (OpenTelemetry shape)")
     run.add_argument("--no-progress", action="store_true", help="never show the progress bar")
     _data_root(run)
+    _capacity_flag(run)
 
     topo = sub.add_parser("topology", help="services, dependencies, cycles and blast radius",
                           description="Print services, ports, dependencies, dependency cycles and "
@@ -118,6 +119,7 @@ def _build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--out", metavar="DIR", default="counterexamples", help="where counterexamples go")
     chk.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     _data_root(chk)
+    _capacity_flag(chk)
 
     rep = sub.add_parser(
         "replay", help="re-run a counterexample and re-evaluate the invariants",
@@ -128,7 +130,28 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--plot", metavar="PNG", help="save the timeline plot")
     rep.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     _data_root(rep)
+    _capacity_flag(rep)
     return p
+
+
+def _capacity_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-capacity-check", dest="capacity_check", action="store_false",
+                        help="simulate even when the analytic offered load says the run cannot finish "
+                             "in memory or in hours (models/capacity.py)")
+
+
+def _check_capacity(scenario: Scenario, args: argparse.Namespace, source: Optional[str]) -> None:
+    """Refuse, before simulating, a scenario whose expected work or queues cannot fit."""
+    if not args.capacity_check:
+        return
+    from hailan_sim.models.capacity import CapacityError, check_capacity
+    from hailan_sim.models.loader import line_in_file
+
+    try:
+        check_capacity(scenario)
+    except CapacityError as exc:
+        line = line_in_file(source, exc.keys) if source else None
+        raise ScenarioError(source or "<built-in default>", str(exc), line) from None
 
 
 def _data_root(parser: argparse.ArgumentParser) -> None:
@@ -205,6 +228,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except Exception as exc:  # pydantic ValidationError
             msg = getattr(exc, "errors", lambda: [{"msg": str(exc)}])()[0]["msg"]
             raise ScenarioError("command line", msg.removeprefix("Value error, ")) from None
+    _check_capacity(scenario, args, args.scenario)
     for path in (args.events, args.spans):
         if path and not Path(path).parent.exists():
             raise ScenarioError(path, "the folder to write it in does not exist")
@@ -280,9 +304,11 @@ def _check_scenario(args: argparse.Namespace) -> Scenario:
     try:
         scenario = scenario.with_run(warmup_s=warmup, duration_s=max(scenario.run.duration_s, warmup + 1))
         duration = args.duration or check_duration(scenario)
-        return scenario.with_run(duration_s=duration)
+        scenario = scenario.with_run(duration_s=duration)
     except Exception as exc:
         raise ScenarioError("command line", str(exc).splitlines()[0]) from None
+    _check_capacity(scenario, args, args.scenario)
+    return scenario
 
 
 def _known_invariants(names) -> None:
@@ -375,6 +401,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from hailan_sim.properties.timeline import plot_timeline, timeline_events, windowed_success
 
     scenario = _load(args.file, args.data_root)
+    _check_capacity(scenario, args, args.file)
     _known_invariants(args.invariant)
     record, verdicts = checker.replay(scenario, args.invariant)
     result = record.result

@@ -35,7 +35,18 @@ from hailan_sim.models.scenario import (
     split_target,
 )
 
-__all__ = ["COLUMNS", "offered_load", "sampling_se", "second_moment", "visits_per_request"]
+__all__ = [
+    "COLUMNS",
+    "MAX_BACKLOG",
+    "MAX_RUN_CALLS",
+    "CapacityError",
+    "capacity_problems",
+    "check_capacity",
+    "offered_load",
+    "sampling_se",
+    "second_moment",
+    "visits_per_request",
+]
 
 COLUMNS = ["kind", "calls_per_s", "mean_service_ms", "capacity", "utilisation"]
 
@@ -228,6 +239,100 @@ def offered_load(scenario: Scenario) -> pd.DataFrame:
             "utilisation": n * mean_ms / 1000.0 / c.capacity,
         })
     return pd.DataFrame(rows, columns=["component", *COLUMNS]).set_index("component")
+
+
+# --------------------------------------------------------------------------- can the run finish?
+
+# The most calls (visits to services and infrastructure) one run may be expected to make:
+# the engine simulates about 50,000 calls per second of wall time on one core (README,
+# "Benchmarks"), so this is about three hours; a scenario over it was almost certainly
+# meant with other units (rate: 1e9 is a billion requests per second).
+MAX_RUN_CALLS = 5e8
+# The most calls that may be expected to wait in one unbounded queue at the end of the
+# run. Every waiting call is a live object in the engine: measured, about 800 bytes each
+# (an M/M/1 scenario at utilisation 2 with 200,000 calls waiting at the end: +150 MB peak
+# RSS), so this is under a gigabyte. An overloaded component with queue_limit: null grows
+# its queue for the whole run (a caller's timeout does not remove the call).
+MAX_BACKLOG = 1e6
+
+
+class CapacityError(ValueError):
+    """A scenario whose expected work or queues cannot fit in one run; ``str()`` is one
+    line starting with the field path to change; ``keys`` is that path as a list."""
+
+    def __init__(self, keys: list, message: str) -> None:
+        self.keys = keys
+        super().__init__(message)
+
+
+def _path(keys: list) -> str:
+    return "".join(f"[{k}]" if isinstance(k, int) else (f".{k}" if i else k) for i, k in enumerate(keys))
+
+
+def capacity_problems(
+    scenario: Scenario, max_calls: Optional[float] = None, max_backlog: Optional[float] = None
+) -> list[tuple[list, str]]:
+    """What makes ``scenario`` unable to finish in memory or in reasonable time, from the
+    analytic offered load alone (nothing is simulated): ``(field path keys, message)``
+    pairs, the most important first. Empty when the run fits. The limits default to
+    ``MAX_RUN_CALLS`` and ``MAX_BACKLOG``.
+
+    * the expected number of calls over ``run.duration_s`` exceeds ``max_calls``;
+    * a component offered more than it can serve (utilisation > 1) with an unbounded
+      queue would hold more than ``max_backlog`` waiting calls at the end of the run:
+      its queue grows at ``calls_per_s x (1 - 1/utilisation)`` per second (the excess of
+      arrivals over completions, the fluid approximation of an overloaded queue).
+    """
+    max_calls = MAX_RUN_CALLS if max_calls is None else max_calls
+    max_backlog = MAX_BACKLOG if max_backlog is None else max_backlog
+    out: list[tuple[list, str]] = []
+    duration = scenario.run.duration_s
+    rates = _endpoint_rates(scenario)
+    per_request = visits_per_request(scenario)
+    work = {name: rates[name] * sum(per_request[name].values()) for name in rates}
+    total = sum(work.values()) * duration
+    if total > max_calls:
+        i, ep = max(enumerate(scenario.workload.endpoints), key=lambda p: (work[p[1].name], -p[0]))
+        if ep.arrival is not None:
+            keys: list = ["workload", "endpoints", i, "arrival"]
+            arrival = ep.arrival
+        else:
+            keys, arrival = ["workload", "arrival"], scenario.workload.arrival
+        if getattr(arrival, "kind", None) == "poisson":
+            keys = [*keys, "rate"]
+        out.append((keys, (
+            f"about {total:.2g} calls expected in {duration:g} s of simulated time "
+            f"({sum(rates.values()):.3g} requests/s, most of them for endpoint {ep.name!r}); "
+            f"at most {max_calls:.2g} are simulated in one run (hours of wall time): lower the rates, "
+            "the repeat counts or run.duration_s (or pass --no-capacity-check)"
+        )))
+    load = offered_load(scenario)
+    queues = {s.name: (["services", i], s.queue_limit) for i, s in enumerate(scenario.services)}
+    queues.update({c.name: (["infrastructure", i], c.queue_limit) for i, c in enumerate(scenario.infrastructure)})
+    for name, row in load.iterrows():  # services in document order, then infrastructure
+        keys, limit = queues[name]
+        rho = row["utilisation"]
+        if limit is not None or not rho > 1:
+            continue
+        backlog = row["calls_per_s"] * (1 - 1 / rho) * duration
+        if backlog > max_backlog:
+            out.append(([*keys, "queue_limit"], (
+                f"{name} is offered {rho:.3g} times what it can serve ({row['calls_per_s']:.3g} calls/s); "
+                f"with no queue_limit about {backlog:.2g} calls would be waiting by the end of the run, "
+                f"at most {max_backlog:.2g} fit in memory: set a queue_limit, add capacity or lower the load "
+                "(or pass --no-capacity-check)"
+            )))
+    return out
+
+
+def check_capacity(scenario: Scenario, max_calls: Optional[float] = None, max_backlog: Optional[float] = None) -> None:
+    """Raise :class:`CapacityError` (one line: the field path, what is wrong, what to do)
+    if :func:`capacity_problems` finds any; the CLI runs this before every simulation."""
+    problems = capacity_problems(scenario, max_calls, max_backlog)
+    if problems:
+        keys, msg = problems[0]
+        more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
+        raise CapacityError(keys, f"{_path(keys)}: {msg}{more}")
 
 
 # --------------------------------------------------------------------------- sampling error

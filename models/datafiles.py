@@ -92,10 +92,8 @@ def read_data_file(name: str, context: Optional[Mapping[str, Any]], what: str, l
     given = Path(name)
     path = given if given.is_absolute() else base / given
     try:
-        real = path.resolve(strict=True)
-    except FileNotFoundError:
-        raise ValueError(f"cannot read {what} {str(path)!r}: No such file or directory") from None
-    except (OSError, RuntimeError) as exc:  # a symlink loop, a component that is a file
+        real = path.resolve()  # links followed as far as they exist: confined before it is looked at
+    except (OSError, RuntimeError) as exc:  # a symlink loop
         raise ValueError(f"cannot read {what} {str(path)!r}: {getattr(exc, 'strerror', None) or exc}") from None
     root_real = root.resolve()
     if not real.is_relative_to(root_real):

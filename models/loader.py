@@ -31,7 +31,7 @@ from hailan_sim.models import yaml12
 from hailan_sim.models.datafiles import MAX_INLINE_TIMES, MAX_SCENARIO_BYTES, read_bounded
 from hailan_sim.models.scenario import Scenario
 
-__all__ = ["DEFAULT_SCENARIO", "ScenarioError", "default_scenario", "load_scenario", "parse_scenario"]
+__all__ = ["DEFAULT_SCENARIO", "ScenarioError", "default_scenario", "line_in_file", "load_scenario", "parse_scenario"]
 
 DEFAULT_SCENARIO = "hailan-default"
 
@@ -1033,6 +1033,20 @@ def load_scenario(path: Union[str, Path, None] = None, data_root: Union[str, Pat
             str(p), f"byte {raw[exc.start]:#04x} is not UTF-8 text (save the file as UTF-8)", line
         ) from None
     return parse_scenario(text, str(p), p.parent, data_root)
+
+
+def line_in_file(path: Union[str, Path], keys: list) -> Optional[int]:
+    """The line of the field at ``keys`` (a data path such as ``["services", 0, "port"]``)
+    in a scenario file, or of the nearest enclosing field it has; None if the file cannot
+    be read again. For problems found after loading (the CLI's capacity check)."""
+    try:
+        text = read_bounded(Path(path), MAX_SCENARIO_BYTES, "the scenario file").decode("utf-8")
+        root, data = _compose(text, str(path))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    return _line_of(root, _in_file(keys, data))
 
 
 def default_scenario() -> Scenario:

@@ -231,13 +231,16 @@ FIELD_NAMES = ["name", "port", "instances", "workers", "operations", "service_ti
                "mean", "rate", "kind", "calls", "call", "seq", "par", "maybe", "p", "choice",
                "weight", "do", "repeat", "count", "publish", "via", "entry", "arrival", "steps",
                "csv", "depends_on", "capacity", "latency_ms", "timeout_s", "value", "run",
-               "duration_s", "warmup_s", "seed", "quantiles", "low", "high", "times_s"]
+               "duration_s", "warmup_s", "seed", "quantiles", "low", "high", "times_s", "file"]
 TOKENS = ["server.serve", "front.home", "back.item", "db", "mq", "cache", "gw", "poisson",
           "piecewise", "trace", "exponential", "constant", "empirical", "uniform_int",
           "discrete", "queue", "gateway", "", " ", "-", "a.b.c", "Server", "x" * 70,
-          "1e3", "null", "yes", "2020-01-01", ".nan", "~"]
+          "1e3", "null", "yes", "2020-01-01", ".nan", "~",
+          # YAML 1.1 surprises and hostile data paths (issue 8)
+          "1:30", "on", "off", "y", "n", "0o17", "../rates.csv", "/dev/zero", "/etc/passwd", "t.parquet"]
 EDGE_NUMBERS = [0, -1, 1, 2, 7, 1000, 1001, 65535, 65536, 2**63, -(2**63), 10**30,
-                0.0, -0.0, 0.5, 1e-9, 1e-300, 1e300, -1.5, math.nan, math.inf, -math.inf]
+                0.0, -0.0, 0.5, 1e-9, 1e-300, 1e300, -1.5, math.nan, math.inf, -math.inf,
+                800, 801, 1e6, 1e9, 1e12]
 
 scalars = st.one_of(
     st.none(),
@@ -533,3 +536,202 @@ def test_sparse_periodic_arrivals_run():
     with time_limit(10):
         result = simulate(parse_scenario(text, SOURCE).with_run(duration_s=1.0))
     assert result.requests["ok"] == 0 and result.unfinished_requests == 0
+
+
+# --------------------------------------------------------------------------- hostile inputs, through the CLI
+#
+# Inputs that used to take the machine down (issue 8): each must end in exit status 2 and
+# one line on stderr, "hailan-sim: error: FILE:LINE: FIELD.PATH: ...", before anything is
+# simulated; never a traceback, a hang or a MemoryError.
+
+HOSTILE = """\
+name: hostile
+run: {duration_s: 1000, seed: 1}
+services:
+  - name: front
+    port: 8000
+    instances: 1
+    workers: 1
+    depends_on: [back]
+    operations:
+      serve:
+        service_time_ms: {dist: exponential, mean: 8}
+        calls:
+          repeat: {call: back.get}
+          count: COUNT
+  - name: back
+    port: 8001
+    instances: 1
+    workers: 4
+    operations:
+      get: {service_time_ms: {dist: constant, value: 1}}
+workload:
+  endpoints:
+    - name: req
+      entry: front.serve
+      arrival: ARRIVAL
+      timeout_s: TIMEOUT
+"""
+
+COUNT_PATH = "services[0].operations.serve.calls.count"
+ARRIVAL_PATH = "workload.endpoints[0].arrival"
+
+
+def hostile(count="2", arrival="{kind: poisson, rate: 10}", timeout="5") -> str:
+    return HOSTILE.replace("COUNT", count).replace("ARRIVAL", arrival).replace("TIMEOUT", timeout)
+
+
+def _fifo(folder, name):
+    os.mkfifo(folder / name)
+
+
+# name: (scenario text, files to create in the folder (name -> text, or a function), extra
+# CLI arguments, the field path the message must name, a fragment of the message)
+HOSTILE_CASES = {
+    "poisson-count-1e6": (hostile(count="{dist: poisson, mean: 1e6}"), {}, [], f"{COUNT_PATH}.mean", "from 0 to 800"),
+    "poisson-count-1e12": (hostile(count="{dist: poisson, mean: 1e12}"), {}, [], f"{COUNT_PATH}.mean", "from 0 to 800"),
+    "uniform-count-1e9": (hostile(count="{dist: uniform_int, low: 0, high: 1000000000}"), {}, [],
+                          f"{COUNT_PATH}.high", "from 0 to 1000"),
+    "discrete-count-1e9": (hostile(count="{dist: discrete, weights: [[1e9, 1]]}"), {}, [],
+                           f"{COUNT_PATH}.weights[0][0]", "from 0 to 1000"),
+    "fixed-count-1e9": (hostile(count="1000000000"), {}, [], COUNT_PATH, "from 0 to 1000"),
+    "rate-1e9": (hostile(arrival="{kind: poisson, rate: 1e9}"), {}, [], f"{ARRIVAL_PATH}.rate",
+                 "at most 5e+08 are simulated in one run"),
+    "piecewise-1e9": (hostile(arrival="{kind: piecewise, steps: [[0, 10], [100, 1e9]]}"), {}, [], ARRIVAL_PATH,
+                      "at most 5e+08 are simulated in one run"),
+    "overloaded-unbounded-queue": (hostile(arrival="{kind: poisson, rate: 5000}", count="0"), {}, [],
+                                   "services[0].queue_limit", "would be waiting by the end of the run"),
+    "csv-dotdot": (hostile(arrival="{kind: piecewise, csv: ../rates.csv}"), {}, [], f"{ARRIVAL_PATH}.csv",
+                   "is outside"),
+    "csv-absolute": (hostile(arrival="{kind: piecewise, csv: /etc/passwd}"), {}, [], f"{ARRIVAL_PATH}.csv",
+                     "is outside"),
+    "csv-dev-zero": (hostile(arrival="{kind: piecewise, csv: /dev/zero}"), {}, ["--data-root", "/"],
+                     f"{ARRIVAL_PATH}.csv", "is a device; only regular files are read"),
+    "csv-fifo": (hostile(arrival="{kind: piecewise, csv: rates.csv}"), {"rates.csv": _fifo}, [],
+                 f"{ARRIVAL_PATH}.csv", "is a FIFO"),
+    "trace-fifo": (hostile(arrival="{kind: trace, file: t.csv}"), {"t.csv": _fifo}, [],
+                   f"{ARRIVAL_PATH}.file", "is a FIFO"),
+    "trace-dotdot": (hostile(arrival="{kind: trace, file: ../t.parquet}"), {}, [], f"{ARRIVAL_PATH}.file",
+                     "is outside"),
+    "trace-unsorted-file": (hostile(arrival="{kind: trace, file: t.csv}"), {"t.csv": "t_s\n5\n1\n"}, [],
+                            f"{ARRIVAL_PATH}.file", "non-decreasing"),
+    "inline-trace-10001": (hostile(arrival="{kind: trace, times_s: [%s]}" % ", ".join(["1"] * 10001)), {}, [],
+                           f"{ARRIVAL_PATH}.times_s", "put them in a CSV or Parquet file"),
+    "base-60-timeout": (hostile(timeout="1:30"), {}, [], "workload.endpoints[0].timeout_s",
+                        "not as a base-60 number"),
+    "yes-as-a-number": (hostile(timeout="yes"), {}, [], "workload.endpoints[0].timeout_s", "got 'yes'"),
+}
+
+
+def _write_case(folder, case):
+    text, files, extra, path, fragment = HOSTILE_CASES[case]
+    for name, content in files.items():
+        if callable(content):
+            content(folder, name)
+        else:
+            (folder / name).write_text(content)
+    (folder / "s.yaml").write_text(text)
+    return folder / "s.yaml", extra, path, fragment
+
+
+def check_cli_refuses(capsys, file, extra, path, fragment):
+    from hailan_sim.cli import main
+
+    with time_limit(20):
+        code = main(["run", *extra, str(file)])
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    assert out == ""
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert re.match(rf"hailan-sim: error: {re.escape(str(file))}:\d+: {re.escape(path)}: ", err), err
+    assert fragment in err, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_CASES))
+def test_hostile_input_exits_2_with_one_line_naming_the_field(tmp_path, capsys, case):
+    check_cli_refuses(capsys, *_write_case(tmp_path, case))
+
+
+def test_hostile_scenario_files_themselves(tmp_path, capsys):
+    """A scenario path that is a FIFO, a device or too large: exit 2, one line, at once."""
+    from hailan_sim.cli import main
+    from hailan_sim.models.datafiles import MAX_SCENARIO_BYTES
+
+    os.mkfifo(tmp_path / "fifo.yaml")
+    with open(tmp_path / "big.yaml", "wb") as fh:
+        fh.truncate(MAX_SCENARIO_BYTES + 1)
+    for target, fragment in ((tmp_path / "fifo.yaml", "is a FIFO"), ("/dev/zero", "is a device"),
+                             (tmp_path / "big.yaml", "at most 1.0 MiB is allowed")):
+        with time_limit(20):
+            assert main(["run", str(target)]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and fragment in err, err
+        assert err.startswith(f"hailan-sim: error: {target}: ")
+
+
+def test_capacity_check_can_be_overridden(tmp_path, capsys, monkeypatch):
+    """--no-capacity-check simulates anyway. (The backlog limit is lowered so the refused
+    run is short: the real limits refuse only runs that would take hours.)"""
+    import json
+
+    from hailan_sim.cli import main
+    from hailan_sim.models import capacity
+
+    monkeypatch.setattr(capacity, "MAX_BACKLOG", 100)
+    (tmp_path / "s.yaml").write_text(hostile(arrival="{kind: poisson, rate: 2000}", count="0"))
+    args = ["run", str(tmp_path / "s.yaml"), "--duration", "0.5", "--json", "--no-progress"]
+    assert main(args) == 2  # front: utilisation 16, about 940 calls waiting after 0.5 s > 100
+    _, err = capsys.readouterr()
+    assert "services[0].queue_limit: front is offered 16 times what it can serve" in err
+    assert main([*args, "--no-capacity-check"]) == 0
+    out, _ = capsys.readouterr()
+    assert sum(json.loads(out)["requests"].values()) > 500
+
+
+COUNTS = ["2", "{dist: poisson, mean: 1.5}", "{dist: poisson, mean: 1e6}", "{dist: poisson, mean: 1e300}",
+          "{dist: uniform_int, low: 0, high: 1001}", "{dist: discrete, weights: [[5000, 1]]}", "1001", "1:30",
+          "on", "yes", "-1", "1e400"]
+ARRIVALS = ["{kind: poisson, rate: RATE}", "{kind: piecewise, steps: [[0, 1], [1, RATE]]}",
+            "{kind: piecewise, steps: [[0, RATE]], scale: 2}", "{kind: piecewise, csv: /dev/zero}",
+            "{kind: piecewise, csv: ../x.csv}", "{kind: trace, file: /dev/null}", "{kind: trace, file: ../x.parquet}"]
+
+
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.sampled_from(COUNTS),
+    st.sampled_from(ARRIVALS),
+    st.floats(min_value=1e6, max_value=1e300),
+    st.sampled_from(["5", "null", "1:30", "off"]),
+)
+def test_hostile_combinations_exit_2_before_simulating(tmp_path_factory, capsys, count, arrival, rate, timeout):
+    """Any mix of a hostile count, arrival and timeout: every one of them alone is refused
+    (rates of 1e6/s and more over 1000 s exceed the run's call budget), so the CLI must exit
+    2 with one line that names a field, and never start the simulation."""
+    from hailan_sim.cli import main
+
+    folder = tmp_path_factory.mktemp("hostile")
+    (folder / "s.yaml").write_text(hostile(count=count, arrival=arrival.replace("RATE", repr(rate)), timeout=timeout))
+    with time_limit(20):
+        code = main(["run", str(folder / "s.yaml")])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "", err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.match(rf"hailan-sim: error: {re.escape(str(folder / 's.yaml'))}:\d+: [a-z_]+[\w.\[\]]*: ", err), err
+
+
+def test_hostile_inputs_in_a_real_process(tmp_path):
+    """The installed command, in its own process: exit 2, one line, no traceback."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    for case in ("poisson-count-1e12", "rate-1e9", "csv-dev-zero"):
+        folder = tmp_path / case
+        folder.mkdir()
+        file, extra, path, fragment = _write_case(folder, case)
+        proc = subprocess.run([sys.executable, "-m", "hailan_sim", "run", *extra, "s.yaml"], cwd=folder, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+        assert proc.stderr.startswith(f"hailan-sim: error: s.yaml:") and f": {path}: " in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1 and fragment in proc.stderr
