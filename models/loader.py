@@ -896,11 +896,15 @@ def _bool_misuse(data: Any) -> Optional[tuple[list, Any, _Type]]:
                 return keys, value, ty
             if ty is not None and ty.is_union and not any(m.tp is bool for m in ty.members()):
                 return keys, value, ty
+        # Only what can hold or be a boolean is walked on (a long list of numbers is not).
         elif isinstance(value, dict):
-            stack.extend(([*keys, k], v) for k, v in reversed(list(value.items())))
+            stack.extend(([*keys, k], v) for k, v in reversed(list(value.items())) if isinstance(v, _WALKED))
         elif isinstance(value, list):
-            stack.extend(([*keys, i], v) for i, v in reversed(list(enumerate(value))))
+            stack.extend(([*keys, i], v) for i, v in reversed(list(enumerate(value))) if isinstance(v, _WALKED))
     return None
+
+
+_WALKED = (bool, dict, list)
 
 
 def _in_file(keys: list, data: Any) -> list:

@@ -51,8 +51,38 @@ _FLOAT = re.compile(
 _BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
 
 
+_NULL_TAG, _BOOL_TAG = "tag:yaml.org,2002:null", "tag:yaml.org,2002:bool"
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_MERGE_TAG, _STR_TAG = "tag:yaml.org,2002:merge", "tag:yaml.org,2002:str"
+
+
 class Resolver12(BaseResolver):
-    """Implicit tags of the YAML 1.2 core schema (and ``<<``)."""
+    """Implicit tags of the YAML 1.2 core schema (and ``<<``).
+
+    ``resolve`` is written out for plain scalars (the same answers as the implicit
+    resolvers registered below, which the dumper uses): PyYAML's generic loop over
+    resolver lists was a third of the time of loading a large file."""
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
+        if kind is yaml.ScalarNode and implicit[0]:
+            if value == "":
+                return _NULL_TAG
+            c = value[0]
+            if c in "-+.0123456789":
+                if _INT.match(value):
+                    return _INT_TAG
+                if _FLOAT.match(value):
+                    return _FLOAT_TAG
+            elif c in "tTfF":
+                if value in _BOOL:
+                    return _BOOL_TAG
+            elif c in "~nN":
+                if value in ("~", "null", "Null", "NULL"):
+                    return _NULL_TAG
+            elif value == "<<":
+                return _MERGE_TAG
+            return _STR_TAG
+        return super().resolve(kind, value, implicit)
 
 
 Resolver12.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
