@@ -190,9 +190,68 @@ def compose(text: str) -> Optional[yaml.Node]:
     return _compose_with(PureLoader, text)
 
 
+class _Unusual(Exception):
+    """A node the fast constructor leaves to PyYAML's (an explicit tag, a merge key, an
+    unhashable key)."""
+
+
+def _fast_construct(root: yaml.Node) -> Any:
+    """What :class:`Constructor12` builds, for the plain trees scenarios are (core-schema
+    scalars, lists, mappings, aliases), without PyYAML's generic per-node machinery."""
+    memo: dict[int, Any] = {}
+    c12 = Constructor12()
+
+    def build(node: yaml.Node) -> Any:
+        ident = id(node)
+        if ident in memo:  # an alias: the same object, as PyYAML shares it
+            return memo[ident]
+        tag = node.tag
+        if isinstance(node, yaml.ScalarNode):
+            if tag == _STR_TAG:
+                value: Any = node.value
+            elif tag == _FLOAT_TAG:
+                value = c12.construct_yaml_float(node)
+            elif tag == _INT_TAG:
+                value = c12.construct_yaml_int(node)
+            elif tag == _BOOL_TAG:
+                value = c12.construct_yaml_bool(node)
+            elif tag == _NULL_TAG:
+                value = None
+            else:
+                raise _Unusual
+        elif isinstance(node, yaml.SequenceNode):
+            if tag != "tag:yaml.org,2002:seq":
+                raise _Unusual
+            value = memo[ident] = []
+            value.extend(build(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            if tag != "tag:yaml.org,2002:map":
+                raise _Unusual
+            value = memo[ident] = {}
+            for k, v in node.value:
+                if k.tag == _MERGE_TAG:
+                    raise _Unusual
+                key = build(k)
+                try:
+                    value[key] = build(v)
+                except TypeError:  # an unhashable key: PyYAML says so, with its mark
+                    raise _Unusual from None
+        else:  # pragma: no cover - composers make only these three kinds
+            raise _Unusual
+        memo[ident] = value
+        return value
+
+    return build(root)
+
+
 def construct(root: yaml.Node) -> Any:
-    """The data a node tree stands for (YAML 1.2 readings)."""
-    return Constructor12().construct_document(root)
+    """The data a node tree stands for (YAML 1.2 readings). Plain trees are built directly;
+    anything else (explicit tags, ``<<`` merges, odd keys) by PyYAML's safe constructor
+    with the YAML 1.2 readings, which also raises its errors."""
+    try:
+        return _fast_construct(root)
+    except _Unusual:
+        return Constructor12().construct_document(root)
 
 
 def safe_load(text: str) -> Any:

@@ -376,6 +376,33 @@ def test_libyaml_and_pure_python_parsers_give_the_same_tree():
         assert flat(fast) == flat(pure)
 
 
+@pytest.mark.parametrize("text", [
+    GOOD,
+    "a: &x [1, -2, 2.5, .5, 1., 1e3, .inf, -.inf, true, False, null, ~, '', x, on, 0x1F, 0o17, 010]\nb: *x\n",
+    "a: &a {b: 1}\nc: [*a, *a]\n",
+    "a: !!str 5\nb: !!float 1\n",
+], ids=["good", "scalars", "aliases", "explicit-core-tags"])
+def test_fast_constructor_builds_what_pyyaml_builds(text):
+    """The plain-tree constructor (no per-node generic machinery) against PyYAML's safe
+    constructor with the same YAML 1.2 readings."""
+    from hailan_sim.models import yaml12
+
+    fast = yaml12._fast_construct(yaml12.compose(text))
+    slow = yaml12.Constructor12().construct_document(yaml12.compose(text))
+    assert repr(fast) == repr(slow)  # repr: nan != nan, and types (1 vs 1.0 vs True) count
+    if "&a" in text:
+        assert fast["c"][0] is fast["c"][1] is fast["a"]  # shared, as PyYAML shares them
+
+
+@pytest.mark.parametrize("text", ["a: {<<: {p: 1}, q: 2}\n", "a: !!set {x}\n", "a: !!timestamp 2024-01-01\n"])
+def test_unusual_nodes_go_to_pyyaml(text):
+    from hailan_sim.models import yaml12
+
+    with pytest.raises(yaml12._Unusual):
+        yaml12._fast_construct(yaml12.compose(text))
+    assert yaml12.construct(yaml12.compose(text)) == yaml12.Constructor12().construct_document(yaml12.compose(text))
+
+
 # --------------------------------------------------------------------------- bounded counts
 
 REPEAT = "- repeat: {call: back.item}\n              count: %s"

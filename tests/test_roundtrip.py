@@ -151,7 +151,7 @@ def _same(a: Scenario, b: Scenario) -> None:
     assert a.workload == b.workload and a.services == b.services and a.profile == b.profile
 
 
-@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios(), st.sampled_from(sorted(DUMPS)))
 def test_dump_and_load_give_the_same_scenario(scenario, how):
     data = DUMPS[how](scenario)
@@ -162,7 +162,7 @@ def test_dump_and_load_give_the_same_scenario(scenario, how):
     _same(parse_scenario(scenario.to_yaml(), "to_yaml.yaml"), scenario)
 
 
-@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios(), st.sampled_from(sorted(DUMPS)), st.sampled_from((None, *PROFILES)))
 def test_a_profile_given_to_a_dump_applies_as_it_does_to_the_scenario(scenario, how, profile):
     data = DUMPS[how](scenario)
