@@ -359,7 +359,8 @@ class PiecewiseArrival(Frozen):
         # Resolved in the scenario file's folder, confined to the data root, a regular
         # file of bounded size (models/datafiles.py).
         file, raw = read_data_file(path, info.context, "the arrival table", MAX_TABLE_BYTES)
-        rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8"), newline="")))
+        # utf-8-sig: a byte-order mark (Excel writes one) is not part of the header.
+        rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
         steps = []
         for lineno, row in enumerate(rows, start=2):
             try:

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import yaml
 from hypothesis import HealthCheck, Phase, find, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
+from hailan_sim.models import yaml12
 from hailan_sim.models.faults import describe
 from hailan_sim.models.scenario import Scenario
 from hailan_sim.properties import invariants as inv
@@ -440,7 +440,8 @@ def write_counterexample(scenario: Scenario, path: Path, report: Optional[Invari
             header.append(f"#   {line}")
         for f in report.faults:
             header.append(f"# fault: {describe(f)}")
-    path.write_text("\n".join(header) + "\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True),
+    # yaml12.safe_dump: PyYAML's writer, also quoting text YAML 1.2 would read as a number.
+    path.write_text("\n".join(header) + "\n" + yaml12.safe_dump(data),
                     encoding="utf-8")
     return path
 

@@ -568,6 +568,12 @@ def test_piecewise_csv_malformed(tmp_path, content, allowed):
     check(exc, file, line=line_of(text, "csv: load.csv"), path="workload.endpoints[0].arrival.csv", allowed=allowed)
 
 
+def test_piecewise_csv_with_a_byte_order_mark(tmp_path):
+    (tmp_path / "load.csv").write_bytes(b"\xef\xbb\xbft_s,rate\r\n0,5\r\n")  # as Excel saves it
+    (tmp_path / "s.yaml").write_text(_with_csv("load.csv"))
+    assert load_scenario(tmp_path / "s.yaml").workload.endpoints[0].arrival.steps == [(0.0, 5.0)]
+
+
 def test_piecewise_csv_not_utf8(tmp_path):
     (tmp_path / "load.csv").write_bytes(b"t_s,rate\n0,5\xff\n")
     text = _with_csv("load.csv")

@@ -585,6 +585,13 @@ def _fifo(folder, name):
     os.mkfifo(folder / name)
 
 
+def _sparse(size):
+    def make(folder, name):
+        with open(folder / name, "wb") as fh:  # no disk used
+            fh.truncate(size)
+    return make
+
+
 # name: (scenario text, files to create in the folder (name -> text, or a function), extra
 # CLI arguments, the field path the message must name, a fragment of the message)
 HOSTILE_CASES = {
@@ -613,6 +620,10 @@ HOSTILE_CASES = {
                    f"{ARRIVAL_PATH}.file", "is a FIFO"),
     "trace-dotdot": (hostile(arrival="{kind: trace, file: ../t.parquet}"), {}, [], f"{ARRIVAL_PATH}.file",
                      "is outside"),
+    "csv-too-large": (hostile(arrival="{kind: piecewise, csv: rates.csv}"), {"rates.csv": _sparse(2**24 + 1)}, [],
+                      f"{ARRIVAL_PATH}.csv", "at most 16.0 MiB is allowed"),
+    "trace-too-large": (hostile(arrival="{kind: trace, file: t.parquet}"), {"t.parquet": _sparse(2**27 + 1)}, [],
+                        f"{ARRIVAL_PATH}.file", "at most 128.0 MiB is allowed"),
     "trace-unsorted-file": (hostile(arrival="{kind: trace, file: t.csv}"), {"t.csv": "t_s\n5\n1\n"}, [],
                             f"{ARRIVAL_PATH}.file", "non-decreasing"),
     "inline-trace-10001": (hostile(arrival="{kind: trace, times_s: [%s]}" % ", ".join(["1"] * 10001)), {}, [],
