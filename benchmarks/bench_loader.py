@@ -3,7 +3,9 @@ trace of a million times from CSV and from Parquet, and the refused 1M-time inli
 
     python benchmarks/bench_loader.py
 
-Each case runs in a fresh child process (peak RSS is the child's ru_maxrss).
+Each case runs in a fresh child process; peak memory is the child's VmHWM (ru_maxrss
+would include the parent's, which survives exec). On a shared machine compare cpu_s:
+wall_s grows with the other processes' load.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import hailan_sim.models.scenario  # imports first, so they are not timed
 def hwm():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
 base = hwm()
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 if case in ("default-libyaml", "default-pure", "steps-libyaml", "steps-pure"):
     name = "default.yaml" if case.startswith("default") else "steps.yaml"
     if case.endswith("pure"):
@@ -42,8 +44,9 @@ else:  # inline-1m: refused before parsing
         msg = str(exc)
     n = 1
 wall = (time.perf_counter() - t) / n
+cpu = (time.process_time() - c) / n
 peak = hwm()
-print(json.dumps({"case": case, "seconds": round(wall, 4), "peak_rss_mib": round(peak / 1024, 1),
+print(json.dumps({"case": case, "wall_s": round(wall, 4), "cpu_s": round(cpu, 4), "peak_rss_mib": round(peak / 1024, 1),
                   "rss_growth_mib": round((peak - base) / 1024, 1)}))
 """
 
