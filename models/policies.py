@@ -32,6 +32,7 @@ __all__ = [
     "TokenPolicy",
     "merge_policies",
     "profile_policies",
+    "spells_out_defaults",
 ]
 
 PROFILES = ("seed", "hardened")
@@ -153,6 +154,23 @@ def profile_policies(name: str) -> dict:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; profiles are {', '.join(PROFILES)}")
     return yaml12.safe_load(_profile_text(name))["policies"]
+
+
+def spells_out_defaults(own: Any) -> bool:
+    """Whether a scenario's own ``policies`` mapping is a whole-model dump: every field
+    whose default is not null written out, and the nested ``health_check`` and ``tokens``
+    complete. Such a mapping (what ``model_dump()`` or ``exclude_none=True`` wrote before
+    dumps kept to the fields a scenario set) overrides a profile in every field, so the
+    profile would change nothing but add its edges; nobody writes that by hand."""
+    if not isinstance(own, dict):
+        return False
+    written = [k for k, f in Policies.model_fields.items() if f.get_default(call_default_factory=True) is not None]
+    if not all(k in own for k in written):
+        return False
+    return all(
+        isinstance(own.get(k), dict) and set(own[k]) >= set(model.model_fields)
+        for k, model in (("health_check", HealthCheckConfig), ("tokens", TokenPolicy))
+    )
 
 
 def merge_policies(base: Any, top: Any) -> Any:

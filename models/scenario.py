@@ -33,7 +33,7 @@ from hailan_sim.models.autoscaling import AutoscalingPolicy
 from hailan_sim.models.datafiles import MAX_TABLE_BYTES, read_data_file, read_trace
 from hailan_sim.models.distributions import MAX_COUNT, Constant, CountDistribution, Distribution
 from hailan_sim.models.faults import Fault
-from hailan_sim.models.policies import PROFILES, Policies, merge_policies, profile_policies
+from hailan_sim.models.policies import PROFILES, Policies, merge_policies, profile_policies, spells_out_defaults
 
 __all__ = [
     "Arrival",
@@ -562,6 +562,12 @@ class Scenario(Frozen):
             own = data.get("policies") or {}
             if isinstance(own, Policies):
                 own = own.model_dump(mode="python", exclude_unset=True)
+            if spells_out_defaults(own):
+                raise ValueError(
+                    f"policies: spells out every default (as a whole-model dump wrote them), so profile "
+                    f"{data['profile']!r} would change nothing but add its edges; keep only the policies "
+                    "you mean to set (Scenario.to_yaml() writes only those), or remove 'profile'"
+                )
             if isinstance(own, dict):
                 data = {**data, "policies": merge_policies(profile_policies(data["profile"]), own)}
         scenario = handler(data)

@@ -245,3 +245,27 @@ def test_a_round_trip_runs_the_same(scenario, how):
     scenario = scenario.with_run(duration_s=2.0, drain_s=2.0)
     loaded = parse_scenario(_yaml(DUMPS[how](scenario)), f"{how}.yaml")
     assert simulate(loaded).event_log_sha256 == simulate(scenario).event_log_sha256
+
+
+@pytest.mark.parametrize("exclude_none", [False, True])
+def test_a_file_dumped_the_old_way_with_a_profile_is_refused(tmp_path, exclude_none):
+    """Files written before dumps kept to what a scenario set spell out every policy
+    default; given a profile they silently meant "no profile" (issue 8: "Nothing warns").
+    Loading one now says so, pointing at policies."""
+    from hailan_sim.models.loader import ScenarioError, load_scenario
+    from hailan_sim.models.policies import Policies
+
+    data = default_scenario().model_dump(mode="json", exclude_unset=True)
+    data["policies"] = {**Policies().model_dump(mode="json", exclude_none=exclude_none),
+                        "edges": data["policies"]["edges"]}  # what the old serializer wrote
+    data["profile"] = "hardened"
+    (tmp_path / "old.yaml").write_text(_yaml(data))
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(tmp_path / "old.yaml")
+    msg = str(info.value)
+    line = _yaml(data).splitlines().index("policies:") + 1
+    assert msg.startswith(f"{tmp_path / 'old.yaml'}:{line}: policies: spells out every default"), msg
+    assert "profile 'hardened' would change nothing" in msg and "Scenario.to_yaml()" in msg
+    del data["profile"]  # without a profile the same file is fine: it means what it says
+    (tmp_path / "old.yaml").write_text(_yaml(data))
+    assert load_scenario(tmp_path / "old.yaml").effective_policies() == default_scenario().effective_policies()
