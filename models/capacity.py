@@ -280,8 +280,11 @@ def capacity_problems(
     * the expected number of calls over ``run.duration_s`` exceeds ``max_calls``;
     * a component offered more than it can serve (utilisation > 1) with an unbounded
       queue would hold more than ``max_backlog`` waiting calls at the end of the run:
-      its queue grows at ``calls_per_s x (1 - 1/utilisation)`` per second (the excess of
-      arrivals over completions, the fluid approximation of an overloaded queue).
+      its queue grows at ``calls_per_s x (1 - 1/utilisation)`` per second: arrivals
+      ``lambda`` less completions ``mu = lambda / utilisation``, the fluid approximation of an
+      overloaded queue (Kleinrock, Queueing Systems Vol. 2, 1976, ch. 2; Newell, Applications
+      of Queueing Theory, 1982). Downstream of an overloaded component this over-estimates
+      (it passes on at most its own capacity), but then that component is refused first.
     """
     max_calls = MAX_RUN_CALLS if max_calls is None else max_calls
     max_backlog = MAX_BACKLOG if max_backlog is None else max_backlog
