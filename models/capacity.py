@@ -284,7 +284,7 @@ def capacity_problems(
       ``lambda`` less completions ``mu = lambda / utilisation``, the fluid approximation of an
       overloaded queue (Kleinrock, Queueing Systems Vol. 2, 1976, ch. 2; Newell, Applications
       of Queueing Theory, 1982). Downstream of an overloaded component this over-estimates
-      (it passes on at most its own capacity), but then that component is refused first.
+      (it passes on at most its own capacity), but then that component is refused as well.
     """
     max_calls = MAX_RUN_CALLS if max_calls is None else max_calls
     max_backlog = MAX_BACKLOG if max_backlog is None else max_backlog
