@@ -177,6 +177,19 @@ def _load(path: Optional[str]) -> Scenario:
     return load_scenario(path)
 
 
+def _with_profile(scenario: Scenario, profile: Optional[str]) -> Scenario:
+    """``--profile``: a scenario the profile does not fit (e.g. tokens from a service it
+    lacks) is bad input, one line, not a traceback."""
+    if profile is None:
+        return scenario
+    try:
+        return scenario.with_profile(profile)
+    except ValueError as exc:  # pydantic's ValidationError is one
+        errors = getattr(exc, "errors", None)
+        msg = errors()[0]["msg"] if callable(errors) else str(exc)
+        raise ScenarioError("command line", f"--profile {profile}: " + msg.removeprefix("Value error, ")) from None
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     print(json.dumps(Scenario.model_json_schema(), indent=2, sort_keys=True))
     return EXIT_OK
@@ -217,8 +230,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from hailan_sim.sim import simulate
 
     scenario = _load(args.scenario)
-    if args.profile is not None:
-        scenario = scenario.with_profile(args.profile)
+    scenario = _with_profile(scenario, args.profile)
     changes = {}
     if args.seed is not None:
         changes["seed"] = args.seed
@@ -311,8 +323,7 @@ def _check_scenario(args: argparse.Namespace) -> Scenario:
     from hailan_sim.properties.checker import check_duration
 
     scenario = _load(args.scenario)
-    if args.profile is not None:
-        scenario = scenario.with_profile(args.profile)
+    scenario = _with_profile(scenario, args.profile)
     warmup = min(scenario.run.warmup_s, 10.0)
     try:
         scenario = scenario.with_run(warmup_s=warmup, duration_s=max(scenario.run.duration_s, warmup + 1))
