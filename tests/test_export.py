@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import subprocess
+import sys
 
 import pandas as pd
 import pyarrow.csv as pcsv
@@ -259,3 +261,30 @@ def test_default_scenario_exports_load(tmp_path):
         result = simulate(sc, sinks=[e, s])
     assert pq.read_metadata(tmp_path / "e.parquet").num_rows == result.event_count
     assert json.loads((tmp_path / "s.json").read_text())["resourceSpans"]
+
+
+_PEAK = """
+import resource, sys
+from hailan_sim import default_scenario, simulate
+from hailan_sim.sim import EventWriter, SpanWriter
+duration, out = float(sys.argv[1]), sys.argv[2]
+with EventWriter(out + "/e.parquet") as e, SpanWriter(out + "/s.json") as s:
+    simulate(default_scenario().with_run(duration_s=duration), sinks=[e, s])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+def test_export_memory_is_flat_in_run_length(tmp_path):
+    """Ten times the simulated time, the same peak: a fresh process per run (about 2 min)."""
+    peaks = {}
+    for duration in (60, 600):
+        out = tmp_path / str(duration)
+        out.mkdir()
+        r = subprocess.run([sys.executable, "-c", _PEAK, str(duration), str(out)],
+                           capture_output=True, text=True, check=True, timeout=1800)
+        peaks[duration] = int(r.stdout.split()[-1]) / 1024
+    # 300 s and 3600 s measured 269 and 285 MiB (README); allow that drift, not growth
+    assert peaks[600] - peaks[60] < 48, peaks
+    assert peaks[600] < 400, peaks
