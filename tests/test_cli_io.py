@@ -177,15 +177,21 @@ def test_replay_lists_the_shipped_counterexamples(capsys):
         assert header == f"# invariant: {invariant.rstrip(':')}"
 
 
-def test_replay_a_shipped_counterexample_by_name(tmp_path, capsys, monkeypatch):
+def test_replay_finds_a_shipped_counterexample_by_name(tmp_path, monkeypatch):
+    """From anywhere, NAME (with or without .yaml) is the installed copy; a file of that
+    name in the current folder wins. (Replaying them all is .ci/install-check's job: two
+    400 s simulations each.)"""
+    from hailan_sim.cli import _replay_file
     from hailan_sim.findings import shipped
 
     monkeypatch.chdir(tmp_path)  # nowhere near the repository's findings/
-    info = shipped()["bounded_retry_amplification"]
-    code = main(["replay", "bounded_retry_amplification", "--json", "--invariant", info["invariant"]])
-    d = json.loads(capsys.readouterr().out)
-    assert code == 1 and d["invariants"][info["invariant"]]["holds"] is False
-    assert d["settings"]["path"] == info["path"] and d["version"] == __version__
+    info = shipped()["conservation"]
+    assert info["invariant"] == "conservation" and "crash_node" in info["fault"]
+    for name in ("conservation", "conservation.yaml"):
+        path = _replay_file(name)
+        assert str(path) == info["path"] and path.read_text().startswith("# hailan-sim counterexample")
+    Path("conservation.yaml").write_text("name: mine\n")
+    assert _replay_file("conservation.yaml") == Path("conservation.yaml")
 
 
 def test_replay_of_an_unknown_name_is_a_one_line_error(tmp_path, capsys, monkeypatch):
