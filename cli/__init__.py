@@ -4,6 +4,7 @@ The public API in one place; the layers underneath are :mod:`models` (what is si
 :mod:`sim` (the engine) and :mod:`properties` (invariants and the checker).
 """
 
+from hailan_sim._version import __version__ as __version__
 from hailan_sim.models import Scenario as Scenario
 from hailan_sim.models import ScenarioError as ScenarioError
 from hailan_sim.models import analyse as analyse
@@ -15,6 +16,7 @@ from hailan_sim.sim import simulate as simulate
 
 __all__ = [
     "Result",
+    "__version__",
     "Scenario",
     "ScenarioError",
     "analyse",

@@ -1,20 +1,25 @@
 """The ``hailan-sim`` command line.
 
-Exit codes: 0 success, 2 bad input (the message names the file, the field and what is
-allowed; never a traceback). Machine-readable output with ``--json`` goes to stdout;
-progress goes to stderr.
+Exit codes: 0 success, 1 an invariant was violated (``check``, ``replay``), 2 bad input
+(the message names the file, the field and what is allowed; never a traceback), 130
+interrupted (Ctrl-C: one line; ``check`` first prints what it had checked). Machine-readable
+output with ``--json`` goes to stdout, with the version and the settings; the progress bar
+goes to stderr, and only when stderr is a terminal. Output files are checked before a run
+and written under a temporary name, renamed when complete.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from hailan_sim._version import __version__
 from hailan_sim.models import ScenarioError, analyse, load_scenario
 from hailan_sim.models.policies import PROFILES
 from hailan_sim.models.scenario import Scenario
@@ -24,6 +29,7 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_VIOLATED = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process Ctrl-C stopped
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,6 +67,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Deterministic discrete-event simulator of the HaiLan Pro microservices.",
         epilog="Without SCENARIO, commands use the built-in default scenario (the spec's twelve services).",
     )
+    _version_option(p)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -73,9 +80,12 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", type=_positive(float), metavar="S", help="override run.duration_s (seconds)")
     run.add_argument("--warmup", type=float, metavar="S", help="override run.warmup_s (seconds)")
     run.add_argument("--json", action="store_true", help="print one JSON object to stdout")
-    run.add_argument("--events", metavar="FILE", help="write the event log (.parquet, otherwise CSV)")
-    run.add_argument("--spans", metavar="FILE", help="write every request's span tree as JSON (OpenTelemetry shape)")
-    run.add_argument("--no-progress", action="store_true", help="never show the progress bar")
+    run.add_argument("--events", metavar="FILE",
+                     help="stream the event log to FILE: .parquet or .csv (any case; see docs/events.md)")
+    run.add_argument("--spans", metavar="FILE",
+                     help="stream every request's span tree to FILE.json (OTLP/JSON, OpenTelemetry)")
+    run.add_argument("--no-progress", action="store_true",
+                     help="never show the progress bar (it only shows on a terminal anyway)")
     _data_root(run)
     _capacity_flag(run)
 
@@ -86,8 +96,8 @@ def _build_parser() -> argparse.ArgumentParser:
     topo.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     _data_root(topo)
 
-    sub.add_parser("schema", help="print the JSON Schema of a scenario file",
-                   description="Print the JSON Schema every scenario file must satisfy.")
+    schema = sub.add_parser("schema", help="print the JSON Schema of a scenario file",
+                            description="Print the JSON Schema every scenario file must satisfy.")
 
     chk = sub.add_parser(
         "check", help="search fault schedules for invariant violations",
@@ -116,7 +126,12 @@ def _build_parser() -> argparse.ArgumentParser:
                           "and only search with Hypothesis")
     chk.add_argument("--exhaustive", action="store_true",
                      help="instead of searching, run every single fault of the alphabet and tabulate")
-    chk.add_argument("--out", metavar="DIR", default="counterexamples", help="where counterexamples go")
+    chk.add_argument("--out", metavar="DIR", default="counterexamples",
+                     help="a fresh folder for this run's counterexamples and report.json (default "
+                          "counterexamples); a folder that already holds files is refused")
+    chk.add_argument("--overwrite", action="store_true",
+                     help="reuse a --out folder an earlier check wrote: its counterexamples and "
+                          "report are deleted first")
     chk.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     _data_root(chk)
     _capacity_flag(chk)
@@ -125,12 +140,18 @@ def _build_parser() -> argparse.ArgumentParser:
         "replay", help="re-run a counterexample and re-evaluate the invariants",
         description="Re-run a counterexample file, print its timeline and invariant verdicts. "
                     "Exit 1 while an invariant is still violated, 0 when all hold, 2 on bad input.")
-    rep.add_argument("file", metavar="FILE", help="a counterexample (any scenario file)")
+    rep.add_argument("file", metavar="FILE", nargs="?",
+                     help="a counterexample (any scenario file), or the name of one shipped with "
+                          "hailan-sim (see --list)")
+    rep.add_argument("--list", action="store_true",
+                     help="list the counterexamples shipped with hailan-sim and what they violate")
     rep.add_argument("--invariant", action="append", metavar="NAME", help="evaluate only this invariant (repeatable)")
     rep.add_argument("--plot", metavar="PNG", help="save the timeline plot")
     rep.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     _data_root(rep)
     _capacity_flag(rep)
+    for parser in (run, topo, schema, chk, rep):
+        _version_option(parser)
     return p
 
 
@@ -160,6 +181,25 @@ def _data_root(parser: argparse.ArgumentParser) -> None:
                              "(default: only in the scenario file's folder)")
 
 
+def _version_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"hailan-sim {__version__}")
+
+
+def _progress_shown(args: argparse.Namespace) -> bool:
+    """A progress bar only on a terminal: a log file or a CI pipe gets none."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
+def _header(settings: dict) -> dict:
+    """What every JSON report starts with: the version and the settings it ran with
+    (a ``settings`` object other report fields can join)."""
+    return {"version": __version__, "settings": settings}
+
+
+def _scenario_name(path: Optional[str]) -> str:
+    return path if path is not None else "(built-in default)"
+
+
 def _default_jobs() -> int:
     import os
 
@@ -172,6 +212,19 @@ def _load(path: Optional[str], data_root: Optional[str] = None) -> Scenario:
     return load_scenario(path, data_root=data_root)
 
 
+def _with_profile(scenario: Scenario, profile: Optional[str]) -> Scenario:
+    """``--profile``: a scenario the profile does not fit (e.g. tokens from a service it
+    lacks) is bad input, one line, not a traceback."""
+    if profile is None:
+        return scenario
+    try:
+        return scenario.with_profile(profile)
+    except ValueError as exc:  # pydantic's ValidationError is one
+        errors = getattr(exc, "errors", None)
+        msg = errors()[0]["msg"] if callable(errors) else str(exc)
+        raise ScenarioError("command line", f"--profile {profile}: " + msg.removeprefix("Value error, ")) from None
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     print(json.dumps(Scenario.model_json_schema(), indent=2, sort_keys=True))
     return EXIT_OK
@@ -181,7 +234,8 @@ def _cmd_topology(args: argparse.Namespace) -> int:
     scenario = _load(args.scenario, args.data_root)
     report = analyse(scenario)
     if args.json:
-        print(json.dumps({"scenario": scenario.name, **report.to_dict()}, indent=2))
+        print(json.dumps({**_header({"scenario": _scenario_name(args.scenario)}),
+                          "scenario": scenario.name, **report.to_dict()}, indent=2))
         return EXIT_OK
     print(f"scenario {scenario.name}: {len(report.services)} services, "
           f"{len(report.infrastructure)} infrastructure components\n")
@@ -211,8 +265,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from hailan_sim.sim import simulate
 
     scenario = _load(args.scenario, args.data_root)
-    if args.profile is not None:
-        scenario = scenario.with_profile(args.profile)
+    scenario = _with_profile(scenario, args.profile)
     changes = {}
     if args.seed is not None:
         changes["seed"] = args.seed
@@ -229,19 +282,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
             msg = getattr(exc, "errors", lambda: [{"msg": str(exc)}])()[0]["msg"]
             raise ScenarioError("command line", msg.removeprefix("Value error, ")) from None
     _check_capacity(scenario, args, args.scenario)
-    for path in (args.events, args.spans):
-        if path and not Path(path).parent.exists():
-            raise ScenarioError(path, "the folder to write it in does not exist")
+    from contextlib import ExitStack
+
+    from hailan_sim.sim.export import EventWriter, SpanWriter
+
+    if args.events and args.spans and Path(args.events).resolve() == Path(args.spans).resolve():
+        raise ScenarioError("command line", "--events and --spans name the same file")
     started = time.perf_counter()
-    result = simulate(scenario, keep_events=bool(args.events or args.spans),
-                      progress=False if args.no_progress else None)
+    with ExitStack() as files:
+        # Opened (and their paths and formats checked) before the run; streamed as it goes;
+        # renamed into place only if it completes (an exception or Ctrl-C removes them).
+        sinks = [files.enter_context(cls(path)) for cls, path in
+                 ((EventWriter, args.events), (SpanWriter, args.spans)) if path]
+        result = simulate(scenario, progress=None if _progress_shown(args) else False, sinks=sinks)
     wall = time.perf_counter() - started
-    if args.events:
-        result.write_events(args.events)
-    if args.spans:
-        Path(args.spans).write_text(json.dumps({"spans": result.spans()}, indent=1), encoding="utf-8")
     if args.json:
-        out = {"scenario": scenario.name, "profile": scenario.profile, **result.to_dict(), "wall_s": round(wall, 3)}
+        settings = {"scenario": _scenario_name(args.scenario), "profile": scenario.profile,
+                    "seed": scenario.run.seed, "duration_s": scenario.run.duration_s,
+                    "warmup_s": scenario.run.warmup_s, "drain_s": scenario.run.drain_s,
+                    "events": args.events, "spans": args.spans}
+        out = {**_header(settings), "scenario": scenario.name, "profile": scenario.profile,
+               **result.to_dict(), "wall_s": round(wall, 3)}
         print(json.dumps(out, indent=2))
         return EXIT_OK
     _print_run(scenario, result, wall)
@@ -298,8 +359,7 @@ def _check_scenario(args: argparse.Namespace) -> Scenario:
     from hailan_sim.properties.checker import check_duration
 
     scenario = _load(args.scenario, args.data_root)
-    if args.profile is not None:
-        scenario = scenario.with_profile(args.profile)
+    scenario = _with_profile(scenario, args.profile)
     warmup = min(scenario.run.warmup_s, 10.0)
     try:
         scenario = scenario.with_run(warmup_s=warmup, duration_s=max(scenario.run.duration_s, warmup + 1))
@@ -321,7 +381,7 @@ def _known_invariants(names) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from hailan_sim.models.faults import FAULT_KINDS, describe
+    from hailan_sim.models.faults import FAULT_KINDS
     from hailan_sim.properties import checker
 
     scenario = _check_scenario(args)
@@ -331,24 +391,85 @@ def _cmd_check(args: argparse.Namespace) -> int:
             raise ScenarioError("command line", f"--kinds: unknown fault kind {k!r}; kinds: {', '.join(FAULT_KINDS)}")
     from tqdm import tqdm
 
+    out = None if args.exhaustive else _fresh_out(Path(args.out), args.overwrite)
     tqdm.monitor_interval = 0  # no monitor thread: workers are forked from this process
-    bar = tqdm(unit="sim", file=sys.stderr, desc="check", leave=False, dynamic_ncols=True)
+    bar = tqdm(unit="sim", file=sys.stderr, desc="check", leave=False, dynamic_ncols=True,
+               disable=not sys.stderr.isatty())
+    settings = {"scenario": _scenario_name(args.scenario), "profile": scenario.profile,
+                "invariants": args.invariant, "max_examples": args.max_examples,
+                "max_faults": args.max_faults, "kinds": args.kinds, "seed": args.seed,
+                "duration_s": scenario.run.duration_s, "warmup_s": scenario.run.warmup_s,
+                "cover": args.cover, "exhaustive": args.exhaustive, "jobs": args.jobs,
+                "out": None if out is None else str(out), "overwrite": args.overwrite}
     if args.exhaustive:
-        return _check_exhaustive(args, scenario, bar)
+        return _check_exhaustive(args, scenario, bar, settings)
     try:
         report = checker.check(
             scenario, invariants=args.invariant, max_examples=args.max_examples, max_faults=args.max_faults,
-            kinds=args.kinds, seed=args.seed, cover=args.cover, jobs=args.jobs, out_dir=Path(args.out),
+            kinds=args.kinds, seed=args.seed, cover=args.cover, jobs=args.jobs, out_dir=out,
             progress=bar.update,
         )
     except ValueError as exc:  # a bad option the strategies refused
         raise ScenarioError("command line", str(exc)) from None
     finally:
         bar.close()
+    doc = {**_header(settings), **report.to_dict()}
+    _write_atomic(out / _REPORT, json.dumps(doc, indent=2) + "\n")
+    code = EXIT_INTERRUPTED if report.interrupted else EXIT_OK if report.ok else EXIT_VIOLATED
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-        return EXIT_OK if report.ok else EXIT_VIOLATED
-    print(f"checked {scenario.name}" + (f" (profile {scenario.profile})" if scenario.profile else "")
+        print(json.dumps(doc, indent=2))
+    else:
+        _print_check(scenario, report)
+    if report.interrupted:
+        print(f"hailan-sim: interrupted after {report.simulations} simulations; the report above "
+              f"covers what was checked (also in {out / _REPORT})", file=sys.stderr)
+    return code
+
+
+_REPORT = "report.json"
+
+
+def _fresh_out(out: Path, overwrite: bool) -> Path:
+    """``check --out``: a new or empty folder, or with ``overwrite`` one an earlier check
+    wrote (only counterexamples and its report, which are deleted first); checked and
+    created before anything runs."""
+    if out.exists() and not out.is_dir():
+        raise ScenarioError(str(out), "check --out: exists and is not a folder")
+    entries = sorted(out.iterdir()) if out.is_dir() else []
+    if entries and not overwrite:
+        raise ScenarioError(str(out), f"check --out: the folder is not empty ({len(entries)} entries, e.g. "
+                                      f"{entries[0].name}); choose a new folder, or pass --overwrite "
+                                      f"to replace an earlier check's results")
+    if entries:
+        foreign = [e for e in entries if not (e.is_file() and (e.suffix == ".yaml" or e.name == _REPORT))]
+        if foreign:
+            raise ScenarioError(str(out), f"check --out --overwrite: the folder holds {foreign[0].name}, "
+                                          f"which check does not write; refusing to empty it")
+        for e in entries:
+            e.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ScenarioError(str(out), f"check --out: cannot create the folder: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ScenarioError(str(out), "check --out: the folder is not writable")
+    return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _print_check(scenario: Scenario, report) -> None:
+    from hailan_sim.models.faults import describe
+
+    what = "checked" if not report.interrupted else "INTERRUPTED; checked so far"
+    print(f"{what} {scenario.name}" + (f" (profile {scenario.profile})" if scenario.profile else "")
           + f": {report.simulations} simulations in {report.wall_s:.0f} s")
     print("fault kinds fired: " + (", ".join(f"{k} x{v}" for k, v in report.fault_kinds_fired.items()) or "none"))
     print("witnessed: " + (", ".join(f"{k} x{v}" for k, v in report.witnessed.items()) or "nothing"))
@@ -362,8 +483,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
             print(f"  {c['fault']:<{width}}  {', '.join(c['violated']) or 'every invariant held'}")
     print()
     for r in report.invariants:
-        if r.status == "held":
-            print(f"  held      {r.name} ({r.examples} examples)")
+        if r.status in ("held", "unfinished"):
+            print(f"  {r.status:<9} {r.name} ({r.examples} examples)")
             continue
         how = "the cover phase" if r.found_by == "cover" else "the search"
         print(f"  VIOLATED  {r.name} (found by {how}, {r.seconds_to_find} s into the check)")
@@ -371,10 +492,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
         for f in r.faults:
             print(f"            fault: {describe(f)}")
         print(f"            seed {r.seed}; replay: hailan-sim replay {r.counterexample}")
-    return EXIT_OK if report.ok else EXIT_VIOLATED
 
 
-def _check_exhaustive(args, scenario: Scenario, bar) -> int:
+def _check_exhaustive(args, scenario: Scenario, bar, settings: dict) -> int:
     from hailan_sim.properties import checker
     from hailan_sim.properties.alphabet import single_faults
 
@@ -387,7 +507,8 @@ def _check_exhaustive(args, scenario: Scenario, bar) -> int:
         bar.close()
     violated = (table.drop(columns=["fault", "kind"]) == "VIOLATED").any(axis=1)
     if args.json:
-        print(json.dumps({"scenario": scenario.name, "profile": scenario.profile, "faults": len(table),
+        print(json.dumps({**_header(settings), "scenario": scenario.name, "profile": scenario.profile,
+                          "faults": len(table),
                           "violating": int(violated.sum()), "table": table.to_dict(orient="records")}, indent=2))
     else:
         with_pd_width = table.to_string(index=False)
@@ -400,24 +521,42 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from hailan_sim.properties import checker
     from hailan_sim.properties.timeline import plot_timeline, timeline_events, windowed_success
 
-    scenario = _load(args.file, args.data_root)
-    _check_capacity(scenario, args, args.file)
+    from hailan_sim.findings import shipped
+
+    if args.list:
+        for name, info in shipped().items():
+            print(f"{name:<32}  violates {info['invariant']}: {info['fault']}")
+        return EXIT_OK
+    if args.file is None:
+        raise ScenarioError("command line", "replay: give a counterexample FILE or the name of a shipped one "
+                                            "(hailan-sim replay --list)")
+    path = _replay_file(args.file)
+    if args.plot:
+        plot = _check_plot(args.plot)
+    scenario = _load(str(path), args.data_root)
+    _check_capacity(scenario, args, str(path))
     _known_invariants(args.invariant)
     record, verdicts = checker.replay(scenario, args.invariant)
     result = record.result
     ok = all(v.holds for v in verdicts)
     if args.plot:
-        plot_timeline(record, Path(args.plot), title=f"{args.file}: " + ", ".join(
-            v.name for v in verdicts if not v.holds) or "all invariants hold")
+        tmp = plot.with_name(f".{plot.stem}.{os.getpid()}.tmp{plot.suffix}")
+        try:
+            plot_timeline(record, tmp, title=f"{args.file}: " + ", ".join(
+                v.name for v in verdicts if not v.holds) or "all invariants hold")
+            os.replace(tmp, plot)
+        finally:
+            tmp.unlink(missing_ok=True)
     if args.json:
         print(json.dumps({
+            **_header({"file": args.file, "path": str(path), "invariants": args.invariant, "plot": args.plot}),
             "file": args.file, "event_log_sha256": result.event_log_sha256, "ok": ok,
             "invariants": {v.name: {"holds": v.holds, "explanation": v.explanation,
                                     "window": list(v.window) if v.window else None} for v in verdicts},
             "plot": args.plot,
         }, indent=2))
         return EXIT_OK if ok else EXIT_VIOLATED
-    print(f"replay {args.file}: event log sha256 {result.event_log_sha256}\n")
+    print(f"replay {path}: event log sha256 {result.event_log_sha256}\n")
     print("timeline")
     for line in timeline_events(result.events()):
         print("  " + line)
@@ -431,19 +570,46 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_VIOLATED
 
 
+def _replay_file(name: str) -> Path:
+    """A file path, or the name of a counterexample shipped with the package
+    (``registry_outage`` or ``registry_outage.yaml``)."""
+    from hailan_sim.findings import shipped_path
+
+    p = Path(name)
+    if p.exists() or p.parent != Path("."):
+        return p
+    found = shipped_path(name)
+    return found if found is not None else p
+
+
+def _check_plot(name: str) -> Path:
+    p = Path(name)
+    if p.suffix.lower() != ".png":
+        raise ScenarioError(name, "--plot: unknown format; use a .png file name")
+    if not p.parent.is_dir():
+        raise ScenarioError(name, "--plot: the folder to write it in does not exist")
+    return p
+
+
 _COMMANDS = {"run": _cmd_run, "topology": _cmd_topology, "schema": _cmd_schema,
              "check": _cmd_check, "replay": _cmd_replay}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _build_parser().parse_args(argv)
+    from hailan_sim.sim.export import OutputError
+
     try:
+        args = _build_parser().parse_args(argv)
         return _COMMANDS[args.command](args)
-    except ScenarioError as exc:
+    except (ScenarioError, OutputError) as exc:
         print(f"hailan-sim: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:  # e.g. piped into head
         return EXIT_OK
+    except KeyboardInterrupt:
+        # Ctrl-C: one line, no traceback; output files were removed, not left half written.
+        print("hailan-sim: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,7 @@ FILE``) reproduces it exactly.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ __all__ = ["CheckReport", "InvariantReport", "Runner", "check", "check_duration"
 @dataclass
 class InvariantReport:
     name: str
-    status: str  # "held" | "violated"
+    status: str  # "held" | "violated" | "unfinished" (the check was interrupted first)
     examples: int
     explanation: str = ""
     window: Optional[tuple[float, float]] = None
@@ -75,16 +76,18 @@ class CheckReport:
     cover: list[dict] = field(default_factory=list)  # per cover fault: which invariants it broke
     not_witnessed: list[str] = field(default_factory=list)  # could happen here, never did
     not_applicable: list[str] = field(default_factory=list)  # cannot happen in this scenario
+    interrupted: bool = False  # stopped early (Ctrl-C): what was checked so far
 
     @property
     def ok(self) -> bool:
-        return all(r.status == "held" for r in self.invariants)
+        return not self.interrupted and all(r.status == "held" for r in self.invariants)
 
     def to_dict(self) -> dict:
         return {
             "scenario": self.scenario,
             "profile": self.profile,
             "ok": self.ok,
+            "interrupted": self.interrupted,
             "simulations": self.simulations,
             "wall_s": round(self.wall_s, 3),
             "examples_per_minute": round(self.simulations / self.wall_s * 60, 2) if self.wall_s else None,
@@ -183,8 +186,6 @@ class Runner:
             for f, s in todo:
                 self.verdicts(f, s)
             return
-        from concurrent.futures import ProcessPoolExecutor
-
         global _WORKER
         missing = sorted({s for _, s in todo} - set(self._baselines))
         try:
@@ -192,11 +193,11 @@ class Runner:
             if missing:
                 # Baselines first (every example needs its seed's), back to this process
                 # so that the examples' workers, forked after, share them.
-                with ProcessPoolExecutor(min(self.jobs, len(missing)), mp_context=ctx) as pool:
+                with _Pool(min(self.jobs, len(missing)), ctx) as pool:
                     for seed, result in zip(missing, pool.map(_baseline_in_worker, missing)):
                         self._baselines[seed] = result
                         self.simulations += 1
-            with ProcessPoolExecutor(min(self.jobs, len(todo)), mp_context=ctx) as pool:
+            with _Pool(min(self.jobs, len(todo)), ctx) as pool:
                 for (f, s), (out, seen, sha) in zip(todo, pool.map(_example_in_worker, todo)):
                     self.simulations += 1
                     self._store(f, s, out, seen, sha)
@@ -204,6 +205,38 @@ class Runner:
                         self.progress()
         finally:
             _WORKER = None
+
+
+class _Pool:
+    """A process pool whose workers ignore SIGINT (Ctrl-C in a terminal signals the whole
+    process group; only this process handles it) and which, when this process is
+    interrupted or fails, cancels what is queued and stops its workers at once instead of
+    waiting for every submitted simulation (what ``ProcessPoolExecutor.__exit__`` does)."""
+
+    def __init__(self, n: int, ctx) -> None:
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_ignore_sigint)
+
+    def __enter__(self):
+        return self.pool
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.pool.shutdown(wait=True)
+            return
+        processes = list((getattr(self.pool, "_processes", None) or {}).values())
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            proc.terminate()
+        for proc in processes:
+            proc.join(timeout=5)
+
+
+def _ignore_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # ----------------------------------------------------------------------------- workers
@@ -278,6 +311,9 @@ def check(
         st.integers(0, max(0, n_seeds - 1)),
     )
     found: dict[str, InvariantReport] = {}
+    searched: dict[str, int] = {}
+    cover_table: list[dict] = []
+    covers: list = []
 
     def violated(name: str, faults: list, sim_seed: int, examples: int, how: str) -> None:
         verdict = runner.verdicts(faults, sim_seed)[name]
@@ -290,58 +326,67 @@ def check(
             path = write_counterexample(runner.scenario_for(faults, sim_seed), Path(out_dir) / f"{name}.yaml", report)
             report.counterexample = str(path)
 
-    covers = cover_faults(scenario, horizon, kinds=kinds, targets=targets) if cover else []
-    cover_table: list[dict] = []
-    if covers:
-        runner.prefetch([([f], 0) for f in covers])
-        first_bad: dict[str, tuple[int, object]] = {}
-        for i, f in enumerate(covers):
-            verdicts = runner.cached([f], 0)
-            cover_table.append({"fault": describe(f), "kind": f.kind,
-                                "violated": [n for n in names if not verdicts[n].holds]})
+    def _phases() -> None:
+        covers.extend(cover_faults(scenario, horizon, kinds=kinds, targets=targets) if cover else [])
+        if covers:
+            runner.prefetch([([f], 0) for f in covers])
+            first_bad: dict[str, tuple[int, object]] = {}
+            for i, f in enumerate(covers):
+                verdicts = runner.cached([f], 0)
+                cover_table.append({"fault": describe(f), "kind": f.kind,
+                                    "violated": [n for n in names if not verdicts[n].holds]})
+                for n in names:
+                    if n not in first_bad and not verdicts[n].holds:
+                        first_bad[n] = (i, f)
+            shorter = {n: _shorter(f) for n, (_, f) in first_bad.items()}
+            runner.prefetch([([g], 0) for gs in shorter.values() for g in gs])
             for n in names:
-                if n not in first_bad and not verdicts[n].holds:
-                    first_bad[n] = (i, f)
-        shorter = {n: _shorter(f) for n, (_, f) in first_bad.items()}
-        runner.prefetch([([g], 0) for gs in shorter.values() for g in gs])
-        for n in names:
-            if n in first_bad:
-                i, f = first_bad[n]
-                best = next((g for g in shorter[n] if not runner.cached([g], 0)[n].holds), f)
-                violated(n, [best], 0, i + 1 + len(shorter[n]), "cover")
+                if n in first_bad:
+                    i, f = first_bad[n]
+                    best = next((g for g in shorter[n] if not runner.cached([g], 0)[n].holds), f)
+                    violated(n, [best], 0, i + 1 + len(shorter[n]), "cover")
 
-    search = settings(
-        max_examples=max_examples,
-        derandomize=False,
-        database=None,
-        deadline=None,
-        phases=[Phase.generate, Phase.shrink],
-        suppress_health_check=list(HealthCheck),
-    )
-    rest = [n for n in names if n not in found]
-    if rest and runner.jobs > 1:
-        # What the searches will generate does not depend on the verdicts until the first
-        # violation (and every search generates the same, see _Random), so list it with a
-        # dry run and simulate it in parallel; the searches then read the cache.
-        runner.prefetch(_generated(strategy, search, seed))
-    searched: dict[str, int] = {}
-    for name in rest:
-        seen = {"n": 0}
+        search = settings(
+            max_examples=max_examples,
+            derandomize=False,
+            database=None,
+            deadline=None,
+            phases=[Phase.generate, Phase.shrink],
+            suppress_health_check=list(HealthCheck),
+        )
+        rest = [n for n in names if n not in found]
+        if rest and runner.jobs > 1:
+            # What the searches will generate does not depend on the verdicts until the first
+            # violation (and every search generates the same, see _Random), so list it with a
+            # dry run and simulate it in parallel; the searches then read the cache.
+            runner.prefetch(_generated(strategy, search, seed))
+        for name in rest:
+            seen = {"n": 0}
 
-        def violates(example, name=name, seen=seen) -> bool:
-            seen["n"] += 1
-            faults, sim_seed = example
-            return not runner.verdicts(faults, sim_seed)[name].holds
+            def violates(example, name=name, seen=seen) -> bool:
+                seen["n"] += 1
+                faults, sim_seed = example
+                return not runner.verdicts(faults, sim_seed)[name].holds
 
-        # Reproducible: no example database, and the search seeded from ``seed``
-        # (``find`` turns ``random`` into ``@seed``).
-        try:
-            faults, sim_seed = find(strategy, violates, settings=search, random=_Random(seed))
-        except NoSuchExample:
-            searched[name] = seen["n"]
-            continue
-        violated(name, faults, sim_seed, len(covers) + seen["n"], "search")
-    reports = [found.get(n) or InvariantReport(n, "held", len(covers) + searched.get(n, 0)) for n in names]
+            # Reproducible: no example database, and the search seeded from ``seed``
+            # (``find`` turns ``random`` into ``@seed``).
+            try:
+                faults, sim_seed = find(strategy, violates, settings=search, random=_Random(seed))
+            except NoSuchExample:
+                searched[name] = seen["n"]
+                continue
+            violated(name, faults, sim_seed, len(covers) + seen["n"], "search")
+
+    try:
+        _phases()
+    except KeyboardInterrupt:
+        # Ctrl-C: report what was checked so far, with the counterexamples already saved.
+        interrupted = True
+    else:
+        interrupted = False
+    unfinished = "unfinished" if interrupted else "held"
+    reports = [found.get(n) or InvariantReport(n, "held" if n in searched else unfinished,
+                                               len(covers) + searched.get(n, 0)) for n in names]
     can = inv.applicable(scenario)
     return CheckReport(
         scenario=scenario.name,
@@ -354,6 +399,7 @@ def check(
         cover=cover_table,
         not_witnessed=[k for k, ok in can.items() if ok and k not in runner.witnessed],
         not_applicable=[k for k, ok in can.items() if not ok],
+        interrupted=interrupted,
     )
 
 
@@ -440,9 +486,14 @@ def write_counterexample(scenario: Scenario, path: Path, report: Optional[Invari
             header.append(f"#   {line}")
         for f in report.faults:
             header.append(f"# fault: {describe(f)}")
+    # Under a temporary name, renamed when complete: an interrupted check leaves no half file.
     # yaml12.safe_dump: PyYAML's writer, also quoting text YAML 1.2 would read as a number.
-    path.write_text("\n".join(header) + "\n" + yaml12.safe_dump(data),
-                    encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text("\n".join(header) + "\n" + yaml12.safe_dump(data), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

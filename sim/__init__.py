@@ -3,11 +3,13 @@
 from hailan_sim.sim.engine import Engine as Engine
 from hailan_sim.sim.eventlog import COLUMNS as COLUMNS
 from hailan_sim.sim.eventlog import EVENTS as EVENTS
+from hailan_sim.sim.export import EventWriter as EventWriter
+from hailan_sim.sim.export import SpanWriter as SpanWriter
 from hailan_sim.sim.result import Result as Result
 from hailan_sim.sim.rng import Streams as Streams
 from hailan_sim.sim.runner import simulate as simulate
 
-__all__ = ["COLUMNS", "EVENTS", "Engine", "Result", "Streams", "simulate"]
+__all__ = ["COLUMNS", "EVENTS", "Engine", "EventWriter", "Result", "SpanWriter", "Streams", "simulate"]
 from hailan_sim.sim.sweep import summary_metrics as summary_metrics  # noqa: E402
 from hailan_sim.sim.sweep import sweep as sweep  # noqa: E402
 

@@ -37,16 +37,35 @@ __all__ = ["COLUMNS", "EVENTS", "EventLog", "canonical"]
 COLUMNS = ("t", "event", "request", "call", "parent", "source", "target", "instance", "operation", "outcome")
 
 EVENTS = {
+    # requests and calls
     "request_start": "a user request entered (target = endpoint)",
     "request_end": "a user request got its one outcome",
     "call_start": "a caller sent a call",
     "call_end": "the caller got an outcome for the call (timeout: it stopped waiting)",
     "work_end": "the callee finished its work and answered (or rejected the call)",
     "orphan_end": "the callee finished work its caller had already abandoned",
+    "retry": "a caller's client will retry a call (outcome: what the failed attempt got)",
+    "auth_401": "a callee refused a call's token (outcome: why)",
+    # calls the caller's own client refused before sending (no call id)
+    "discovery_error": "the caller could not list the callee's instances (registry unreachable)",
+    "no_instance": "discovery listed no instance to send the call to",
+    "bulkhead_full": "the caller's bulkhead for the callee was full",
+    "short_circuit": "an open breaker refused the call",
+    "token_error": "the caller could not get a service token",
+    # messages
     "message_publish": "a message was accepted by the broker",
     "message_ack": "a consumer finished a message; the broker forgets it",
     "message_nack": "a delivery failed; the broker will redeliver",
+    # instances, registry, mechanisms, faults
     "instance_up": "an instance finished start-up and can serve",
+    "instance_down": "an instance stopped (crash); what it held is lost",
+    "instance_drain": "an instance stopped taking new work (graceful shutdown began)",
+    "instance_stop": "a draining instance finished its work and stopped",
+    "registry": "the service registry changed an instance's state (operation: what; outcome: detail)",
+    "breaker": "a circuit breaker changed state (operation: from; outcome: to)",
+    "autoscale": "the autoscaler changed a service's instance count (outcome: by how many)",
+    "fault_start": "a scheduled fault began (operation: its kind; outcome: its index in faults)",
+    "fault_end": "a scheduled fault ended",
 }
 
 _CHUNK = 4096
@@ -63,15 +82,18 @@ def canonical(records: list) -> bytes:
 
 class EventLog:
     """Accumulates records in ``buf`` (appended to directly by the engine), hashing them
-    whenever :meth:`flush` is called; keeps them only if asked."""
+    whenever :meth:`flush` is called; keeps them only if asked, and hands each flushed batch
+    to every sink in ``sinks`` (objects with a ``write(records)`` method that must not keep
+    the list: it is cleared after). Sinks observe; the hash does not depend on them."""
 
-    __slots__ = ("buf", "_sha", "kept", "count")
+    __slots__ = ("buf", "_sha", "kept", "count", "sinks")
 
     def __init__(self, keep: bool = False) -> None:
         self.buf: list[tuple] = []
         self._sha = hashlib.sha256()
         self.kept: Optional[list[tuple]] = [] if keep else None
         self.count = 0
+        self.sinks: tuple = ()
 
     def flush(self) -> None:
         buf = self.buf
@@ -83,6 +105,8 @@ class EventLog:
         self.count += len(buf)
         if self.kept is not None:
             self.kept.extend(buf)
+        for sink in self.sinks:
+            sink.write(buf)
         buf.clear()
 
     def sha256(self) -> str:

@@ -93,21 +93,33 @@ class Result:
             df[col] = df[col].astype("string")
         return df
 
-    def spans(self) -> list[dict]:
-        """Every request's span tree (OpenTelemetry JSON shape; see :mod:`hailan_sim.sim.tracing`)."""
-        from hailan_sim.sim.tracing import spans
+    def _kept(self) -> list[tuple]:
+        if self._events is None:
+            raise ValueError(
+                "this run did not keep its event log; run simulate(scenario, keep_events=True), "
+                "or stream it with simulate(scenario, sinks=[EventWriter(path)])"
+            )
+        return self._events
 
-        return spans(self.events())
+    def spans(self) -> dict:
+        """Every request's span tree as one OTLP/JSON ``ExportTraceServiceRequest``
+        (``{"resourceSpans": [...]}``; see :mod:`hailan_sim.sim.tracing`)."""
+        from hailan_sim.sim.tracing import otlp
+
+        return otlp(self._kept())
 
     def write_events(self, path: Union[str, Path]) -> Path:
-        """Write the event log to ``path``: Parquet for ``.parquet``, else CSV."""
-        p = Path(path)
-        df = self.events()
-        if p.suffix == ".parquet":
-            df.to_parquet(p, index=False)
-        else:
-            df.to_csv(p, index=False)
-        return p
+        """Write the event log to ``path``: ``.parquet`` or ``.csv`` (any case; another
+        suffix is a ValueError). Written under a temporary name, renamed when complete."""
+        from hailan_sim.sim.export import write_events
+
+        return write_events(self._kept(), path)
+
+    def write_spans(self, path: Union[str, Path]) -> Path:
+        """Write :meth:`spans` to ``path`` (``.json``), as :class:`~hailan_sim.sim.export.SpanWriter` does."""
+        from hailan_sim.sim.export import write_spans
+
+        return write_spans(self._kept(), path)
 
     def to_dict(self) -> dict:
         """A JSON-ready summary (the CLI's ``--json`` adds ``wall_s``)."""

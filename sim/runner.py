@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import sys
-from typing import Optional
+from typing import Optional, Sequence
 
 import pandas as pd
 
@@ -30,6 +30,7 @@ def simulate(
     *,
     keep_events: bool = False,
     progress: Optional[bool] = False,
+    sinks: Sequence = (),
 ) -> Result:
     """Run ``scenario`` and return its :class:`Result`.
 
@@ -38,6 +39,10 @@ def simulate(
         keep_events: keep the full event log in the result (memory grows with the run).
         progress: show a progress bar on stderr: ``True``, ``False``, or ``None`` for
             "only if the run takes more than two seconds".
+        sinks: writers that receive the event log batch by batch as the run goes
+            (:class:`hailan_sim.sim.export.EventWriter`, :class:`~hailan_sim.sim.export.SpanWriter`):
+            the log is drained to them between the runner's slices, so exports need no
+            memory that grows with the run. The caller closes them.
     """
     gc_threshold = gc.get_threshold()
     # NOTE: the collector's generation-0 passes cost a third of a run's time, scanning
@@ -45,13 +50,14 @@ def simulate(
     # restored on the way out, and nothing in the model depends on it.
     gc.set_threshold(max(gc_threshold[0], 200_000), *gc_threshold[1:])
     try:
-        return _simulate(scenario, keep_events, progress)
+        return _simulate(scenario, keep_events, progress, tuple(sinks))
     finally:
         gc.set_threshold(*gc_threshold)
 
 
-def _simulate(scenario: Scenario, keep_events: bool, progress: Optional[bool]) -> Result:
+def _simulate(scenario: Scenario, keep_events: bool, progress: Optional[bool], sinks: tuple) -> Result:
     engine = Engine(scenario, keep_events=keep_events)
+    engine.log.sinks = sinks  # drained at every flush below (and at the end, by sha256())
     env = engine.env
     engine.start()
     run = scenario.run

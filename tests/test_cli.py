@@ -94,22 +94,23 @@ def test_help_exits_zero(capsys):
     assert "run" in capsys.readouterr().out
 
 
-def test_spans_form_one_tree_per_request(tmp_path, capsys):
+def test_spans_are_otlp_json_with_one_tree_per_request(tmp_path, capsys):
     path = tmp_path / "spans.json"
     d = _json(capsys, ["run", SMALL, "--json", "--no-progress", "--duration", "6", "--warmup", "0",
                        "--spans", str(path)])
-    spans = json.loads(path.read_text())["spans"]
+    doc = json.loads(path.read_text())
+    spans = [s for rs in doc["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
     by_trace: dict = {}
     for s in spans:
         by_trace.setdefault(s["traceId"], []).append(s)
     assert len(by_trace) == d["endpoints"]["home"]["total"]
     for trace in by_trace.values():
         ids = {s["spanId"] for s in trace}
-        roots = [s for s in trace if s["parentSpanId"] is None]
+        roots = [s for s in trace if "parentSpanId" not in s]
         assert len(roots) == 1
         # every other span's parent is in the same trace, and starts no later than its child
-        start = {s["spanId"]: s["startTimeUnixNano"] for s in trace}
+        start = {s["spanId"]: int(s["startTimeUnixNano"]) for s in trace}
         for s in trace:
-            if s["parentSpanId"] is not None:
+            if "parentSpanId" in s:
                 assert s["parentSpanId"] in ids
-                assert start[s["parentSpanId"]] <= s["startTimeUnixNano"]
+                assert start[s["parentSpanId"]] <= int(s["startTimeUnixNano"])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import yaml
 
+from hailan_sim import __version__
 from hailan_sim.cli import main
 
 SMALL = Path(__file__).parent / "scenarios" / "small.yaml"
@@ -24,7 +26,8 @@ def _broken(tmp_path: Path) -> Path:
     return path
 
 
-def test_check_json_reports_every_invariant_and_exits_accordingly(tmp_path, capsys):
+def test_check_json_reports_every_invariant_and_exits_accordingly(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # as on a terminal: a progress bar
     code = main(["check", str(SMALL), "--json", "--max-examples", "2", "--max-faults", "1",
                  "--kinds", "crash_instance", "--invariant", "conservation",
                  "--invariant", "bounded_recovery", "--out", str(tmp_path / "cx")])
@@ -46,6 +49,11 @@ def test_check_json_reports_every_invariant_and_exits_accordingly(tmp_path, caps
     for r in d["invariants"].values():
         assert r["found_by"] in ((None,) if r["status"] == "held" else ("cover", "search"))
     assert d["simulations"] >= 2 and "sim" in out.err  # progress went to stderr
+    # the version and the settings it ran with; the same report is saved beside the counterexamples
+    assert d["version"] == __version__ and d["interrupted"] is False
+    assert d["settings"]["max_examples"] == 2 and d["settings"]["kinds"] == ["crash_instance"]
+    assert d["settings"]["out"] == str(tmp_path / "cx")
+    assert json.loads((tmp_path / "cx" / "report.json").read_text()) == d
 
 
 def test_replay_reproduces_the_verdict_and_hash_and_plots(tmp_path, capsys):
