@@ -83,8 +83,9 @@ def _build_parser() -> argparse.ArgumentParser:
     topo.add_argument("scenario", nargs="?", metavar="SCENARIO", help="scenario YAML file (default: built-in)")
     topo.add_argument("--json", action="store_true", help="print one JSON object to stdout")
 
-    sub.add_parser("schema", help="print the JSON Schema of a scenario file",
-                   description="Print the JSON Schema every scenario file must satisfy.")
+    sch = sub.add_parser("schema", help="print the JSON Schema of a scenario file",
+                         description="Print the JSON Schema every scenario file must satisfy.")
+    sch.add_argument("--sweep", action="store_true", help="the JSON Schema of a sweep file instead")
 
     chk = sub.add_parser(
         "check", help="search fault schedules for invariant violations",
@@ -124,6 +125,7 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--invariant", action="append", metavar="NAME", help="evaluate only this invariant (repeatable)")
     rep.add_argument("--plot", metavar="PNG", help="save the timeline plot")
     rep.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+    _add_sweep_parser(sub)
     return p
 
 
@@ -138,6 +140,11 @@ def _load(path: Optional[str]) -> Scenario:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
+    if getattr(args, "sweep", False):
+        from hailan_sim.sweeps import Sweep
+
+        print(json.dumps(Sweep.model_json_schema(), indent=2, sort_keys=True))
+        return EXIT_OK
     print(json.dumps(Scenario.model_json_schema(), indent=2, sort_keys=True))
     return EXIT_OK
 
@@ -392,8 +399,108 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_VIOLATED
 
 
+# --------------------------------------------------------------------------- sweep
+
+
+def _add_sweep_parser(sub) -> None:
+    sw = sub.add_parser(
+        "sweep", help="run a parameter sweep (points x fault schedules x seeds) and recommend a setting",
+        description="Run every point of a sweep file under each of its fault schedules and seeds, on local "
+                    "processes or Dask; results are appended to Parquet in --out as runs finish, so "
+                    "--resume finishes a stopped sweep. Prints the summary per point (mean and 95%% CI "
+                    "over seeds), the Pareto front and the recommendation. Exit 0: done; 2: bad input.")
+    sw.add_argument("file", nargs="?", metavar="SWEEP", help="sweep YAML file (docs/sweeps.md; schema --sweep)")
+    sw.add_argument("--workers", type=_positive(int), metavar="N",
+                    help=f"processes (or Dask LocalCluster workers) at once (default: all cores, here "
+                         f"{_sweep_default_workers()}); results do not depend on it")
+    ex = sw.add_mutually_exclusive_group()
+    ex.add_argument("--scheduler", metavar="ADDR", help="run on this Dask scheduler (tcp://host:8786); "
+                                                      "needs pip install 'hailan-sim[dask]'")
+    ex.add_argument("--dask", action="store_true", help="run on a Dask LocalCluster of --workers workers")
+    sw.add_argument("--out", metavar="DIR", help="results folder (default: sweep-<name>)")
+    sw.add_argument("--resume", action="store_true", help="finish the sweep in --out: run only what is missing")
+    sw.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+    sw.add_argument("--list-faults", action="store_true", help="list the shipped fault schedules and exit")
+
+
+def _sweep_default_workers() -> int:
+    import os
+
+    return max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else max(1, os.cpu_count() or 1)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from hailan_sim.sweeps import by_point, load_sweep, pareto_front, recommend, run_sweep, shipped_schedules
+
+    if args.list_faults:
+        for name, text in shipped_schedules().items():
+            print(f"{name:<24} {text}")
+        return EXIT_OK
+    if args.file is None:
+        raise ScenarioError("command line", "give a sweep file (hailan-sim sweep SWEEP.yaml; "
+                                            "examples/sweeps/seed-breaker.yaml is one)")
+    plan = load_sweep(args.file)
+    out = args.out or f"sweep-{plan.sweep.name}"
+    started = time.perf_counter()
+    table = run_sweep(plan, out, workers=args.workers, resume=args.resume,
+                      executor="dask" if (args.dask or args.scheduler) else "local", scheduler=args.scheduler,
+                      progress=sys.stderr.isatty())
+    wall = time.perf_counter() - started
+    rec = recommend(table)
+    points = by_point(table)
+    objectives = [(o["metric"], o["goal"]) for o in table.attrs["objectives"] if o["metric"] in table.columns]
+    front = pareto_front(points, objectives)
+    axes = plan.sweep.axes
+    if args.json:
+        def clean(v):
+            return None if isinstance(v, float) and v != v else v.item() if hasattr(v, "item") else v
+
+        print(json.dumps({
+            "sweep": plan.sweep.name, "out": out, "spec_sha256": plan.sha256, "runs": len(table),
+            "wall_s": round(wall, 3), "recommendation": rec["line"],
+            "recommended": {k: clean(v) for k, v in rec["settings"].items()},
+            "points": [{k: clean(v) for k, v in r.items()} for r in points.to_dict(orient="records")],
+            "pareto_front": [int(p) for p in front["point"]],
+        }, indent=2))
+        return EXIT_OK
+    print(f"sweep {plan.sweep.name}: {len(plan.points)} points x {len(plan.schedules)} fault schedules x "
+          f"{plan.sweep.replications} seeds = {len(plan.runs)} runs, {len(table)} in {out} "
+          f"({wall:.0f} s wall this time)\n")
+    short = {a: a.rsplit(".", 1)[-1] for a in axes}
+    cols = [c for m, _ in objectives for c in (m,)]
+    head = "  ".join(f"{short[a]:>{max(6, len(short[a]))}}" for a in axes)
+    print("per point, at its worst fault schedule (mean [95% CI] over seeds); * on the Pareto front")
+    print(f"  {'point':>5}  {head}  " + "  ".join(f"{c:>26}" for c in cols))
+    on_front = set(front["point"].tolist())
+    for _, r in points.iterrows():
+        vals = "  ".join(f"{_short_val(r[a]):>{max(6, len(short[a]))}}" for a in axes)
+        figs = "  ".join(f"{_ci_text(c, r[c], r[f'{c}.low'], r[f'{c}.high']):>26}" for c in cols)
+        star = "*" if r["point"] in on_front else " "
+        print(f"{star} {int(r['point']):>5}  {vals}  {figs}")
+    print(f"\nrecommended: {rec['line']}")
+    print(f"results: {out} (load with hailan_sim.sweeps.load_results({out!r}))")
+    return EXIT_OK
+
+
+def _short_val(v) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _ci_text(metric: str, m: float, lo: float, hi: float) -> str:
+    def f(v: float) -> str:
+        if v != v:
+            return "-"
+        if metric.startswith("availability"):
+            return f"{v * 100:.2f}%"
+        return f"{v:.1f}"
+
+    return f"{f(m)} [{f(lo)}, {f(hi)}]"
+
+
 _COMMANDS = {"run": _cmd_run, "topology": _cmd_topology, "schema": _cmd_schema,
-             "check": _cmd_check, "replay": _cmd_replay}
+             "check": _cmd_check, "replay": _cmd_replay, "sweep": _cmd_sweep}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
