@@ -457,6 +457,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
         print(json.dumps({
             "sweep": plan.sweep.name, "out": out, "spec_sha256": plan.sha256, "runs": len(table),
+            "ran_now": table.attrs["ran"],
             "wall_s": round(wall, 3), "recommendation": rec["line"],
             "recommended": {k: clean(v) for k, v in rec["settings"].items()},
             "points": [{k: clean(v) for k, v in r.items()} for r in points.to_dict(orient="records")],
@@ -465,7 +466,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"sweep {plan.sweep.name}: {len(plan.points)} points x {len(plan.schedules)} fault schedules x "
           f"{plan.sweep.replications} seeds = {len(plan.runs)} runs, {len(table)} in {out} "
-          f"({wall:.0f} s wall this time)\n")
+          f"({table.attrs['ran']} run now in {wall:.0f} s wall)\n")
     short = {a: a.rsplit(".", 1)[-1] for a in axes}
     cols = [c for m, _ in objectives for c in (m,)]
     head = "  ".join(f"{short[a]:>{max(6, len(short[a]))}}" for a in axes)

@@ -358,7 +358,9 @@ def run_sweep(
             if bar is not None:
                 bar.close()
             store.close()
-        return load_results(out)
+        table = load_results(out)
+        table.attrs["ran"] = finished - len(done)
+        return table
     finally:
         if tmp is not None:
             tmp.cleanup()

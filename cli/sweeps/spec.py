@@ -351,7 +351,13 @@ class SweepPlan:
                     runs.append(Run(index=len(runs), point=p, point_key=key, schedule=name,
                                     replication=r, seed=seed))
         self.runs = runs
-        h = hashlib.sha256(_canonical(sweep.model_dump(mode="json")).encode())
+        # Where the base scenario and schedule files live is left out: what they contain is
+        # in the scenarios' hashes, and a moved sweep folder still resumes.
+        spec = sweep.model_dump(mode="json")
+        spec["base"].pop("scenario", None)
+        spec["faults"] = [f if isinstance(f, str) else {k: v for k, v in f.items() if k != "file"}
+                          for f in spec["faults"]]
+        h = hashlib.sha256(_canonical(spec).encode())
         for key in sorted(self.scenarios):
             h.update(_canonical(self.scenarios[key].model_dump(mode="json")).encode())
         self.sha256 = h.hexdigest()
@@ -524,11 +530,13 @@ def _describe_sweep_error(err: dict, data: Any) -> tuple[list, str]:
     parent = None
     keys: list = []
     for item in err["loc"]:
-        if ty is not None and ty.is_union:
-            member = ty.member_by_label(item)
-            if member is not None:
-                ty = member
-                continue
+        if ty is not None and ty.is_union and isinstance(item, str):
+            # pydantic names the member it tried; an unusual label ("function-after[_order(),
+            # Range]") names the model inside it
+            member = ty.member_by_label(item) or next(
+                (m for m in ty.members() if m.is_model and f"{m.tp.__name__}]" in item), None)
+            ty = member
+            continue
         if item == "[key]":
             continue
         parent = ty
