@@ -19,7 +19,8 @@ import pandas as pd
 from hailan_sim.models.scenario import Scenario
 from hailan_sim.sim.result import Result
 
-__all__ = ["batch_means", "mean_ci", "replicate", "summarise"]
+__all__ = ["batch_means", "erlang_c", "instances_for_objective", "mean_ci", "mmc_wait_quantile", "replicate",
+           "summarise"]
 
 
 def _t_quantile(p: float, df: int) -> float:
@@ -93,3 +94,52 @@ def replicate(scenario: Scenario, seeds: Iterable[int], *,
     table = sweep({"_": scenario}, seeds=list(seeds), metrics=metrics or summary_metrics,
                   workers=workers, progress=False)
     return table.drop(columns=["point"])
+
+
+# --------------------------------------------------------------------------- Erlang C (M/M/c)
+
+
+def erlang_c(servers: int, offered: float) -> float:
+    """Probability that an arrival waits in an M/M/c queue with ``servers`` servers and
+    ``offered`` load a = lambda / mu (Erlangs); 1.0 when a >= c (no steady state).
+
+    Computed through the Erlang B recursion B(0) = 1, B(k) = a B(k-1) / (k + a B(k-1)),
+    then C = c B / (c - a (1 - B)), which never overflows (Tijms, *A First Course in
+    Stochastic Models*, 2003, section 5.2; Gross & Harris, *Fundamentals of Queueing
+    Theory*, eq. 2.33)."""
+    if servers < 1:
+        raise ValueError(f"{servers=} must be >= 1")
+    if offered < 0:
+        raise ValueError(f"{offered=} must be >= 0")
+    if offered >= servers:
+        return 1.0
+    b = 1.0
+    for k in range(1, servers + 1):
+        b = offered * b / (k + offered * b)
+    return servers * b / (servers - offered * (1 - b))
+
+
+def mmc_wait_quantile(servers: int, rate: float, mean_service_s: float, q: float) -> float:
+    """The q-quantile of the wait for a server in M/M/c (seconds): P(W > t) = C e^{-(c mu -
+    lambda) t}, so t_q = ln(C / (1 - q)) / (c mu - lambda), or 0 when C <= 1 - q; inf when
+    unstable."""
+    mu = 1.0 / mean_service_s
+    if rate >= servers * mu:
+        return math.inf
+    c = erlang_c(servers, rate / mu)
+    if c <= 1 - q:
+        return 0.0
+    return math.log(c / (1 - q)) / (servers * mu - rate)
+
+
+def instances_for_objective(rate: float, mean_service_s: float, workers: int, objective_s: float,
+                            q: float = 0.99, max_instances: int = 1000) -> Optional[int]:
+    """The fewest instances of ``workers`` workers each, behind a random balancer (which
+    splits Poisson arrivals into independent Poisson streams of rate/n), for which the
+    M/M/workers estimate of the q-quantile of the time in service, mean service time plus
+    the q-quantile of the wait, is within ``objective_s``. An estimate: exponential service
+    times and no downstream calls are assumed; the simulation says what really happens."""
+    for n in range(1, max_instances + 1):
+        if mean_service_s + mmc_wait_quantile(workers, rate / n, mean_service_s, q) <= objective_s:
+            return n
+    return None
