@@ -222,7 +222,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _fmt(v, column: str) -> str:
     if v is None:
         return "-"
-    if column == "utilisation":
+    if column in ("utilisation", "mean_queue"):
         return f"{v:.3f}"
     if isinstance(v, float):
         return f"{v:.1f}"
@@ -248,13 +248,16 @@ def _print_run(scenario: Scenario, result, wall: float) -> None:
     ok = req["ok"] / total * 100 if total else 0.0
     print(f"requests: {total} after warm-up, {ok:.2f}% ok, {req['error']} error, "
           f"{req['timeout']} timeout, {req['rejected']} rejected, {req['unfinished']} unfinished\n")
-    cols = ["ok", "error", "timeout", "rejected", "p50_ms", "p95_ms", "p99_ms", "max_ms"]
-    _table("endpoints", "endpoint", d["endpoints"], cols)
-    _table("services (calls as their callers saw them)", "service", d["services"],
-           [*cols[:4], "p50_ms", "p99_ms", "utilisation", "max_queue", "orphaned_calls"])
+    cols = ["ok", "error", "timeout", "rejected", "mean_ms", "ok_mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms"]
+    _table("endpoints (latency over all outcomes; ok_mean_ms: served requests only)", "endpoint",
+           d["endpoints"], cols)
+    _table("services (calls as their callers saw them; queue and wait at the instances)", "service",
+           d["services"], [*cols[:4], "mean_ms", "p99_ms", "utilisation", "mean_queue", "max_queue",
+                           "mean_wait_ms", "orphaned_calls"])
     if d["infrastructure"]:
         _table("infrastructure", "component", d["infrastructure"],
-               ["ok", "error", "timeout", "rejected", "p50_ms", "p99_ms", "utilisation"])
+               ["ok", "error", "timeout", "rejected", "mean_ms", "p99_ms", "utilisation", "mean_queue",
+                "mean_wait_ms"])
     m = d["mechanisms"]
     busy = {k: v for k, v in m.items() if k != "breaker_transitions" and v}
     if busy or m["breaker_transitions"]:
