@@ -240,7 +240,7 @@ def test_a_killed_sweep_resumes_with_nothing_lost(serial, tmp_path):
     spec = tmp_path / "fast.yaml"
     spec.write_text(FAST.replace("../scenarios/small.yaml", str(SMALL)))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "hailan_sim", "sweep", str(spec), "--workers", "1", "--out", str(out)]
+    cmd = [sys.executable, "-m", "hailan_sim", "sweep", str(spec), "--workers", "2", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     journal = out / "journal.jsonl"
     deadline = time.monotonic() + 60
@@ -248,8 +248,12 @@ def test_a_killed_sweep_resumes_with_nothing_lost(serial, tmp_path):
         if journal.exists() and journal.read_bytes().count(b"\n") >= 3:
             break
         time.sleep(0.02)
+    workers = _children(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert workers, "the sweep ran no worker processes"
+    time.sleep(0.5)
+    assert not [w for w in workers if _alive(w)], "workers outlived the killed sweep"
     kept = load_results(out)
     assert 3 <= len(kept) < len(table), "the kill came too late to test anything"
     pd.testing.assert_frame_equal(kept, table[table["run"].isin(kept["run"])].reset_index(drop=True))
@@ -259,6 +263,21 @@ def test_a_killed_sweep_resumes_with_nothing_lost(serial, tmp_path):
     assert report["runs"] == len(table)
     assert report["ran_now"] == len(table) - len(kept)  # only what was missing
     pd.testing.assert_frame_equal(load_results(out), table)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(x) for x in (task / "children").read_text().split()]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status  # a zombie has exited
 
 
 def test_a_torn_journal_line_is_redone(serial, tmp_path):
