@@ -445,9 +445,17 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     plan = load_sweep(args.file)
     out = args.out or f"sweep-{plan.sweep.name}"
     started = time.perf_counter()
-    table = run_sweep(plan, out, workers=args.workers, resume=args.resume,
-                      executor="dask" if (args.dask or args.scheduler) else "local", scheduler=args.scheduler,
-                      progress=sys.stderr.isatty())
+    try:
+        table = run_sweep(plan, out, workers=args.workers, resume=args.resume,
+                          executor="dask" if (args.dask or args.scheduler) else "local", scheduler=args.scheduler,
+                          progress=sys.stderr.isatty())
+    except KeyboardInterrupt:
+        from hailan_sim.sweeps import load_results
+
+        kept = len(load_results(out)) if Path(out, "manifest.json").exists() else 0
+        print(f"hailan-sim: interrupted: {kept} of {len(plan.runs)} runs kept in {out}; "
+              f"finish with: hailan-sim sweep {args.file} --out {out} --resume", file=sys.stderr)
+        return 130
     wall = time.perf_counter() - started
     rec = recommend(table)
     points = by_point(table)
