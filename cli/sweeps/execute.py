@@ -336,6 +336,13 @@ def run_sweep(
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ValueError(f"{workers=} must be >= 1")
+    if executor not in ("local", "dask"):
+        raise ValueError(f"unknown executor {executor!r} (local or dask)")
+    if executor == "dask":
+        import importlib.util
+
+        if importlib.util.find_spec("distributed") is None:  # before anything is written
+            raise ScenarioError("command line", "Dask is not installed: pip install 'hailan-sim[dask]'")
     tmp = None
     if out is None:
         tmp = tempfile.TemporaryDirectory(prefix="hailan-sweep-")
