@@ -377,3 +377,16 @@ def test_recommendation_follows_the_objectives_in_order():
     assert rec2["point"] == 0
     s = summary(t)
     assert len(s) == 6 and {"availability.low", "availability.high", "availability.n"} <= set(s.columns)
+
+
+def test_among_settings_not_significantly_different_the_better_means_win():
+    rows = []
+    for p, av in ((0, 0.990), (1, 0.991)):
+        for r, noise in enumerate((-0.01, 0.0, 0.01)):  # wide, overlapping intervals
+            rows.append({"run": len(rows), "point": p, "schedule": "a", "replication": r, "seed": r, "x": p,
+                         "availability": av + noise, "recovery_s": 10.0})
+    t = pd.DataFrame(rows)
+    t.attrs["axes"] = ["x"]
+    t.attrs["objectives"] = [{"metric": "availability", "goal": "max"}, {"metric": "recovery_s", "goal": "min"}]
+    rec = recommend(t)
+    assert len(rec["candidates"]) == 2 and rec["point"] == 1

@@ -120,8 +120,8 @@ def recommend(table: pd.DataFrame, objectives: Optional[Sequence] = None, confid
 
     Objectives are taken in order; for each, the points kept are those not significantly
     worse than the best: whose CI reaches the best mean (a point without a CI, from one
-    replication, must equal it). Among what is left after the last objective, the best mean
-    wins (the first point on ties). Returns ``{"point", "settings", "line", "evidence",
+    replication, must equal it). Among what is left after the last objective, the best means
+    win, in objective order (the first point on ties). Returns ``{"point", "settings", "line", "evidence",
     "candidates"}``; ``line`` is the one-line recommendation."""
     objs = _objectives(table, objectives)
     pts = by_point(table, [{"metric": m, "goal": g} for m, g in objs], confidence)
@@ -135,10 +135,11 @@ def recommend(table: pd.DataFrame, objectives: Optional[Sequence] = None, confid
         reach = np.where(np.isnan(reach), col, reach)
         ok = reach >= best if g == "max" else reach <= best
         cand = cand[ok | (col == best)]
-    m, g = objs[-1]
-    col = cand[m].to_numpy(dtype=float)
-    i = int(np.nanargmax(col) if g == "max" else np.nanargmin(col)) if not np.isnan(col).all() else 0
-    chosen = cand.iloc[i]
+    # Among the survivors, the best means in objective order (the first objective first).
+    keys = [cand[m].to_numpy(dtype=float) * (-1 if g == "max" else 1) for m, g in objs]
+    keys = [np.where(np.isnan(k), np.inf, k) for k in keys]
+    order = np.lexsort([np.arange(len(cand)), *reversed(keys)])
+    chosen = cand.iloc[int(order[0])]
     axes = _axes(table)
     settings = {a: chosen[a] for a in axes}
     shown = ", ".join(f"{a.rsplit('.', 1)[-1]} {_val(settings[a])}" for a in axes)
