@@ -193,7 +193,9 @@ def plot_heatmap(table: pd.DataFrame, x: str, y: str, metric: str, *, schedule: 
     for (i, j), v in np.ndenumerate(grid.to_numpy(dtype=float)):
         if not np.isnan(v):
             ax.text(j, i, fmt.format(v), ha="center", va="center", color="w", fontsize=8)
-    ax.set_title(f"{metric}" + (f" ({schedule})" if schedule else " (worst schedule)"), fontsize=9)
+    where = ", ".join(f"{k.rsplit('.', 1)[-1]} {_val(v)}" for k, v in fixed.items())
+    ax.set_title(f"{metric}" + (f" ({schedule})" if schedule else " (worst schedule)")
+                 + (f"\n{where}" if where else ""), fontsize=9)
     ax.figure.colorbar(im, ax=ax)
     return ax
 
