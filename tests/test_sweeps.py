@@ -390,3 +390,21 @@ def test_among_settings_not_significantly_different_the_better_means_win():
     t.attrs["objectives"] = [{"metric": "availability", "goal": "max"}, {"metric": "recovery_s", "goal": "min"}]
     rec = recommend(t)
     assert len(rec["candidates"]) == 2 and rec["point"] == 1
+
+
+def test_invariant_verdicts_are_the_checkers():
+    """metrics: [invariants] gives each invariant's verdict, as evaluate() gives it for the
+    run against its fault-free baseline."""
+    from hailan_sim.properties.invariants import Record, evaluate
+
+    plan = _sweep(BASE + """
+axes: {policies.breaker.failure_threshold: [2]}
+faults: [{name: back-crash, faults: [{kind: crash_service, service: back, start_s: 2, duration_s: 2}]}]
+replications: 1
+metrics: [availability, invariants]
+""")
+    table = run_sweep(plan, workers=1)
+    verdicts = evaluate(Record.from_scenario(plan.scenario(plan.runs[0]), rerun=False))
+    expected = {f"holds.{v.name}": float(v.holds) for v in verdicts if v.name != "determinism"}
+    assert expected and {k: table.loc[0, k] for k in expected} == expected
+    assert not [c for c in table.columns if c.startswith("holds.") and c not in expected]
