@@ -393,18 +393,28 @@ def test_among_settings_not_significantly_different_the_better_means_win():
 
 
 def test_invariant_verdicts_are_the_checkers():
-    """metrics: [invariants] gives each invariant's verdict, as evaluate() gives it for the
-    run against its fault-free baseline."""
-    from hailan_sim.properties.invariants import Record, evaluate
+    """metrics: [invariants] gives each registered invariant's verdict, as evaluate() gives
+    it for the run against its fault-free baseline (an invariant registered here, which
+    fails when the run lost requests the baseline served, shows a 0 comes through)."""
+    from hailan_sim.properties import invariants as inv
 
-    plan = _sweep(BASE + """
+    @inv.register("test_lost_nothing")
+    def lost_nothing(record):
+        lost = record.result.requests["ok"] < record.baseline.requests["ok"]
+        return inv.Verdict("", not lost, "fewer ok than the baseline" if lost else "as many ok")
+
+    try:
+        plan = _sweep(BASE + """
 axes: {policies.breaker.failure_threshold: [2]}
 faults: [{name: back-crash, faults: [{kind: crash_service, service: back, start_s: 2, duration_s: 2}]}]
 replications: 1
 metrics: [availability, invariants]
 """)
-    table = run_sweep(plan, workers=1)
-    verdicts = evaluate(Record.from_scenario(plan.scenario(plan.runs[0]), rerun=False))
+        table = run_sweep(plan, workers=1)
+        verdicts = inv.evaluate(inv.Record.from_scenario(plan.scenario(plan.runs[0]), rerun=False))
+    finally:
+        inv.unregister("test_lost_nothing")
     expected = {f"holds.{v.name}": float(v.holds) for v in verdicts if v.name != "determinism"}
-    assert expected and {k: table.loc[0, k] for k in expected} == expected
+    assert expected["holds.test_lost_nothing"] == 0.0 and expected["holds.conservation"] == 1.0
+    assert {k: table.loc[0, k] for k in expected} == expected
     assert not [c for c in table.columns if c.startswith("holds.") and c not in expected]
