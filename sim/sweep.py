@@ -3,6 +3,11 @@
 Each point of a sweep is a complete scenario, so a sweep is just ``simulate`` mapped over
 ``points x seeds``. Runs are independent and pure, so the table is the same whether it is
 computed serially or on a process pool; rows come back in input order.
+
+This is the quick in-memory loop for notebooks. Sweep files, fault schedules, Dask,
+results kept on disk with ``--resume``, confidence intervals and recommendations are in
+:mod:`hailan_sim.sweeps` (docs/sweeps.md); replications and intervals in
+:mod:`hailan_sim.sim.stats`.
 """
 
 from __future__ import annotations

@@ -196,8 +196,11 @@ def test_serial_table_has_every_run(serial):
         assert col in table.columns, col
     # the no-fault runs have nothing to recover from, and every trip there is a false alarm
     none = table[table["schedule"] == "none"]
+    crash = table[table["schedule"] == "back-crash"]
     assert (none["recovery_s"] == 0).all()
-    assert (none["false_trips"] == none["breaker_trips"]).all()
+    assert (none["false_trips"] == none["breaker_trips"]).all() and (none["breaker_trips"] > 0).any()
+    # trips during the crash (or just after it) are not false alarms
+    assert (crash["false_trips"] < crash["breaker_trips"]).any()
     crash = table[table["schedule"] == "back-crash"]
     # the same point and seed lose requests when back crashes
     pairs = none.merge(crash, on=["point", "replication"], suffixes=("", ".crash"))
@@ -418,3 +421,22 @@ metrics: [availability, invariants]
     assert expected["holds.test_lost_nothing"] == 0.0 and expected["holds.conservation"] == 1.0
     assert {k: table.loc[0, k] for k in expected} == expected
     assert not [c for c in table.columns if c.startswith("holds.") and c not in expected]
+
+
+def test_retry_amplification_counts_the_retries():
+    plan = _sweep(BASE.replace("policies: {tokens: {enabled: false}}",
+                               "policies: {tokens: {enabled: false}, retry: {max_attempts: 3, idempotent_only: false}}") + """
+axes: {policies.breaker.failure_threshold: [50]}
+faults: [{name: back-errors, faults: [{kind: error_rate, target: back, fraction: 0.5, start_s: 2, duration_s: 3}]}]
+replications: 1
+metrics: [retry_amplification]
+""")
+    table = run_sweep(plan, workers=1)
+    from hailan_sim import simulate
+
+    r = simulate(plan.scenario(plan.runs[0]), keep_events=True)
+    sent = int((r.events()["event"] == "call_start").sum())
+    retries = r.mechanisms["retries"]
+    assert retries > 0
+    assert table.loc[0, "retry_amplification"] == pytest.approx(sent / (sent - retries))
+    assert table.loc[0, "retry_amplification"] > 1.0
