@@ -138,6 +138,8 @@ replications: 1
      r"s.yaml:\d+: replications: got 0, expected a whole number from 1 to 10000"),
     ("axes: {\"policies.edges[caller].timeout_s\": [1]}\n",
      r"s.yaml:\d+: axes\[.policies\.edges\[caller\]\.timeout_s.\]: \[caller\] selects a list item"),
+    ("axes: {policies.breaker.failure_threshold: 3}\n",
+     r"s.yaml:\d+: axes\['policies\.breaker\.failure_threshold'\]: got 3, expected a list of values \(\[3, 5, 10\]\) or a range"),
     ("axes: {\"services[name=nope].instances\": [1]}\n",
      r"axes\[.services\[name=nope\]\.instances.\]: no item with name=nope"),
 ])

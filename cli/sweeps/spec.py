@@ -544,6 +544,11 @@ def _describe_sweep_error(err: dict, data: Any) -> tuple[list, str]:
         ty = ty.child(item) if ty is not None else None
     kind = err["type"]
     value = err.get("input")
+    axis_shape = "a list of values ([3, 5, 10]) or a range ({low: 1, high: 10, steps: 3})"
+    if keys == ["axes"] and kind in ("dict_type", "too_short"):
+        return keys, f"got {_show(value)}, expected a mapping of field path -> {axis_shape}"
+    if len(keys) == 2 and keys[0] == "axes" and kind in ("list_type", "model_type", "model_attributes_type"):
+        return keys, f"got {_show(value)}, expected {axis_shape}"
     if kind == "extra_forbidden":
         allowed = parent.fields() if parent is not None else []
         import difflib
