@@ -98,6 +98,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print the JSON Schema of a scenario file",
                             description="Print the JSON Schema every scenario file must satisfy.")
+    schema.add_argument("--sweep", action="store_true", help="the JSON Schema of a sweep file instead")
 
     chk = sub.add_parser(
         "check", help="search fault schedules for invariant violations",
@@ -150,7 +151,8 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     _data_root(rep)
     _capacity_flag(rep)
-    for parser in (run, topo, schema, chk, rep):
+    sweep = _add_sweep_parser(sub)
+    for parser in (run, topo, schema, chk, rep, sweep):
         _version_option(parser)
     return p
 
@@ -226,6 +228,11 @@ def _with_profile(scenario: Scenario, profile: Optional[str]) -> Scenario:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
+    if getattr(args, "sweep", False):
+        from hailan_sim.sweeps import Sweep
+
+        print(json.dumps(Sweep.model_json_schema(), indent=2, sort_keys=True))
+        return EXIT_OK
     print(json.dumps(Scenario.model_json_schema(), indent=2, sort_keys=True))
     return EXIT_OK
 
@@ -312,7 +319,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _fmt(v, column: str) -> str:
     if v is None:
         return "-"
-    if column == "utilisation":
+    if column in ("utilisation", "mean_queue"):
         return f"{v:.3f}"
     if isinstance(v, float):
         return f"{v:.1f}"
@@ -338,13 +345,16 @@ def _print_run(scenario: Scenario, result, wall: float) -> None:
     ok = req["ok"] / total * 100 if total else 0.0
     print(f"requests: {total} after warm-up, {ok:.2f}% ok, {req['error']} error, "
           f"{req['timeout']} timeout, {req['rejected']} rejected, {req['unfinished']} unfinished\n")
-    cols = ["ok", "error", "timeout", "rejected", "p50_ms", "p95_ms", "p99_ms", "max_ms"]
-    _table("endpoints", "endpoint", d["endpoints"], cols)
-    _table("services (calls as their callers saw them)", "service", d["services"],
-           [*cols[:4], "p50_ms", "p99_ms", "utilisation", "max_queue", "orphaned_calls"])
+    cols = ["ok", "error", "timeout", "rejected", "mean_ms", "ok_mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms"]
+    _table("endpoints (latency over all outcomes; ok_mean_ms: served requests only)", "endpoint",
+           d["endpoints"], cols)
+    _table("services (calls as their callers saw them; queue and wait at the instances)", "service",
+           d["services"], [*cols[:4], "mean_ms", "p99_ms", "utilisation", "mean_queue", "max_queue",
+                           "mean_wait_ms", "orphaned_calls"])
     if d["infrastructure"]:
         _table("infrastructure", "component", d["infrastructure"],
-               ["ok", "error", "timeout", "rejected", "p50_ms", "p99_ms", "utilisation"])
+               ["ok", "error", "timeout", "rejected", "mean_ms", "p99_ms", "utilisation", "mean_queue",
+                "mean_wait_ms"])
     m = d["mechanisms"]
     busy = {k: v for k, v in m.items() if k != "breaker_transitions" and v}
     if busy or m["breaker_transitions"]:
@@ -589,10 +599,118 @@ def _check_plot(name: str) -> Path:
     if not p.parent.is_dir():
         raise ScenarioError(name, "--plot: the folder to write it in does not exist")
     return p
+# --------------------------------------------------------------------------- sweep
+
+
+def _add_sweep_parser(sub) -> argparse.ArgumentParser:
+    sw = sub.add_parser(
+        "sweep", help="run a parameter sweep (points x fault schedules x seeds) and recommend a setting",
+        description="Run every point of a sweep file under each of its fault schedules and seeds, on local "
+                    "processes or Dask; results are appended to Parquet in --out as runs finish, so "
+                    "--resume finishes a stopped sweep. Prints the summary per point (mean and 95%% CI "
+                    "over seeds), the Pareto front and the recommendation. Exit 0: done; 2: bad input.")
+    sw.add_argument("file", nargs="?", metavar="SWEEP", help="sweep YAML file (docs/sweeps.md; schema --sweep)")
+    sw.add_argument("--workers", type=_positive(int), metavar="N",
+                    help=f"processes (or Dask LocalCluster workers) at once (default: all cores, here "
+                         f"{_sweep_default_workers()}); results do not depend on it")
+    ex = sw.add_mutually_exclusive_group()
+    ex.add_argument("--scheduler", metavar="ADDR", help="run on this Dask scheduler (tcp://host:8786); "
+                                                      "needs pip install 'hailan-sim[dask]'")
+    ex.add_argument("--dask", action="store_true", help="run on a Dask LocalCluster of --workers workers")
+    sw.add_argument("--out", metavar="DIR", help="results folder (default: sweep-<name>)")
+    sw.add_argument("--resume", action="store_true", help="finish the sweep in --out: run only what is missing")
+    sw.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+    sw.add_argument("--list-faults", action="store_true", help="list the shipped fault schedules and exit")
+    return sw
+
+
+def _sweep_default_workers() -> int:
+    import os
+
+    return max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else max(1, os.cpu_count() or 1)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from hailan_sim.sweeps import by_point, load_sweep, pareto_front, recommend, run_sweep, shipped_schedules
+
+    if args.list_faults:
+        for name, text in shipped_schedules().items():
+            print(f"{name:<24} {text}")
+        return EXIT_OK
+    if args.file is None:
+        raise ScenarioError("command line", "give a sweep file (hailan-sim sweep SWEEP.yaml; "
+                                            "examples/sweeps/seed-breaker.yaml is one)")
+    plan = load_sweep(args.file)
+    out = args.out or f"sweep-{plan.sweep.name}"
+    started = time.perf_counter()
+    try:
+        table = run_sweep(plan, out, workers=args.workers, resume=args.resume,
+                          executor="dask" if (args.dask or args.scheduler) else "local", scheduler=args.scheduler,
+                          progress=sys.stderr.isatty())
+    except KeyboardInterrupt:
+        from hailan_sim.sweeps import load_results
+
+        kept = len(load_results(out)) if Path(out, "manifest.json").exists() else 0
+        print(f"hailan-sim: interrupted: {kept} of {len(plan.runs)} runs kept in {out}; "
+              f"finish with: hailan-sim sweep {args.file} --out {out} --resume", file=sys.stderr)
+        return 130
+    wall = time.perf_counter() - started
+    rec = recommend(table)
+    points = by_point(table)
+    objectives = [(o["metric"], o["goal"]) for o in table.attrs["objectives"] if o["metric"] in table.columns]
+    front = pareto_front(points, objectives)
+    axes = plan.sweep.axes
+    if args.json:
+        def clean(v):
+            return None if isinstance(v, float) and v != v else v.item() if hasattr(v, "item") else v
+
+        print(json.dumps({
+            "sweep": plan.sweep.name, "out": out, "spec_sha256": plan.sha256, "runs": len(table),
+            "ran_now": table.attrs["ran"],
+            "wall_s": round(wall, 3), "recommendation": rec["line"],
+            "recommended": {k: clean(v) for k, v in rec["settings"].items()},
+            "points": [{k: clean(v) for k, v in r.items()} for r in points.to_dict(orient="records")],
+            "pareto_front": [int(p) for p in front["point"]],
+        }, indent=2))
+        return EXIT_OK
+    print(f"sweep {plan.sweep.name}: {len(plan.points)} points x {len(plan.schedules)} fault schedules x "
+          f"{plan.sweep.replications} seeds = {len(plan.runs)} runs, {len(table)} in {out} "
+          f"({table.attrs['ran']} run now in {wall:.0f} s wall)\n")
+    short = {a: a.rsplit(".", 1)[-1] for a in axes}
+    cols = [c for m, _ in objectives for c in (m,)]
+    head = "  ".join(f"{short[a]:>{max(6, len(short[a]))}}" for a in axes)
+    print("per point, at its worst fault schedule (mean [95% CI] over seeds); * on the Pareto front")
+    print(f"  {'point':>5}  {head}  " + "  ".join(f"{c:>26}" for c in cols))
+    on_front = set(front["point"].tolist())
+    for _, r in points.iterrows():
+        vals = "  ".join(f"{_short_val(r[a]):>{max(6, len(short[a]))}}" for a in axes)
+        figs = "  ".join(f"{_ci_text(c, r[c], r[f'{c}.low'], r[f'{c}.high']):>26}" for c in cols)
+        star = "*" if r["point"] in on_front else " "
+        print(f"{star} {int(r['point']):>5}  {vals}  {figs}")
+    print(f"\nrecommended: {rec['line']}")
+    print(f"results: {out} (load with hailan_sim.sweeps.load_results({out!r}))")
+    return EXIT_OK
+
+
+def _short_val(v) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _ci_text(metric: str, m: float, lo: float, hi: float) -> str:
+    def f(v: float) -> str:
+        if v != v:
+            return "-"
+        if metric.startswith("availability"):
+            return f"{v * 100:.2f}%"
+        return f"{v:.1f}"
+
+    return f"{f(m)} [{f(lo)}, {f(hi)}]"
 
 
 _COMMANDS = {"run": _cmd_run, "topology": _cmd_topology, "schema": _cmd_schema,
-             "check": _cmd_check, "replay": _cmd_replay}
+             "check": _cmd_check, "replay": _cmd_replay, "sweep": _cmd_sweep}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -14,3 +14,8 @@ from hailan_sim.sim.sweep import summary_metrics as summary_metrics  # noqa: E40
 from hailan_sim.sim.sweep import sweep as sweep  # noqa: E402
 
 __all__ += ["summary_metrics", "sweep"]
+from hailan_sim.sim.stats import mean_ci as mean_ci  # noqa: E402
+from hailan_sim.sim.stats import replicate as replicate  # noqa: E402
+from hailan_sim.sim.stats import summarise as summarise  # noqa: E402
+
+__all__ += ["mean_ci", "replicate", "summarise"]

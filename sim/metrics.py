@@ -9,7 +9,8 @@ batch into:
 * per-key summaries of the tracked completions (those that started after the warm-up):
   exact counts by outcome, sum and maximum of latency, and a log-bucketed histogram
   (buckets 1% wide, as HdrHistogram with two significant digits), so a summary percentile
-  is within 0.5% of the exact order statistic;
+  is within 0.5% of the exact order statistic; the sums and histograms are also kept per
+  outcome (a rejected call's 0 ms must not pull down the mean of served ones);
 * per-window rows for every completion, by completion time, with *exact* per-window
   percentiles: completions arrive in time order, so a window is final once the clock has
   passed its end, and only the open window's records are carried to the next batch.
@@ -68,6 +69,9 @@ class Recorder:
         self.counts = np.zeros((k, 4), dtype=np.int64)
         self.hist = np.zeros((k, _BUCKETS), dtype=np.int64)
         self.total = np.zeros(k)
+        # The same per outcome, so a rejected call's 0 ms never pulls down the served ones'.
+        self.hist_by = np.zeros((k, 4, _BUCKETS), dtype=np.int64)
+        self.total_by = np.zeros((k, 4))
         self.max = np.zeros(k)
         self._carry = np.empty((0, 5))
         self._rows: list[tuple] = []
@@ -109,6 +113,9 @@ class Recorder:
         self.counts += np.bincount(key * 4 + out, minlength=k * 4).reshape(k, 4)
         self.hist += np.bincount(key * _BUCKETS + buckets_of(lat), minlength=k * _BUCKETS).reshape(k, _BUCKETS)
         self.total += np.bincount(key, weights=lat, minlength=k)
+        ko = key * 4 + out
+        self.hist_by += np.bincount(ko * _BUCKETS + buckets_of(lat), minlength=k * 4 * _BUCKETS).reshape(k, 4, _BUCKETS)
+        self.total_by += np.bincount(ko, weights=lat, minlength=k * 4).reshape(k, 4)
         np.maximum.at(self.max, key, lat)
 
     def _windows(self, rows: np.ndarray, w: np.ndarray) -> None:
@@ -146,6 +153,29 @@ class Recorder:
             mean_ms=float(self.total[index]) / n * 1000,
             p50_ms=q(0.50), p95_ms=q(0.95), p99_ms=q(0.99), max_ms=mx * 1000,
         )
+        out.update(self.by_outcome(index))
+        return out
+
+    def by_outcome(self, index: int) -> dict:
+        """Latency (ms) of one key's tracked completions per outcome: ``<outcome>_mean_ms``
+        and ``<outcome>_p99_ms`` for each outcome, and ``ok_p50_ms``, ``ok_p95_ms`` (None
+        where an outcome never happened). Same buckets and rule as :meth:`summary`; each
+        percentile is capped at the key's maximum."""
+        mx = float(self.max[index])
+        out: dict = {}
+        for i, o in enumerate(OUTCOMES):
+            counts = self.hist_by[index, i]
+            n = int(self.counts[index, i])
+            qs = (0.50, 0.95, 0.99) if o == "ok" else (0.99,)
+            if n == 0:
+                out[f"{o}_mean_ms"] = None
+                out.update({f"{o}_p{round(p * 100)}_ms": None for p in qs})
+                continue
+            cum = np.cumsum(counts)
+            out[f"{o}_mean_ms"] = float(self.total_by[index, i]) / n * 1000
+            for p in qs:
+                b = int(np.searchsorted(cum, max(1, math.ceil(p * n))))
+                out[f"{o}_p{round(p * 100)}_ms"] = min(bucket_value(b), mx) * 1000
         return out
 
     def window_rows(self) -> list[tuple]:

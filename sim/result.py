@@ -19,7 +19,9 @@ from hailan_sim.sim.metrics import OUTCOMES
 __all__ = ["Result"]
 
 _INT_COLUMNS = {*OUTCOMES, "total", "max_queue", "orphaned_calls", "served", "rejected_at_callee"}
-_SUMMARY_COLUMNS = [*OUTCOMES, "total", "mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms"]
+_SUMMARY_COLUMNS = [*OUTCOMES, "total", "mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms",
+                    "ok_mean_ms", "ok_p50_ms", "ok_p95_ms", "ok_p99_ms",
+                    *(f"{o}_{s}_ms" for o in OUTCOMES[1:] for s in ("mean", "p99"))]
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,7 +37,9 @@ class Result:
         requests: counts by outcome of requests that started after the warm-up.
         unfinished_requests: requests still open when the drain time ran out.
         messages_pending: messages not yet acknowledged at the end.
-        endpoints: one row per endpoint: counts by outcome and latency (ms).
+        endpoints: one row per endpoint: counts by outcome and latency (ms), over all
+            outcomes and per outcome (``ok_mean_ms``, ``ok_p99_ms``, ``rejected_mean_ms``...;
+            docs/metrics.md defines each column).
         services: one row per service and infrastructure component, as its callers saw it:
             counts by outcome and latency (ms), plus utilisation (busy workers / workers,
             time-averaged after the warm-up), mean and max queue length, mean wait for a

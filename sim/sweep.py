@@ -3,6 +3,11 @@
 Each point of a sweep is a complete scenario, so a sweep is just ``simulate`` mapped over
 ``points x seeds``. Runs are independent and pure, so the table is the same whether it is
 computed serially or on a process pool; rows come back in input order.
+
+This is the quick in-memory loop for notebooks. Sweep files, fault schedules, Dask,
+results kept on disk with ``--resume``, confidence intervals and recommendations are in
+:mod:`hailan_sim.sweeps` (docs/sweeps.md); replications and intervals in
+:mod:`hailan_sim.sim.stats`.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ __all__ = ["summary_metrics", "sweep"]
 
 
 def summary_metrics(result: Result) -> dict:
-    """Default per-run figures: request outcomes, and per-endpoint success and p99."""
+    """Default per-run figures: request outcomes, per-endpoint success and p99, and per
+    service utilisation, p99 of its calls, mean queue length and mean wait for a worker."""
     req = result.requests
     total = sum(req.values())
     out: dict = {
@@ -34,6 +40,9 @@ def summary_metrics(result: Result) -> dict:
         out[f"{name}.success_ratio"] = row["ok"] / row["total"] if row["total"] else None
     for name, row in result.services.iterrows():
         out[f"{name}.utilisation"] = row["utilisation"]
+        out[f"{name}.p99_ms"] = row["p99_ms"]
+        out[f"{name}.mean_queue"] = row["mean_queue"]
+        out[f"{name}.mean_wait_ms"] = row["mean_wait_ms"]
     return out
 
 
