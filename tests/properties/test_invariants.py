@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 import hailan_sim.properties.invariants as inv
+import hailan_sim.sim.client as client_mod
 import hailan_sim.sim.engine as engine_mod
 from hailan_sim.models import breakers as B
 from hailan_sim.models import default_scenario
@@ -409,8 +410,8 @@ class _Herd(B.SpecBreaker):
 
 
 def _with_planted(monkeypatch, cls, config_type):
-    real = engine_mod.make_breaker
-    monkeypatch.setattr(engine_mod, "make_breaker",
+    real = client_mod.make_breaker  # the client pipeline builds the breakers (sim/client.py)
+    monkeypatch.setattr(client_mod, "make_breaker",
                         lambda config, **kw: cls(config) if isinstance(config, config_type) else real(config, **kw))
 
 
