@@ -19,6 +19,7 @@ from hailan_sim.models.registry import make_view
 from hailan_sim.models.retry import NoBudget
 from hailan_sim.models.tokens import KeySet, RefreshAheadCache, SpecTokenCache, issue, verify
 from hailan_sim.sim.clock import at as _at
+from hailan_sim.sim.clock import at_first as _at_first
 from hailan_sim.sim.metrics import OUTCOME_INDEX
 from hailan_sim.sim.state import _Call, _Instance, _Op
 
@@ -31,7 +32,8 @@ class ClientMixin:
     # ------------------------------------------------------------------ service tokens
 
     def _current_kid(self, now: float) -> str:
-        """The issuer signs with key k<n>, n = rotations that have happened by ``now``."""
+        """Tokens are signed with key k<n>, n = rotations that have happened by ``now`` (by
+        every caller with signing: local, by the issuer with signing: issuer)."""
         return f"k{bisect.bisect_right(self._rotations, now)}"
 
     def _published_kids(self, now: float) -> list[str]:
@@ -94,10 +96,32 @@ class ClientMixin:
         self._call_done((now, op.svc.key, OUTCOME_INDEX[outcome], 0.0, 1.0 if now >= self.warmup else 0.0))
 
     def _breaker_logged(self, br, before: int, source: str, scope: str) -> None:
+        """Log the transitions ``br`` made since ``before`` and drive its next timer."""
         for t, a, b in br.transitions[before:]:
             self._rec((t, "breaker", None, None, None, source, scope, None, a, b))
             key = f"{a}->{b}"
             self.breaker_transitions[key] = self.breaker_transitions.get(key, 0) + 1
+        due = br.next_timer(self.env.now)
+        if due is not None:
+            # A breaker's own timers (resilience4j's automatic OPEN -> HALF_OPEN, the
+            # half-open max wait) fire at their due time, ahead of calls at that instant,
+            # so each transition is logged when it happens and the log stays in time order.
+            # One pending tick per breaker; a superseded one finds another due and returns.
+            key = (source, scope)
+            if self._breaker_due.get(key) != due:
+                self._breaker_due[key] = due
+                _at_first(self.env, max(due - self.env.now, 0.0), self._breaker_tick, (br, source, scope, due))
+
+    def _breaker_tick(self, arg) -> None:
+        br, source, scope, due = arg
+        key = (source, scope)
+        if self._breaker_due.get(key) != due:
+            return
+        del self._breaker_due[key]
+        before = len(br.transitions)
+        br.tick(self.env.now)
+        self._breaker_logged(br, before, source, scope)
+
 
 class _Edge:
     """Resolved policies of one caller -> callee edge (see ``Engine._edge``)."""
@@ -118,6 +142,12 @@ class _Edge:
         self.deadline = f["deadline_propagation"]
         self.protocol = f["protocol"]
         self.channel = f["grpc_channel"]
+        if self.protocol == "grpc" and f["grpc_client"] == "spec":
+            # The spec's GrpcClient (3.3.2) is not the HttpClient: no circuitBreaker.execute
+            # around its calls and no axios timeout (gRPC sets no deadline unless the caller
+            # passes one; grpc.io "Deadlines": "By default, gRPC does not set a deadline").
+            self.timeout = None
+            self.breaker = None
         # Nothing to do but pick a random up instance: the engine's fast path.
         self.fast = not (
             registry or tokens or self.breaker or self.outlier or self.bulkhead or self.deadline
@@ -193,6 +223,12 @@ class _Logical:
     def attempt(self) -> None:
         self.attempt_no += 1
         eng = self.eng
+        edge = self.edge
+        if edge.protocol == "grpc" and edge.channel != "per_call" and self.callee in self.client.channels:
+            # GrpcClient.getClient (3.3.2): `if (this.clients.has(cacheKey)) return
+            # this.clients.get(cacheKey)`: a cached client asks the registry nothing.
+            self._choose(None)
+            return
         if eng.registry is None:
             self._choose([i.name for i in self.op.svc.up])
             return
@@ -236,14 +272,18 @@ class _Logical:
         cl = self.client
         now = eng.env.now
         outlier = None
-        if edge.outlier is not None:
+        if edge.outlier is not None and names is not None:  # None: a cached gRPC channel
             outlier = cl.outliers.get(self.callee)
             if outlier is None:
                 outlier = cl.outliers[self.callee] = OutlierDetector(edge.outlier, names, start=now)
             names = outlier.eligible(now, names)
         name = None
         sticky = edge.protocol == "grpc" and edge.channel != "per_call"
-        if sticky:
+        if sticky and names is None:
+            # A cached channel (attempt() skipped discovery for it). A call that found no
+            # channel and looked the service up picks its own instance and replaces any
+            # channel another call cached meanwhile: getClient checks `clients.has` before
+            # its `await selectServiceInstance`, and `clients.set` overwrites (3.3.2).
             name = cl.channels.get(self.callee)
         if name is None:
             if not names:
@@ -300,6 +340,20 @@ class _Logical:
         cache = cl.token_cache
         clock = eng.env.now + cl.inst.skew
         token = cache.get(clock)
+        if eng._issuer_op is None:
+            # signing: local. The spec's ServiceAuth.generateToken (3.7.1): reuse the cached
+            # token while decoded.exp * 1000 > Date.now(), else jwt.sign(payload,
+            # this.privateKey, {expiresIn: '1h'}) on this host's clock, at once: nothing on
+            # the network, so it cannot fail.
+            if token is None or cache.needs_fetch(clock):
+                now = eng.env.now
+                cache.fetch_started(now)
+                eng.counters["token_fetches"] += 1  # new tokens, however obtained
+                token = issue(clock, tp.ttl_s, eng._current_kid(now))
+                cache.fetch_done(now, token)
+            self.token = token
+            self._send()
+            return
         single = tp.cache == "refresh_ahead" and tp.single_flight
         if cache.needs_fetch(clock) and not (single and cache.in_flight):
             self._fetch_token(cache, wait=token is None)
@@ -312,7 +366,9 @@ class _Logical:
         self._send()
 
     def _fetch_token(self, cache, wait: bool) -> None:
-        """Ask the issuer (auth-service) for a token; the reply is signed on its clock."""
+        """signing: issuer. Ask the issuer (auth-service.issue_token by default) for a token
+        over the network, through the caller's client like any call; the reply is signed on
+        the issuer's clock."""
         eng = self.eng
         cl = self.client
         cache.fetch_started(eng.env.now)

@@ -114,6 +114,7 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
         skew = self._skew = {n.name: n.clock_skew_s for n in sc.nodes}
         self._edges: dict = {}
         self._clients: dict = {}
+        self._breaker_due: dict = {}  # (client, breaker scope) -> due time of its pending tick
         self.counters = {k: 0 for k in _COUNTERS}
         self.breaker_transitions: dict[str, int] = {}
         for c in sc.infrastructure:
@@ -160,10 +161,12 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
         tokens = self.policies.tokens
         self.tokens = tokens if tokens.enabled else None
         if self.tokens is not None:
-            issuer, _, issuer_op = tokens.issuer.partition(".")
-            if issuer not in self.services or issuer_op not in self.services[issuer].ops:
-                raise ValueError(f"policies.tokens.issuer: {tokens.issuer!r} is not an operation of a service")
-            self._issuer_op = self.services[issuer].ops[issuer_op]
+            self._issuer_op = None  # signing: local (the spec's ServiceAuth signs its own tokens)
+            if tokens.signing == "issuer":
+                issuer, _, issuer_op = tokens.issuer.partition(".")
+                if issuer not in self.services or issuer_op not in self.services[issuer].ops:
+                    raise ValueError(f"policies.tokens.issuer: {tokens.issuer!r} is not an operation of a service")
+                self._issuer_op = self.services[issuer].ops[issuer_op]
             self._rotations = sorted([*tokens.key_rotations_s, *self._rotations_extra])
         self.call_rec = Recorder(list(self.services), self.window)
         self._call_done = self.call_rec.buf.extend
