@@ -351,6 +351,11 @@ class _Logical:
                 eng.counters["token_fetches"] += 1  # new tokens, however obtained
                 token = issue(clock, tp.ttl_s, eng._current_kid(now))
                 cache.fetch_done(now, token)
+                # Logged (key id, exp) so that checks of the log can tell which token each
+                # call carried, as they can from the issuer's calls with signing: issuer.
+                parent = self.parent
+                eng._rec((now, "token_signed", parent.req.id, None, parent.id, cl.inst.name,
+                          cl.inst.svc.name, cl.inst.name, token.kid, str(token.exp)))
             self.token = token
             self._send()
             return

@@ -47,6 +47,8 @@ EVENTS = {
     "message_ack": "a consumer finished a message; the broker forgets it",
     "message_nack": "a delivery failed; the broker will redeliver",
     "instance_up": "an instance finished start-up and can serve",
+    "token_signed": "a caller signed a new service token itself (tokens.signing: local; "
+                    "operation = key id, outcome = exp)",
 }
 
 _CHUNK = 4096
