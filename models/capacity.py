@@ -74,10 +74,20 @@ def _lookup_registry(scenario: Scenario):
 
     def lookup(caller: str, callee: str):
         discovery = policies.discovery
+        protocol, channel = policies.protocol, policies.grpc_channel
         for edge in policies.edges:
-            if edge.caller in (None, caller) and edge.callee in (None, callee) and edge.discovery is not None:
-                discovery = edge.discovery
-        # cached/watch lookups refresh at most once per TTL per caller: negligible load.
+            if edge.caller in (None, caller) and edge.callee in (None, callee):
+                if edge.discovery is not None:
+                    discovery = edge.discovery
+                if edge.protocol is not None:
+                    protocol = edge.protocol
+                if edge.grpc_channel is not None:
+                    channel = edge.grpc_channel
+        # A gRPC edge with a cached channel looks up once per caller instance (the spec's
+        # GrpcClient.getClient, 3.3.2), and cached/watch lookups refresh at most once per
+        # TTL per caller: negligible load.
+        if protocol == "grpc" and channel != "per_call":
+            return None
         return registry if discovery.timing == "per_call" else None
 
     return lookup

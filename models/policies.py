@@ -48,10 +48,19 @@ class TokenPolicy(Frozen):
     """Service-to-service JWTs as the spec's ServiceAuth issues and checks them (3.7.1)."""
 
     enabled: bool = Field(False, description="callers send a token and callees verify it")
+    signing: Literal["local", "issuer"] = Field(
+        "local",
+        description=(
+            "local: each caller signs its own token with the platform's private key, as the spec's "
+            "ServiceAuth.generateToken does (3.7.1: jwt.sign(payload, this.privateKey)), and cannot fail "
+            "on the network; issuer: callers fetch tokens from the `issuer` operation (3.1.2 lists "
+            "auth-service as 'JWT generation')"
+        ),
+    )
     issuer: str = Field(
         "auth-service.issue_token",
         pattern=r"^[a-z][a-z0-9-]*\.[A-Za-z_][A-Za-z0-9_]*$",
-        description="the operation a caller calls to get a token",
+        description="with signing: issuer, the operation a caller calls to get a token",
     )
     ttl_s: Annotated[int, Field(ge=1)] = Field(3600, description="expiresIn (spec: '1h')")
     cache: Literal["spec", "refresh_ahead"] = Field(
@@ -111,6 +120,14 @@ class Policies(Frozen):
         "sticky_forever",
         description="gRPC edges: the spec's GrpcClient caches one client per service for ever",
     )
+    grpc_client: Literal["as_http", "spec"] = Field(
+        "as_http",
+        description=(
+            "gRPC edges: as_http: the edge's timeout_s and breaker apply as on HTTP edges; spec: the "
+            "spec's GrpcClient (3.3.2), which has no circuit breaker and sets no deadline (a call "
+            "site's own timeout_s still applies)"
+        ),
+    )
     health_check: HealthCheckConfig = Field(default_factory=HealthCheckConfig)
     tokens: TokenPolicy = Field(default_factory=TokenPolicy)
     edges: list[EdgePolicy] = Field(default_factory=list)
@@ -133,6 +150,7 @@ class EdgePolicy(Frozen):
     deadline_propagation: Optional[bool] = None
     protocol: Optional[Literal["http", "grpc"]] = None
     grpc_channel: Optional[Literal["sticky_forever", "per_call", "refresh_on_failure"]] = None
+    grpc_client: Optional[Literal["as_http", "spec"]] = None
 
     def overrides(self) -> dict[str, Any]:
         """The fields this edge sets explicitly (an explicit null counts: e.g. no timeout)."""

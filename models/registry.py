@@ -268,7 +268,13 @@ class Registry:
     def _list(self, service: str, *, passing_only: bool) -> list[str]:
         members = self._members.get(service, {})
         if not passing_only:
-            return list(members)
+            # /v1/agent/services answers a JSON object keyed by service ID, written by Go's
+            # encoding/json, which sorts map keys ("The map keys are sorted", json.Marshal);
+            # the spec iterates it with Object.entries, which keeps that order for keys that
+            # are not array indices (ECMAScript OrdinaryOwnPropertyKeys). So x-0, x-1, x-10,
+            # x-2: byte order of the ID (the spec's `${serviceName}-${serviceId}`), which for
+            # these ASCII names is Python's string order.
+            return sorted(members)
         return [inst for inst in members if self._entries[inst].status == "passing"]
 
     def _entry(self, instance: str) -> _Entry:
@@ -529,7 +535,8 @@ class Registry:
         """Every registered instance of ``service``, health ignored; None during an outage.
 
         ``/v1/agent/services`` (the spec's ``consul.agent.service.list()``) and
-        ``/v1/catalog/service`` ignore health (ref 4 "Query paths"). Registration order.
+        ``/v1/catalog/service`` ignore health (ref 4 "Query paths"). Sorted by service ID
+        as a string (``x-0, x-1, x-10, x-2``), the order of the agent's JSON object.
         """
         return self._list(service, passing_only=False) if self._up else None
 

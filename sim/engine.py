@@ -1,13 +1,19 @@
-"""The discrete-event engine: a scenario's services as servers on a SimPy clock.
+"""The discrete-event engine: a scenario's services as servers on a clock of our own.
 
-SimPy supplies the clock and the event heap (``(time, priority, event id)``, so events at
-the same instant run first-in first-out and a run is deterministic). The engine does not
-use SimPy processes or resources: every step of a call is one scheduled event carrying a
-callback and its payload (:func:`_at`), which does the work of a process switch without
-the generator machinery (:meth:`Engine.run_until` runs them, in SimPy's order). That is
-what lets a full call, with network hops, queueing and a caller-side timeout, cost little
-more than a textbook SimPy customer. Random streams are held as their samplers' ``next``
-(a draw without a Python frame).
+The clock (sim/clock.py) is a heap of ``(time, priority, event id, fn, arg)`` entries in
+SimPy's order, so events at the same instant run first-in first-out and a run is
+deterministic. Every step of a call is one scheduled entry carrying a callback and its
+payload (:func:`~hailan_sim.sim.clock.at`), which does the work of a process switch without
+the generator machinery (:meth:`Engine.run_until` runs them). That is what lets a full call,
+with network hops, queueing and a caller-side timeout, cost little more than a textbook
+SimPy customer. Random streams are held as their samplers' ``next`` (a draw without a Python
+frame).
+
+This module keeps the kernel: servers (instances, their workers and queues), calls and their
+timeouts, and the call-tree executors. The rest of :class:`Engine` lives in mixins of its own:
+the client pipeline and service tokens (sim/client.py), faults (sim/faults.py), the control
+plane (registry, health checks, reaper, autoscaling: sim/control.py) and message queues
+(sim/messages.py); the runtime records they share are in sim/state.py.
 
 Life of a call (``_start_call``): the caller picks an instance, the request pays one
 network hop, the instance serves it at once, queues it, or rejects it when its queue is
@@ -22,14 +28,9 @@ full). Every request ends with exactly one of them.
 
 from __future__ import annotations
 
-import bisect
 import functools
-from collections import deque
 from heapq import heappop, heappush
 from typing import Callable, Optional
-
-import simpy
-from simpy.events import NORMAL, URGENT
 
 from hailan_sim.models.scenario import (
     CallNode,
@@ -45,217 +46,39 @@ from hailan_sim.models.scenario import (
 )
 from hailan_sim.models.arrivals import schedule_for
 from hailan_sim.models.autoscaling import Autoscaler
-from hailan_sim.models.balancers import make_balancer
-from hailan_sim.models.breakers import OutlierDetector, make_breaker
-from hailan_sim.models.policies import EDGE_FIELDS
-from hailan_sim.models.registry import Registry, deep_check_passes, make_view
-from hailan_sim.models.retry import NoBudget
-from hailan_sim.models.tokens import KeySet, RefreshAheadCache, SpecTokenCache, issue, verify
-from hailan_sim.models.distributions import Constant, Exponential
+from hailan_sim.models.distributions import Constant
+from hailan_sim.models.registry import Registry
+from hailan_sim.sim.client import ClientMixin, _Logical
+from hailan_sim.sim.clock import NORMAL, URGENT, Clock
+from hailan_sim.sim.clock import at as _at
+from hailan_sim.sim.clock import at_first as _at_first
+from hailan_sim.sim.control import ControlPlaneMixin
 from hailan_sim.sim.eventlog import EventLog
+from hailan_sim.sim.faults import FaultsMixin
+from hailan_sim.sim.messages import MessagingMixin
 from hailan_sim.sim.metrics import OUTCOME_INDEX, Recorder
 from hailan_sim.sim.rng import Streams
+from hailan_sim.sim.state import (
+    _UNIT_EXP,
+    _UNSET,
+    _Call,
+    _Endpoint,
+    _Instance,
+    _Op,
+    _Request,
+    _Route,
+    _Service,
+    _TimerQueue,
+    _index,
+)
 
 __all__ = ["Engine"]
-
-
-def _at(env: simpy.Environment, delay: float, fn: Callable, arg) -> None:
-    """Schedule ``fn(arg)`` after ``delay``.
-
-    NOTE: for speed an event is a bare heap entry ``(time, priority, event id, fn, arg)``,
-    not a SimPy ``Event``: no object, no callback list, and :meth:`Engine.run_until` calls
-    ``fn(arg)`` directly. The key ``(time, priority, id)`` is SimPy's own (``env._now +
-    delay``, ``NORMAL``, the next id of its counter), so events run in SimPy's order. Hot
-    paths inline this push.
-    """
-    heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), fn, arg))
-
-
-def _at_first(env: simpy.Environment, delay: float, fn: Callable, arg) -> None:
-    """Like :func:`_at`, but ahead of ordinary events at the same instant (and of the
-    runner's stop at that instant): for bookkeeping that must see a boundary time."""
-    heappush(env._queue, (env._now + delay, URGENT, next(env._eid), fn, arg))
-
-
-# --------------------------------------------------------------------------- runtime state
-
-
-class _Instance:
-    __slots__ = (
-        "name", "svc", "index", "node", "zone", "workers", "free", "queue", "qlimit", "up",
-        "last", "qarea", "barea", "qmax", "served", "rejected", "orphans", "orphan_s",
-        "snap", "credit", "wait_sum", "wait_n", "skew", "check_gen", "keys", "draining",
-        "calls", "hung", "slow", "fault_err",
-    )
-
-    def __init__(self, svc: "_Service", index: int, node: str, zone: str) -> None:
-        self.name = f"{svc.name}-{index}"
-        self.svc = svc
-        self.index = index
-        self.node = node
-        self.zone = zone
-        self.workers = svc.workers
-        self.free = svc.workers
-        self.queue: deque = deque()
-        self.qlimit = svc.qlimit
-        self.up = False
-        self.last = 0.0
-        self.qarea = 0.0  # integral of queue length over time
-        self.barea = 0.0  # integral of busy workers over time
-        self.qmax = 0
-        self.served = 0
-        self.rejected = 0
-        self.orphans = 0
-        self.orphan_s = 0.0
-        self.snap = [0.0, 0.0, 0.0, 0.0]  # (qarea, barea) at warm-up, then at the end
-        self.credit = 0  # unacknowledged deliveries this instance may still take
-        self.wait_sum = 0.0  # time tracked calls spent queued here before a worker took them
-        self.wait_n = 0
-        self.skew = 0.0  # this host's clock minus true time
-        self.check_gen = 0  # bumps on (re)registration so stale health-check timers are ignored
-        self.keys = None  # the verifier's key cache (service tokens)
-        self.draining = False  # scaled in: finishing its work, then it stops
-        self.calls: dict = {}  # calls whose work is in progress here (lost if it crashes)
-        self.hung = False  # accepts calls, never answers (fault)
-        self.slow = 1.0  # service-time factor (fault)
-        self.fault_err = 0.0  # extra chance a call fails (fault)
-
-
-class _Op:
-    __slots__ = ("name", "svc", "sample", "err_p", "err_u", "tree", "blocking", "key",
-                 "idempotent", "max_wait")
-
-    def __init__(self, svc, name, sample, err_p, err_u, tree, blocking, idempotent=False, max_wait=None):
-        self.svc = svc
-        self.name = name
-        self.sample = sample
-        self.err_p = err_p
-        self.err_u = err_u
-        self.tree = tree
-        self.blocking = blocking
-        self.key = f"{svc.name}.{name}" if name else svc.name
-        self.idempotent = idempotent
-        self.max_wait = max_wait  # load shedding: longest a call may wait for a worker
-
-
-class _Service:
-    """A service or an infrastructure component: a set of identical instances."""
-
-    __slots__ = ("name", "infra", "workers", "qlimit", "instances", "up", "ops", "key",
-                 "startup", "consumers", "placement", "scaler", "starting", "scale_areas", "routes")
-
-    def __init__(self, name, infra, workers, qlimit, startup):
-        self.name = name
-        self.infra = infra
-        self.workers = workers
-        self.qlimit = qlimit
-        self.startup = startup
-        self.instances: list[_Instance] = []
-        self.up: list[_Instance] = []
-        self.ops: dict[Optional[str], _Op] = {}
-        self.key = 0  # row of this service in the engine's call recorder
-        self.consumers: list = []  # message queues this service consumes from
-        self.placement: list = []  # (node, zone) for instance 0, 1, ... (cycled)
-        self.scaler = None  # models.autoscaling.Autoscaler, if the service autoscales
-        self.starting = 0  # instances added by autoscaling that are still starting up
-        self.scale_areas = (0.0, 0.0)  # busy and queue integrals at the last evaluation
-        self.routes: dict[str, _Route] = {}  # caller (service or client) name -> its route here
-
-
-class _Call:
-    __slots__ = ("id", "req", "source", "src_svc", "op", "inst", "t0", "k",
-                 "finished", "t_abandon", "status", "track", "t_arrive", "deadline",
-                 "token", "auth_failed", "lost", "expires", "route", "pushback")
-
-    def __init__(self, cid, req, source, src_svc, op, t0, k, track, route, token):
-        self.id = cid
-        self.req = req
-        self.source = source
-        self.src_svc = src_svc
-        self.op = op
-        self.inst = None
-        self.t0 = t0
-        self.k = k
-        self.finished = False
-        self.t_abandon = None
-        self.status = None
-        self.track = track  # 1.0: started after the warm-up, counts in the summaries
-        self.deadline = None  # with deadline propagation: when the caller stops waiting
-        self.token = token  # the service token the caller sent, if any
-        self.auth_failed = False  # the callee answered 401
-        self.lost = False  # the instance died or hung with this call: nothing more happens here
-        self.route = route  # the network path between caller and callee (a _Route)
-        self.pushback = False  # the callee's own retries failed: "don't retry" (RetryPolicy.pushback)
-
-
-_UNSET = object()  # a _Route's sampler not looked up yet
-
-
-class _Route:
-    """The path from one caller (a service, or an endpoint's client) to one callee service:
-    its hop samplers each way and the caller's instance-pick stream.
-
-    NOTE: for speed; these were two tuple-keyed dict look-ups (``Engine._link``,
-    ``Engine._pick``) per call. Each is still looked up lazily, at its first use, so streams
-    are handed out in the same order as before.
-    """
-
-    __slots__ = ("src", "dst", "there", "back", "pick")
-
-    def __init__(self, src: str, dst: str) -> None:
-        self.src = src
-        self.dst = dst
-        self.there = _UNSET  # latency sampler src -> dst, or None (always 0)
-        self.back = _UNSET  # latency sampler dst -> src, or None
-        self.pick = None  # uniform stream src uses to pick among dst's instances
-
-
-class _TimerQueue:
-    """Open calls with one timeout duration, in deadline order (see ``Engine._arm``)."""
-
-    __slots__ = ("timeout", "calls", "armed")
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self.calls: deque = deque()
-        self.armed = False
-
-
-class _Request:
-    __slots__ = ("id", "ep", "t0", "track")
-
-    def __init__(self, rid, ep, t0, track):
-        self.id = rid
-        self.ep = ep
-        self.t0 = t0
-        self.track = track
-
-
-class _Endpoint:
-    # ``client`` is the source name of its requests' first call: each endpoint's users are
-    # their own component, with their own network and instance-pick streams.
-    __slots__ = ("name", "entry", "timeout", "schedule", "draw", "key", "client")
-
-
-class _MessageQueue:
-    """One queue on the broker per consumer operation (a binding), RabbitMQ style:
-    messages wait while no consumer instance is up or has prefetch credit left."""
-
-    __slots__ = ("broker", "op", "ready", "inflight", "rr", "delay")
-
-    def __init__(self, broker, op, delay):
-        self.broker = broker
-        self.op = op
-        self.ready: deque = deque()
-        self.inflight = 0
-        self.rr = 0
-        self.delay = delay
 
 
 # --------------------------------------------------------------------------- the engine
 
 
-class Engine:
+class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
     """One run of one scenario. Build it, call :meth:`run`, read its counters."""
 
     def __init__(self, scenario: Scenario, *, keep_events: bool = False) -> None:
@@ -264,7 +87,7 @@ class Engine:
         self.duration = run.duration_s
         self.warmup = run.warmup_s
         self.window = run.window_s
-        self.env = simpy.Environment()
+        self.env = Clock()  # our own clock and event heap (sim/clock.py)
         self.streams = Streams(run.seed)
         self.log = EventLog(keep=keep_events)
         self._rec = self.log.buf.append
@@ -291,6 +114,7 @@ class Engine:
         skew = self._skew = {n.name: n.clock_skew_s for n in sc.nodes}
         self._edges: dict = {}
         self._clients: dict = {}
+        self._breaker_due: dict = {}  # (client, breaker scope) -> due time of its pending tick
         self.counters = {k: 0 for k in _COUNTERS}
         self.breaker_transitions: dict[str, int] = {}
         for c in sc.infrastructure:
@@ -337,10 +161,12 @@ class Engine:
         tokens = self.policies.tokens
         self.tokens = tokens if tokens.enabled else None
         if self.tokens is not None:
-            issuer, _, issuer_op = tokens.issuer.partition(".")
-            if issuer not in self.services or issuer_op not in self.services[issuer].ops:
-                raise ValueError(f"policies.tokens.issuer: {tokens.issuer!r} is not an operation of a service")
-            self._issuer_op = self.services[issuer].ops[issuer_op]
+            self._issuer_op = None  # signing: local (the spec's ServiceAuth signs its own tokens)
+            if tokens.signing == "issuer":
+                issuer, _, issuer_op = tokens.issuer.partition(".")
+                if issuer not in self.services or issuer_op not in self.services[issuer].ops:
+                    raise ValueError(f"policies.tokens.issuer: {tokens.issuer!r} is not an operation of a service")
+                self._issuer_op = self.services[issuer].ops[issuer_op]
             self._rotations = sorted([*tokens.key_rotations_s, *self._rotations_extra])
         self.call_rec = Recorder(list(self.services), self.window)
         self._call_done = self.call_rec.buf.extend
@@ -439,7 +265,7 @@ class Engine:
                         # Running at t=0: registered long ago and passing, unless the run
                         # is a cold start (then it registers now, critical until checked).
                         self._register(inst, warm=not cold)
-        self._queues: dict[str, _MessageQueue] = {}
+        self._queues: dict = {}  # "broker/target.op" -> its _MessageQueue (sim/messages.py)
         for e in self.endpoints:
             t = e.schedule.next_arrival(0.0, e.draw())
             if t < self.duration:
@@ -463,7 +289,7 @@ class Engine:
 
     def _instance_up(self, inst: _Instance) -> None:
         self._set_up(inst)
-        self._rec((self.env._now, "instance_up", None, None, None, None, inst.svc.name, inst.name, None, None))
+        self._rec((self.env.now, "instance_up", None, None, None, None, inst.svc.name, inst.name, None, None))
         if inst.svc.infra is None:
             self._register(inst, warm=False)  # the spec registers at start-up, and only then
         for q in inst.svc.consumers:
@@ -484,45 +310,44 @@ class Engine:
     def run_until(self, until: float) -> None:
         """Run every event due before ``until``, then set the clock to ``until``.
 
-        The same events in the same order as ``self.env.run(until=until)``: SimPy stops at
-        an URGENT event it schedules at ``until`` (so urgent events already scheduled for
-        that instant run first, ordinary ones in the next slice), and its time and event id
-        are computed here the same way, so the clock and :meth:`env_events` agree too.
-
-        NOTE: our own loop because the heap holds bare ``(time, priority, id, fn, arg)``
-        entries (see :func:`_at`): SimPy's ``step`` would want an ``Event``, and calling
-        ``fn(arg)`` here saves a frame per event.
+        The same events in the same order as SimPy's ``env.run(until=until)`` would run them
+        (the engine ran on SimPy's environment until it got a clock of its own, sim/clock.py,
+        and every event log stayed byte-identical across that change): the run stops at an
+        URGENT entry for ``until``, so urgent events already scheduled for that instant run
+        first and ordinary ones in the next slice.
         """
         env = self.env
-        queue = env._queue
-        now = env._now
+        queue = env.queue
+        now = env.now
         at = until if isinstance(until, int) else float(until)
         if at <= now:
             raise ValueError(f"until ({at}) must be greater than the current simulation time")
-        stop = (now + (at - now), URGENT, next(env._eid))
+        stop = (now + (at - now), URGENT, next(env.eid))
         while queue and queue[0] < stop:
-            env._now, _, _, fn, arg = heappop(queue)
+            env.now, _, _, fn, arg = heappop(queue)
             fn(arg)
-        env._now = stop[0]
-        # SimPy re-queues its stop event once more (another id; the next run pops it as an
-        # event that does nothing): take the id, and count it as pending until then.
-        next(env._eid)
+        env.now = stop[0]
+        # Counted as SimPy counted it (it re-queued its stop event once more, with another
+        # id, popped by the next run as an event that does nothing), so that sim_events
+        # keeps its meaning: take the id, and count it as pending until then.
+        next(env.eid)
         self._stop_pending = 1
 
     def env_events(self) -> int:
-        """Events the SimPy kernel has processed so far.
+        """Kernel events processed so far (``sim_events`` in a result).
 
-        NOTE: read from SimPy's event-id counter (scheduled so far, plus one stop per
-        :meth:`run_until`, as ``env.run`` would count it) less what is still on its heap;
-        counting in our own hot path would cost every event a call.
+        NOTE: the id counter (scheduled so far, plus one stop per :meth:`run_until`, as
+        SimPy's ``env.run`` counted it) less what is still on the heap; counting in the hot
+        path would cost every event a call. Reading it takes an id, which orders nothing
+        (ids only break ties between entries already scheduled).
         """
-        return next(self.env._eid) - len(self.env._queue) - self._stop_pending
+        return next(self.env.eid) - len(self.env.queue) - self._stop_pending
 
     # ------------------------------------------------------------------ arrivals & requests
 
     def _arrival(self, e: _Endpoint) -> None:
         env = self.env
-        now = env._now
+        now = env.now
         t = e.schedule.next_arrival(now, e.draw())
         if t < self.duration:
             _at(env, t - now, self._arrival, e)
@@ -549,7 +374,7 @@ class Engine:
                          lambda out: self._request_done(req, out))
 
     def _request_done(self, req: _Request, outcome: str) -> None:
-        now = self.env._now
+        now = self.env.now
         self.outstanding -= 1
         self._rec((now, "request_end", req.id, None, None, req.ep.client, req.ep.name, None, None, outcome))
         self._request_done_rec((now, req.ep.key, OUTCOME_INDEX[outcome], now - req.t0, req.track))
@@ -560,7 +385,7 @@ class Engine:
                     op: _Op, timeout: Optional[float], k: Callable, inst: Optional[_Instance] = None,
                     deadline: Optional[float] = None, token=None) -> _Call:
         env = self.env
-        now = env._now
+        now = env.now
         self.n_calls += 1
         svc = op.svc
         src = source if src_svc is None else src_svc.name
@@ -610,7 +435,7 @@ class Engine:
         elif hop is None:
             self._arrive_at(c)
         else:
-            heappush(env._queue, (now + hop(), NORMAL, next(env._eid), self._arrive_at, c))  # _at, inlined
+            heappush(env.queue, (now + hop(), NORMAL, next(env.eid), self._arrive_at, c))  # _at, inlined
         if timeout is not None:
             self._arm(c, timeout)
         return c
@@ -625,7 +450,7 @@ class Engine:
         q = self._timers.get(timeout)
         if q is None:
             q = self._timers[timeout] = _TimerQueue(timeout)
-        c.expires = self.env._now + timeout
+        c.expires = self.env.now + timeout
         q.calls.append(c)
         if not q.armed:
             self._arm_head(q)
@@ -637,11 +462,11 @@ class Engine:
         if calls:
             q.armed = True
             env = self.env
-            heappush(env._queue, (calls[0].expires, NORMAL, next(env._eid), self._timers_due, q))
+            heappush(env.queue, (calls[0].expires, NORMAL, next(env.eid), self._timers_due, q))
 
     def _timers_due(self, q: _TimerQueue) -> None:
         q.armed = False
-        now = self.env._now
+        now = self.env.now
         calls = q.calls
         while calls:
             c = calls[0]
@@ -655,16 +480,6 @@ class Engine:
                 break
         self._arm_head(q)
 
-    def _gateway_targets(self, svc: _Service) -> list:
-        """The instances the gateway routes to: those Consul's DNS interface would return
-        (critical ones excluded; ref 4 "DNS"), or the last such list while the registry is
-        unreachable (allow_stale)."""
-        names = self.registry.health_passing(svc.name)
-        if names is None:
-            return self._gateway_last.get(svc.name, svc.up)
-        targets = [self.instance_by_name[n] for n in names]
-        self._gateway_last[svc.name] = targets
-        return targets
 
     def _pick(self, src: str, dst: str):
         """The uniform stream ``src`` uses to pick among ``dst``'s instances.
@@ -686,7 +501,7 @@ class Engine:
 
     def _arrive_at(self, c: _Call) -> None:
         inst = c.inst
-        c.t_arrive = now = self.env._now
+        c.t_arrive = now = self.env.now
         if not inst.up:
             self._answer(c, "error")  # connection refused
             return
@@ -716,14 +531,14 @@ class Engine:
             return
         if c.track:
             inst.rejected += 1
-        self._rec((self.env._now, "work_end", c.req.id, c.id, None, c.source, inst.svc.name,
+        self._rec((self.env.now, "work_end", c.req.id, c.id, None, c.source, inst.svc.name,
                    inst.name, c.op.name, "rejected"))
         self._answer(c, "rejected")
 
     def _serve(self, c: _Call) -> bool:
         """A worker takes ``c``; False if it was shed instead (the worker stays free)."""
         env = self.env
-        now = env._now
+        now = env.now
         op = c.op
         if (c.deadline is not None and now >= c.deadline) or (
             op.max_wait is not None and now - c.t_arrive > op.max_wait
@@ -734,17 +549,17 @@ class Engine:
         if c.track:
             inst.wait_sum += now - c.t_arrive
             inst.wait_n += 1
-        heappush(env._queue, (now + op.sample() * inst.slow, NORMAL, next(env._eid), self._served, c))  # _at
+        heappush(env.queue, (now + op.sample() * inst.slow, NORMAL, next(env.eid), self._served, c))  # _at
         return True
 
     def _shed(self, c: _Call) -> None:
         """Drop a call at the moment a worker would take it: its caller's deadline has
         passed (deadline propagation) or it waited longer than the shedding limit."""
         inst = c.inst
-        late = c.deadline is not None and self.env._now >= c.deadline
+        late = c.deadline is not None and self.env.now >= c.deadline
         self.counters["deadline_drops" if late else "shed"] += 1
         inst.calls.pop(c.id, None)
-        self._rec((self.env._now, "work_end", c.req.id, c.id, None, c.source, inst.svc.name, inst.name,
+        self._rec((self.env.now, "work_end", c.req.id, c.id, None, c.source, inst.svc.name, inst.name,
                    c.op.name, "rejected"))
         self._answer(c, "rejected")
 
@@ -768,7 +583,7 @@ class Engine:
             self._work_done(c, "ok")
 
     def _release(self, inst: _Instance) -> None:
-        now = self.env._now
+        now = self.env.now
         dt = now - inst.last  # self._touch(inst), inlined (hot path)
         if dt:
             inst.qarea += len(inst.queue) * dt
@@ -784,7 +599,7 @@ class Engine:
 
     def _touch(self, inst: _Instance) -> None:
         """Advance the instance's queue-length and busy-worker integrals to now."""
-        now = self.env._now
+        now = self.env.now
         dt = now - inst.last
         if dt:
             inst.qarea += len(inst.queue) * dt
@@ -805,7 +620,7 @@ class Engine:
         del inst.calls[c.id]
         if c.op.blocking:
             self._release(inst)
-        now = self.env._now
+        now = self.env.now
         if c.track:
             inst.served += 1
         if c.t_abandon is not None:
@@ -836,7 +651,7 @@ class Engine:
             self._deliver(c)
         else:
             env = self.env
-            heappush(env._queue, (env._now + hop(), NORMAL, next(env._eid), self._deliver, c))  # _at
+            heappush(env.queue, (env.now + hop(), NORMAL, next(env.eid), self._deliver, c))  # _at
 
     def _complete(self, c: _Call, outcome: str) -> None:
         """The caller gets ``outcome`` for ``c`` now (its own timeout, or a failure before sending)."""
@@ -849,7 +664,7 @@ class Engine:
             return
         outcome = c.status
         c.finished = True
-        now = self.env._now
+        now = self.env.now
         svc = c.op.svc
         inst = c.inst
         self._rec((now, "call_end", c.req.id, c.id, None, c.source, svc.name,
@@ -859,501 +674,12 @@ class Engine:
         k, c.k = c.k, None  # the continuation usually closes over c: break the cycle
         k(outcome)
 
-    # ------------------------------------------------------------------ faults
 
-    def _fault_u(self, key) -> "Callable[[], float]":
-        """A uniform stream for fault draws about ``key`` (an instance, a link, a spike)."""
-        name = key.name if isinstance(key, _Instance) else str(key)
-        u = self._fault_us.get(name)
-        if u is None:
-            u = self._fault_us[name] = self.streams.uniform(f"fault/{name}").next
-        return u
-
-    def _fault_instances(self, f) -> list:
-        """The instances (of services and infrastructure) a fault's target covers."""
-        kind = f.kind
-        every = [i for svc in self.services.values() for i in svc.instances]
-        if kind in ("crash_instance", "drain_instance", "hang"):
-            return [self.instance_by_name[f.instance]]
-        if kind == "crash_service":
-            return list(self.services[f.service].instances)
-        if kind == "crash_node":
-            return [i for i in every if i.node == f.node]
-        if kind == "crash_zone":
-            return [i for i in every if i.zone == f.zone]
-        if kind in ("slow", "error_rate"):
-            if f.target in self.services:
-                return list(self.services[f.target].instances)
-            return [self.instance_by_name[f.target]]
-        if kind == "infra_outage":
-            return list(self.services[f.component].instances)
-        if kind == "registry_outage":
-            return list(self.registry_svc.instances)
-        if kind == "clock_skew":
-            return [i for i in every if i.node == f.node]
-        return []
-
-    def _fault_log(self, event: str, i: int, f) -> None:
-        target = next((getattr(f, k) for k in ("instance", "service", "node", "zone", "target",
-                                                "component", "endpoint") if hasattr(f, k)), None)
-        if f.kind in ("partition", "link_latency"):
-            target = f"{f.a}|{f.b}"
-        self._rec((self.env._now, event, None, None, None, None, target, None, f.kind, str(i)))
-
-    def _fault_start(self, arg) -> None:
-        i, f = arg
-        self._fault_log("fault_start", i, f)
-        kind = f.kind
-        now = self.env._now
-        if kind in ("crash_instance", "crash_service", "crash_node", "crash_zone", "infra_outage"):
-            for inst in self._fault_instances(f):
-                self._crash(inst)
-        elif kind == "drain_instance":
-            inst = self.instance_by_name[f.instance]
-            if inst.up and not inst.draining:
-                self._drain(inst)
-        elif kind == "hang":
-            self.instance_by_name[f.instance].hung = True
-        elif kind == "slow":
-            for inst in self._fault_instances(f):
-                inst.slow *= f.factor
-        elif kind == "error_rate":
-            for inst in self._fault_instances(f):
-                inst.fault_err = 1 - (1 - inst.fault_err) * (1 - f.fraction)
-        elif kind == "partition":
-            for key in ((f.a, f.b), (f.b, f.a)):
-                self._blocked[key] = self._blocked.get(key, 0) + 1
-        elif kind == "link_latency":
-            for key in ((f.a, f.b), (f.b, f.a)):
-                self._slow_links.setdefault(key, []).append((f.added_ms / 1000, f.loss, i))
-        elif kind == "registry_outage":
-            for inst in self._fault_instances(f):
-                self._crash(inst)
-            self._registry_events(self.registry.set_registry_up(now, False))
-        elif kind == "clock_skew":
-            for inst in self._fault_instances(f):
-                inst.skew += f.skew_s
-        elif kind == "load_spike":
-            self._spike(i, f)
-        # key_rotation: the issuer's key schedule already includes it (see _build)
-
-    def _fault_end(self, arg) -> None:
-        i, f = arg
-        self._fault_log("fault_end", i, f)
-        kind = f.kind
-        now = self.env._now
-        if kind in ("crash_instance", "crash_service", "crash_node", "crash_zone"):
-            if f.restart:
-                for inst in self._fault_instances(f):
-                    self._restart(inst)
-        elif kind == "infra_outage":
-            for inst in self._fault_instances(f):
-                self._restart(inst)
-        elif kind == "drain_instance":
-            self._restart(self.instance_by_name[f.instance])
-        elif kind == "hang":
-            inst = self.instance_by_name[f.instance]
-            inst.hung = False
-            # It comes back by restarting (a watchdog kill): what it held is lost.
-            self._crash(inst)
-            self._restart(inst)
-        elif kind == "slow":
-            for inst in self._fault_instances(f):
-                inst.slow /= f.factor
-        elif kind == "error_rate":
-            for inst in self._fault_instances(f):
-                inst.fault_err = 0.0 if f.fraction == 1 else 1 - (1 - inst.fault_err) / (1 - f.fraction)
-        elif kind == "partition":
-            for key in ((f.a, f.b), (f.b, f.a)):
-                self._blocked[key] -= 1
-                if not self._blocked[key]:
-                    del self._blocked[key]
-        elif kind == "link_latency":
-            for key in ((f.a, f.b), (f.b, f.a)):
-                self._slow_links[key] = [x for x in self._slow_links[key] if x[2] != i]
-                if not self._slow_links[key]:
-                    del self._slow_links[key]
-        elif kind == "registry_outage":
-            for inst in self._fault_instances(f):
-                self._restart(inst)
-            self._registry_events(self.registry.set_registry_up(now, True))
-        elif kind == "clock_skew":
-            for inst in self._fault_instances(f):
-                inst.skew -= f.skew_s
-
-    def _crash(self, inst: _Instance) -> None:
-        """The process dies: every call it holds is reset (its caller gets an error), it
-        stays registered (nobody deregisters a dead process), checks start failing."""
-        if not inst.up:
-            return
-        self._touch(inst)
-        inst.up = False
-        inst.hung = False
-        inst.draining = False
-        if inst in inst.svc.up:
-            inst.svc.up.remove(inst)
-        now = self.env._now
-        self._rec((now, "instance_down", None, None, None, None, inst.svc.name, inst.name, None, None))
-        lost = list(inst.calls.values())
-        inst.calls.clear()
-        inst.queue.clear()
-        inst.free = inst.workers
-        for c in lost:
-            c.lost = True
-            self._rec((now, "work_end", c.req.id, c.id, None, c.source, inst.svc.name, inst.name,
-                       c.op.name, "error"))
-            self._answer(c, "error")  # connection reset
-
-    def _restart(self, inst: _Instance) -> None:
-        """Start the instance again: it pays its start-up, then comes up and registers."""
-        if inst.up:
-            return
-        if inst.svc.infra is not None:
-            self._set_up(inst)
-            self._rec((self.env._now, "instance_up", None, None, None, None, inst.svc.name, inst.name, None, None))
-            return
-        _at(self.env, inst.svc.startup, self._instance_up, inst)
-
-    def _net_fault(self, source: str, src_svc, inst: _Instance) -> Optional[float]:
-        """Extra delay on a hop between a caller and ``inst`` under network faults, or None
-        when the packet is dropped (a partition, or loss)."""
-        # A gateway's or a broker's calls carry its component name as both the sender and
-        # the sender's service: look each link up once.
-        ends_a = (source, src_svc.name) if src_svc is not None and src_svc.name != source else (source,)
-        ends_b = (inst.name, inst.svc.name)
-        extra = 0.0
-        for a in ends_a:
-            for b in ends_b:
-                if (a, b) in self._blocked:
-                    return None
-                for added, loss, i in self._slow_links.get((a, b), ()):
-                    if loss and self._fault_u(f"link{i}")() < loss:
-                        return None
-                    extra += added
-        return extra
-
-    def _spike(self, i: int, f) -> None:
-        """Extra arrivals for the endpoint during the spike, on their own stream, so the
-        baseline's arrivals are untouched (common random numbers)."""
-        e = next(e for e in self.endpoints if e.name == f.endpoint)
-        ep = next(x for x in self.scenario.workload.endpoints if x.name == f.endpoint)
-        factor = f.factor - 1.0
-        if ep.arrival is not None:
-            schedule = schedule_for(ep.arrival, factor)
-        else:
-            schedule = schedule_for(self.scenario.workload.arrival, self.scenario.workload.shares()[ep.name] * factor)
-        draw = self.streams.sampler(f"fault/{i}/arrive", _UNIT_EXP).next
-        end = min(f.end_s() or self.duration, self.duration)
-        state = (e, schedule, draw, end)
-        t = schedule.next_arrival(self.env._now, draw())
-        if t < end:
-            _at(self.env, t - self.env._now, self._spike_arrival, state)
-
-    def _spike_arrival(self, state) -> None:
-        e, schedule, draw, end = state
-        now = self.env._now
-        t = schedule.next_arrival(now, draw())
-        if t < end:
-            _at(self.env, t - now, self._spike_arrival, state)
-        self._request(e, now)
-
-    # ------------------------------------------------------------------ autoscaling
-
-    def _autoscale(self, svc: _Service) -> None:
-        """Measure the last interval, ask the service's autoscaler, add or drain instances."""
-        env = self.env
-        now = env._now
-        policy = svc.scaler.policy
-        if now < self.duration:
-            _at(env, policy.interval_s, self._autoscale, svc)
-        serving = [i for i in svc.up if not i.draining]
-        busy = queue = 0.0
-        for inst in svc.instances:
-            self._touch(inst)
-            busy += inst.barea
-            queue += inst.qarea
-        d_busy, d_queue = busy - svc.scale_areas[0], queue - svc.scale_areas[1]
-        svc.scale_areas = (busy, queue)
-        if not serving:
-            metric = float("inf")
-        elif policy.metric == "utilisation":
-            metric = d_busy / (svc.workers * len(serving) * policy.interval_s)
-        else:
-            metric = d_queue / (len(serving) * policy.interval_s)
-        delta = svc.scaler.decide(now, metric, len(serving) + svc.starting)
-        if delta:
-            self.counters["scale_out" if delta > 0 else "scale_in"] += abs(delta)
-            self._rec((now, "autoscale", None, None, None, None, svc.name, None, policy.metric, str(delta)))
-        for _ in range(delta):
-            inst = _Instance(svc, len(svc.instances), *svc.placement[len(svc.instances) % len(svc.placement)])
-            inst.skew = self._skew[inst.node]
-            inst.last = now
-            svc.instances.append(inst)
-            self.instance_by_name[inst.name] = inst
-            svc.starting += 1
-            _at(env, svc.startup, self._scaled_up, inst)
-        for _ in range(-delta):
-            inst = max((i for i in svc.up if not i.draining), key=_index)
-            self._drain(inst)
-
-    def _scaled_up(self, inst: _Instance) -> None:
-        inst.svc.starting -= 1
-        self._instance_up(inst)
-
-    def _drain(self, inst: _Instance) -> None:
-        """Graceful stop: deregister (spec 3.2.1 deregisterService), take no new work from
-        the balancer's fast path, finish what it has, then stop."""
-        inst.draining = True
-        inst.svc.up.remove(inst)
-        self._rec((self.env._now, "instance_drain", None, None, None, None, inst.svc.name, inst.name, None, None))
-        if self.registry is not None and self.registry.is_registered(inst.name):
-            self._registry_events(self.registry.deregister(self.env._now, inst.name))
-        if inst.free == inst.workers and not inst.queue:
-            self._stop(inst)
-
-    def _stop(self, inst: _Instance) -> None:
-        self._touch(inst)
-        inst.up = False
-        inst.draining = False
-        self._rec((self.env._now, "instance_stop", None, None, None, None, inst.svc.name, inst.name, None, None))
-
-    # ------------------------------------------------------------------ registry and health checks
-
-    def _registry_events(self, events) -> None:
-        """Log what the registry model did; events carry their own (due) times."""
-        now = self.env._now
-        for instance, (kind, detail) in events:
-            self._rec((now, "registry", None, None, None, None,
-                       self.registry.service_of(instance) if instance and self.registry.is_registered(instance) else None,
-                       instance, kind, None if detail is None else str(detail)))
-            if kind == "deregistered":
-                self.counters["deregistrations"] += 1
-        nxt = self.registry.next_timer(now)
-        if nxt is not None and (self._registry_timer is None or nxt < self._registry_timer):
-            self._registry_timer = nxt
-            _at(self.env, max(nxt - now, 0.0), self._registry_tick, nxt)
-
-    def _registry_tick(self, due: float) -> None:
-        if self._registry_timer != due:
-            return  # superseded by an earlier timer
-        self._registry_timer = None
-        self._registry_events(self.registry.tick(self.env._now))
-
-    def _register(self, inst: _Instance, warm: bool) -> None:
-        """Register with the registry (spec 3.2.1) and start the instance's health check."""
-        if self.registry is None:
-            return
-        now = self.env._now
-        check = self.policies.health_check
-        if warm:
-            check = check.model_copy(update={"initial_status": "passing"})
-        self._registry_events(self.registry.register(now, inst.name, inst.svc.name, check=check))
-        if self.registry.is_registered(inst.name):
-            inst.check_gen += 1
-            t = self.registry.schedule_first_check(now, inst.name, self._check_u[inst.svc.name])
-            _at(self.env, t - now, self._check, (inst, inst.check_gen))
-
-    def _check(self, arg) -> None:
-        """Consul runs the instance's HTTP check; the instance answers per its check content."""
-        inst, gen = arg
-        reg = self.registry
-        if gen != inst.check_gen or not reg.is_registered(inst.name):
-            return
-        now = self.env._now
-        cut = self._blocked and self._net_fault(self.registry_svc.name, self.registry_svc, inst) is None
-        if inst.up and (inst.hung or cut):
-            # No answer: the check fails when its timeout runs out.
-            _at(self.env, self.policies.health_check.timeout_s, self._check_failed, (inst, gen))
-            return
-        passing = inst.up and (
-            self.policies.health_check.content == "shallow" or self._deep_check()
-        )
-        self._check_result(inst, gen, passing)
-
-    def _check_failed(self, arg) -> None:
-        inst, gen = arg
-        if gen == inst.check_gen and self.registry.is_registered(inst.name):
-            self._check_result(inst, gen, False)
-
-    def _check_result(self, inst: _Instance, gen: int, passing: bool) -> None:
-        now = self.env._now
-        reg = self.registry
-        self._registry_events(reg.record_check(now, inst.name, passing))
-        nxt = reg.next_check(inst.name)
-        if nxt is not None:
-            _at(self.env, nxt - now, self._check, (inst, gen))
-
-    def _deep_check(self) -> bool:
-        """The spec's HealthCheckService.checkHealth (3.2.2) run inside an instance."""
-        def up(kind: str) -> bool:
-            return all(i.up for svc in self.services.values() if svc.infra is not None
-                       and svc.infra.kind == kind for i in svc.instances)
-
-        def discover(service: str):
-            # A scenario without the spec's auth-/payment-service has nothing to look up.
-            return self.registry.agent_list(service) if service in self.services else ["-"]
-
-        return deep_check_passes(up("database"), up("cache"), discover)
-
-    # ------------------------------------------------------------------ service tokens
-
-    def _current_kid(self, now: float) -> str:
-        """The issuer signs with key k<n>, n = rotations that have happened by ``now``."""
-        return f"k{bisect.bisect_right(self._rotations, now)}"
-
-    def _published_kids(self, now: float) -> list[str]:
-        return [f"k{i}" for i in range(bisect.bisect_right(self._rotations, now) + 1)]
-
-    def _verify(self, c: _Call, inst: _Instance) -> bool:
-        """The callee checks the caller's token on its own clock; False: it answered 401."""
-        tp = self.tokens
-        now = self.env._now
-        clock = now + inst.skew
-        if inst.keys is None:
-            inst.keys = KeySet(ttl_s=tp.key_cache_ttl_s, refetch_on_unknown_kid=tp.refetch_on_unknown_kid)
-        token = c.token
-        known = inst.keys.known(clock, token.kid, lambda: self._published_kids(now))
-        verdict = verify(token, clock, tp.leeway_s, (token.kid,) if known else (), tp.verifier)
-        if verdict == "ok":
-            return True
-        self.counters["auth_401"] += 1
-        c.auth_failed = True
-        self._rec((now, "work_end", c.req.id, c.id, None, c.source, inst.svc.name, inst.name,
-                   c.op.name, "error"))
-        self._rec((now, "auth_401", c.req.id, c.id, None, c.source, inst.svc.name, inst.name,
-                   c.op.name, verdict))
-        self._answer(c, "error")
-        return False
-
-    # ------------------------------------------------------------------ client-side policies
-
-    def _edge(self, caller: str, callee: str) -> "_Edge":
-        """The policies for calls from ``caller`` to ``callee``: defaults, then matching edges."""
-        key = (caller, callee)
-        e = self._edges.get(key)
-        if e is None:
-            p = self.policies
-            fields = {f: getattr(p, f) for f in EDGE_FIELDS}
-            for ov in p.edges:
-                if ov.caller in (None, caller) and ov.callee in (None, callee):
-                    fields.update(ov.overrides())
-            e = self._edges[key] = _Edge(fields, self.registry is not None, self.tokens is not None)
-        return e
-
-    def weights_of(self, service: str) -> Optional[dict]:
-        """Instance name -> the metadata.weight it registered (None: no weights given)."""
-        weights = self.scenario.service(service).weights
-        if weights is None:
-            return None
-        return {i.name: weights[i.index % len(weights)] for i in self.services[service].instances}
-
-    def _client(self, inst: _Instance) -> "_ClientState":
-        cl = self._clients.get(inst.name)
-        if cl is None:
-            cl = self._clients[inst.name] = _ClientState(inst)
-        return cl
-
-    def _refused(self, req, parent: _Call, op: _Op, event: str, outcome: str, instance=None) -> None:
-        """A call the caller's own client refused before sending (no instance, breaker open,
-        bulkhead full, discovery failed): logged, and counted against the callee."""
-        now = self.env._now
-        self._rec((now, event, req.id, None, parent.id, parent.inst.name, op.svc.name, instance, op.name, outcome))
-        self._call_done((now, op.svc.key, OUTCOME_INDEX[outcome], 0.0, 1.0 if now >= self.warmup else 0.0))
-
-    def _breaker_logged(self, br, before: int, source: str, scope: str) -> None:
-        for t, a, b in br.transitions[before:]:
-            self._rec((t, "breaker", None, None, None, source, scope, None, a, b))
-            key = f"{a}->{b}"
-            self.breaker_transitions[key] = self.breaker_transitions.get(key, 0) + 1
-
-    # ------------------------------------------------------------------ messages
-
-    def _publish(self, caller: _Call, broker: str, target: str, op: Optional[str], k: Callable) -> None:
-        """Publish with publisher confirms: the caller waits for the broker, not the consumer."""
-        b = self.services[broker]
-
-        def confirmed(outcome: str) -> None:
-            if outcome == "ok":
-                q = self._queue(b, target, op)
-                self.messages_pending += 1
-                self.n_calls += 1
-                msg = (self.n_calls, caller.req, caller.id)
-                self._rec((self.env._now, "message_publish", caller.req.id, msg[0], caller.id, broker,
-                           target, None, op, None))
-                q.ready.append(msg)
-                self._dispatch(q)
-            k(outcome)
-
-        self._start_call(caller.req, caller, caller.inst.name, caller.op.svc, b.ops[None],
-                         b.infra.timeout_s, confirmed)
-
-    def _queue(self, broker: _Service, target: str, op: Optional[str]) -> _MessageQueue:
-        key = f"{broker.name}/{target}.{op}"
-        q = self._queues.get(key)
-        if q is None:
-            consumer = self.services[target]
-            q = _MessageQueue(broker, consumer.ops[op], broker.infra.redelivery_delay_s)
-            self._queues[key] = q
-            consumer.consumers.append(q)
-        return q
-
-    def _dispatch(self, q: _MessageQueue) -> None:
-        """Hand ready messages to up consumer instances, round robin, within prefetch."""
-        consumer = q.op.svc
-        prefetch = q.broker.infra.prefetch
-        while q.ready:
-            up = consumer.up
-            if not up:
-                return
-            n = len(up)
-            for j in range(n):
-                inst = up[(q.rr + j) % n]
-                if inst.credit < prefetch:
-                    break
-            else:
-                return
-            q.rr = (q.rr + j + 1) % n
-            inst.credit += 1
-            msg_id, req, parent_id = q.ready.popleft()
-            q.inflight += 1
-            self._deliver_message(q, inst, msg_id, req, parent_id)
-
-    def _deliver_message(self, q, inst, msg_id, req, parent_id) -> None:
-        broker = q.broker
-
-        def finished(outcome: str) -> None:
-            inst.credit -= 1
-            q.inflight -= 1
-            now = self.env._now
-            if outcome == "ok":
-                self.messages_pending -= 1
-                self._rec((now, "message_ack", req.id, msg_id, parent_id, broker.name, q.op.svc.name,
-                           inst.name, q.op.name, outcome))
-            else:
-                self._rec((now, "message_nack", req.id, msg_id, parent_id, broker.name, q.op.svc.name,
-                           inst.name, q.op.name, outcome))
-                _at(self.env, q.delay, self._redeliver, (q, (msg_id, req, parent_id)))
-            self._dispatch(q)
-
-        # A delivery is a call from the broker to the chosen consumer. The broker waits for
-        # the ack; if the consumer's connection goes silent (a partition, a hung process),
-        # the missed heartbeats close it after heartbeat_timeout_s and the unacknowledged
-        # message is requeued (RabbitMQ: heartbeat 60 s; consumer_timeout 30 min for a
-        # connection that stays alive).
-        self._start_call(req, None, broker.name, broker, q.op, broker.infra.heartbeat_timeout_s, finished, inst)
-
-    def _redeliver(self, arg) -> None:
-        q, msg = arg
-        q.ready.append(msg)
-        self._dispatch(q)
-
-
-def _index(inst: _Instance) -> int:
-    return inst.index
-
-
-_UNIT_EXP = Exponential(dist="exponential", mean=1.0)
-
+_COUNTERS = (
+    "retries", "short_circuits", "bulkhead_rejections", "fallbacks", "discovery_errors",
+    "token_fetches", "auth_401", "auth_refresh_retries", "deadline_drops", "shed",
+    "deregistrations", "scale_out", "scale_in",
+)
 
 # --------------------------------------------------------------------------- call-tree executors
 # Each executor runs its part of an operation's call tree for one call ``c`` (the call being
@@ -1387,378 +713,6 @@ class _XCall:
             eng._start_call(c.req, c, c.inst.name, c.op.svc, op, timeout, k, None, c.deadline)
         else:
             _Logical(eng, edge, c, op, timeout, k, self.fallback).attempt()
-
-
-class _Edge:
-    """Resolved policies of one caller -> callee edge (see ``Engine._edge``)."""
-
-    __slots__ = ("timeout", "discovery", "balancer", "breaker", "scope", "outlier", "retry",
-                 "budget", "bulkhead", "deadline", "protocol", "channel", "fast")
-
-    def __init__(self, f: dict, registry: bool, tokens: bool) -> None:
-        self.timeout = f["timeout_s"]
-        self.discovery = f["discovery"]
-        self.balancer = f["balancer"]
-        self.breaker = f["breaker"]
-        self.scope = f["breaker_scope"]
-        self.outlier = f["outlier"]
-        self.retry = f["retry"]
-        self.budget = None if isinstance(f["retry_budget"], NoBudget) else f["retry_budget"]
-        self.bulkhead = f["bulkhead"]
-        self.deadline = f["deadline_propagation"]
-        self.protocol = f["protocol"]
-        self.channel = f["grpc_channel"]
-        # Nothing to do but pick a random up instance: the engine's fast path.
-        self.fast = not (
-            registry or tokens or self.breaker or self.outlier or self.bulkhead or self.deadline
-            or self.budget or self.retry.max_attempts > 1 or self.protocol == "grpc"
-            or self.balancer.kind != "random"
-        )
-
-
-class _ClientState:
-    """What one caller instance's HTTP/gRPC clients remember (spec 3.3: one HttpClient, one
-    GrpcClient and one ServiceAuth per process)."""
-
-    __slots__ = ("inst", "views", "edge_views", "balancers", "breakers", "outliers", "inflight", "channels",
-                 "budgets", "token_cache", "token_waiters", "active", "retrying")
-
-    def __init__(self, inst: _Instance) -> None:
-        self.inst = inst
-        self.views: dict = {}  # discovery config -> view
-        self.edge_views: dict = {}  # _Edge -> its view (a cache of the above)
-        self.balancers: dict = {}
-        self.breakers: dict = {}
-        self.outliers: dict = {}
-        self.inflight: dict = {}
-        self.channels: dict = {}
-        self.budgets: dict = {}
-        self.token_cache = None
-        self.token_waiters: list = []
-        self.active = 0  # calls in flight from this client (Envoy's budget counts these)
-        self.retrying = 0
-
-
-class _Logical:
-    """One call as the caller's client code makes it: discovery, balancing, gRPC channel,
-    breaker, bulkhead, token, the attempt itself, then retries with backoff and a fallback.
-
-    The order follows the spec's HttpClient.callService (3.3.1): the instance is selected
-    *before* ``circuitBreaker.execute``, so discovery failures never reach the breaker.
-    """
-
-    __slots__ = ("eng", "edge", "parent", "op", "timeout", "k", "fallback", "attempt_no",
-                 "prev_delay", "client", "callee", "inst", "breaker", "br_key", "t_sent",
-                 "auth_retried", "token", "with_token", "view", "pushed_back")
-
-    def __init__(self, eng, edge, parent, op, timeout, k, fallback):
-        self.eng = eng
-        self.edge = edge
-        self.parent = parent
-        self.op = op
-        self.timeout = timeout
-        self.k = k
-        self.fallback = fallback
-        self.attempt_no = 0
-        self.prev_delay = 0.0
-        self.client = eng._client(parent.inst)
-        self.callee = op.svc.name
-        self.inst = None
-        self.breaker = None
-        self.br_key = None
-        self.auth_retried = False
-        self.pushed_back = False
-        self.token = None
-        self.with_token = eng.tokens is not None
-        budget = edge.budget
-        if budget is not None and budget.kind == "finagle":
-            self._budget().deposit(eng.env._now)
-
-    def _budget(self):
-        b = self.client.budgets.get(self.callee)
-        if b is None:
-            b = self.client.budgets[self.callee] = self.edge.budget.build(self.eng.env._now)
-        return b
-
-    def attempt(self) -> None:
-        self.attempt_no += 1
-        eng = self.eng
-        if eng.registry is None:
-            self._choose([i.name for i in self.op.svc.up])
-            return
-        # NOTE: looked up by the edge (one object per caller -> callee) first: keying by the
-        # discovery config (equal configs share a view) hashes a pydantic model every time.
-        cl = self.client
-        view = cl.edge_views.get(self.edge)
-        if view is None:
-            view = cl.views.get(self.edge.discovery)
-            if view is None:
-                view = cl.views[self.edge.discovery] = make_view(self.edge.discovery)
-            cl.edge_views[self.edge] = view
-        self.view = view
-        if _needs_query(view, eng.env._now, self.callee):
-            # agent.service.list() is an HTTP call to the Consul agent: it costs a round trip.
-            reg = eng.registry_svc
-            timeout = reg.infra.timeout_s if reg.infra.timeout_s is not None else self.timeout
-            eng._start_call(self.parent.req, self.parent, self.parent.inst.name, self.parent.op.svc,
-                            reg.ops[None], timeout, self._discovered)
-        else:
-            self._discovered("ok")
-
-    def _discovered(self, outcome: str) -> None:
-        eng = self.eng
-        view = self.view
-        now = eng.env._now
-        if outcome == "ok":
-            names = view.instances(now, self.callee, eng.registry)
-        else:  # the lookup itself failed (registry down or cut off): stale data, if any
-            names = view.unreachable(now, self.callee)
-        if names is None:
-            eng.counters["discovery_errors"] += 1
-            eng._refused(self.parent.req, self.parent, self.op, "discovery_error", "error")
-            self._failed("error", retryable=True)
-            return
-        self._choose(names)
-
-    def _choose(self, names: list) -> None:
-        eng = self.eng
-        edge = self.edge
-        cl = self.client
-        now = eng.env._now
-        outlier = None
-        if edge.outlier is not None:
-            outlier = cl.outliers.get(self.callee)
-            if outlier is None:
-                outlier = cl.outliers[self.callee] = OutlierDetector(edge.outlier, names, start=now)
-            names = outlier.eligible(now, names)
-        name = None
-        sticky = edge.protocol == "grpc" and edge.channel != "per_call"
-        if sticky:
-            name = cl.channels.get(self.callee)
-        if name is None:
-            if not names:
-                # The spec: throw new Error(`No available instances for service: ...`)
-                eng._refused(self.parent.req, self.parent, self.op, "no_instance", "error")
-                self._failed("error", retryable=True)
-                return
-            bal = cl.balancers.get(self.callee)
-            if bal is None:
-                bal = cl.balancers[self.callee] = make_balancer(edge.balancer, eng.weights_of(self.callee))
-            pick = eng._pick(self.parent.op.svc.name, self.callee)
-            name = bal.choose(now, names, pick, self.parent.req.id)
-            if name is None:
-                # instances[currentIndex] is undefined: `instance.host` throws a TypeError.
-                eng._refused(self.parent.req, self.parent, self.op, "no_instance", "error")
-                self._failed("error", retryable=True)
-                return
-            if sticky:
-                cl.channels[self.callee] = name  # GrpcClient caches the client for ever
-        self.inst = eng.instance_by_name[name]
-        if edge.bulkhead is not None and cl.inflight.get(self.callee, 0) >= edge.bulkhead:
-            eng.counters["bulkhead_rejections"] += 1
-            eng._refused(self.parent.req, self.parent, self.op, "bulkhead_full", "rejected", name)
-            self._failed("rejected", retryable=False)
-            return
-        if edge.breaker is not None:
-            key = ("*" if edge.scope == "client" else self.callee if edge.scope == "service" else name)
-            br = cl.breakers.get(key)
-            if br is None:
-                br = cl.breakers[key] = make_breaker(edge.breaker)
-            self.breaker, self.br_key = br, key
-            before = len(br.transitions)
-            allowed = br.allow(now)
-            eng._breaker_logged(br, before, cl.inst.name, key)
-            if not allowed:
-                eng.counters["short_circuits"] += 1
-                eng._refused(self.parent.req, self.parent, self.op, "short_circuit", "error", name)
-                self._failed("error", retryable=False)
-                return
-        if self.with_token:
-            self._with_token()
-        else:
-            self._send()
-
-    # -------------------------------------------------------------- tokens
-
-    def _with_token(self) -> None:
-        eng = self.eng
-        tp = eng.tokens
-        cl = self.client
-        if cl.token_cache is None:
-            cl.token_cache = (RefreshAheadCache(tp.refresh_margin_s, tp.single_flight)
-                              if tp.cache == "refresh_ahead" else SpecTokenCache())
-        cache = cl.token_cache
-        clock = eng.env._now + cl.inst.skew
-        token = cache.get(clock)
-        single = tp.cache == "refresh_ahead" and tp.single_flight
-        if cache.needs_fetch(clock) and not (single and cache.in_flight):
-            self._fetch_token(cache, wait=token is None)
-            if token is None:
-                return
-        if token is None:
-            cl.token_waiters.append(self)  # a single-flight refresh is under way
-            return
-        self.token = token
-        self._send()
-
-    def _fetch_token(self, cache, wait: bool) -> None:
-        """Ask the issuer (auth-service) for a token; the reply is signed on its clock."""
-        eng = self.eng
-        cl = self.client
-        cache.fetch_started(eng.env._now)
-        eng.counters["token_fetches"] += 1
-        waiter = self if wait else None
-        issuer = eng._issuer_op
-
-        def done(outcome: str, fetch: "_Logical") -> None:
-            now = eng.env._now
-            token = None
-            if outcome == "ok":
-                src = fetch.inst
-                token = issue(now + src.skew, eng.tokens.ttl_s, eng._current_kid(now))
-            cache.fetch_done(now, token)
-            waiters, cl.token_waiters = cl.token_waiters, []
-            if waiter is not None:
-                waiters.insert(0, waiter)
-            for w in waiters:
-                if token is None:
-                    eng._refused(w.parent.req, w.parent, w.op, "token_error", "error")
-                    w._failed("error", retryable=True)
-                else:
-                    w.token = token
-                    w._send()
-
-        edge = eng._edge(self.parent.op.svc.name, issuer.svc.name)
-        fetch = _Logical(eng, edge, self.parent, issuer, edge.timeout, None, False)
-        fetch.k = lambda outcome: done(outcome, fetch)
-        fetch.with_token = False  # the token request itself carries no token
-        fetch.attempt()
-
-    # -------------------------------------------------------------- the attempt
-
-    def _send(self) -> None:
-        eng = self.eng
-        cl = self.client
-        now = eng.env._now
-        cl.inflight[self.callee] = cl.inflight.get(self.callee, 0) + 1
-        cl.active += 1
-        bal = cl.balancers.get(self.callee)
-        if bal is not None:
-            bal.on_start(self.inst.name, now)
-        self.t_sent = now
-        deadline = self.parent.deadline
-        if self.edge.deadline and self.timeout is not None:
-            mine = now + self.timeout
-            deadline = mine if deadline is None else min(deadline, mine)
-        eng._start_call(self.parent.req, self.parent, self.parent.inst.name, self.parent.op.svc,
-                        self.op, self.timeout, self._done, self.inst, deadline, self.token)
-
-    def _done(self, outcome: str) -> None:
-        eng = self.eng  # eng.last_call is the attempt's call (set just before this runs)
-        cl = self.client
-        now = eng.env._now
-        name = self.inst.name
-        cl.inflight[self.callee] -= 1
-        cl.active -= 1
-        rtt = now - self.t_sent
-        bal = cl.balancers.get(self.callee)
-        if bal is not None:
-            bal.on_end(name, now, rtt, outcome == "ok")
-        if self.breaker is not None:
-            before = len(self.breaker.transitions)
-            self.breaker.on_result(now, outcome, rtt)
-            eng._breaker_logged(self.breaker, before, cl.inst.name, self.br_key)
-        outlier = cl.outliers.get(self.callee)
-        if outlier is not None:
-            outlier.on_result(now, name, outcome)
-        budget = self.edge.budget
-        if budget is not None and budget.kind == "grpc_throttle":
-            b = self._budget()
-            b.on_success() if outcome == "ok" else b.on_failure()
-        if outcome != "ok" and self.edge.protocol == "grpc" and self.edge.channel == "refresh_on_failure":
-            cl.channels.pop(self.callee, None)
-        if outcome == "ok":
-            self._finish("ok")
-            return
-        if eng.last_call.auth_failed and eng.tokens.on_401 == "refresh_retry" and not self.auth_retried:
-            # One refresh-and-retry on a 401 (not counted as a retry attempt).
-            self.auth_retried = True
-            cl.token_cache.token = None
-            eng.counters["auth_refresh_retries"] += 1
-            self.attempt_no -= 1
-            self.attempt()
-            return
-        if eng.last_call.pushback and self.edge.retry.pushback:
-            self.pushed_back = True
-            self._failed(outcome, retryable=False)
-            return
-        self._failed(outcome, retryable=True)
-
-    def _failed(self, outcome: str, retryable: bool) -> None:
-        eng = self.eng
-        edge = self.edge
-        retry = edge.retry
-        if retryable and edge.deadline and self.parent.deadline is not None \
-                and eng.env._now >= self.parent.deadline:
-            # With deadline propagation no retry starts after the caller's own deadline:
-            # nobody waits for its answer (gRFC A6: the original RPC and all its retries
-            # are bound by the deadline).
-            retryable = False
-        if retryable and retry.should_retry(self.attempt_no, outcome, self.op.idempotent) and self._budget_allows():
-            delay = retry.delay(self.attempt_no, self.prev_delay, eng._retry_u(self.parent.op.svc.name, self.callee))
-            self.prev_delay = delay
-            eng.counters["retries"] += 1
-            now = eng.env._now
-            eng._rec((now, "retry", self.parent.req.id, None, self.parent.id, self.parent.inst.name,
-                      self.callee, None, self.op.name, outcome))
-            self.client.retrying += 1
-            _at(eng.env, delay, self._retry, None)
-            return
-        self._finish(outcome)
-
-    def _retry(self, _arg) -> None:
-        self.client.retrying -= 1
-        self.attempt()
-
-    def _budget_allows(self) -> bool:
-        budget = self.edge.budget
-        if budget is None:
-            return True
-        b = self._budget()
-        now = self.eng.env._now
-        if budget.kind == "finagle":
-            return b.try_withdraw(now)
-        if budget.kind == "envoy":
-            return b.allow(self.client.active, self.client.retrying)
-        return b.retries_allowed()
-
-    def _finish(self, outcome: str) -> None:
-        if outcome != "ok" and (self.attempt_no > 1 or self.pushed_back):
-            # This call failed after retries (or was pushed back): if the work it serves
-            # fails, its answer tells the caller not to retry (RetryPolicy.pushback).
-            self.parent.pushback = True
-        if outcome != "ok" and self.fallback:
-            self.eng.counters["fallbacks"] += 1
-            outcome = "ok"
-        self.k(outcome)
-
-
-def _needs_query(view, now: float, service: str) -> bool:
-    """Whether ``view.instances`` will ask the registry now (and so costs a round trip)."""
-    timing = view.config.timing
-    if timing == "per_call":
-        return True
-    if timing == "cached":
-        at = view.fetched_at(service)
-        return at is None or now >= at + view.config.ttl_s
-    return service not in view._delivered  # watch: only the first lookup queries directly
-
-
-_COUNTERS = (
-    "retries", "short_circuits", "bulkhead_rejections", "fallbacks", "discovery_errors",
-    "token_fetches", "auth_401", "auth_refresh_retries", "deadline_drops", "shed",
-    "deregistrations", "scale_out", "scale_in",
-)
 
 
 class _XPublish:

@@ -66,6 +66,8 @@ EVENTS = {
     "autoscale": "the autoscaler changed a service's instance count (outcome: by how many)",
     "fault_start": "a scheduled fault began (operation: its kind; outcome: its index in faults)",
     "fault_end": "a scheduled fault ended",
+    "token_signed": "a caller signed a new service token itself (tokens.signing: local; "
+                    "operation = key id, outcome = exp)",
 }
 
 _CHUNK = 4096

@@ -319,3 +319,20 @@ def test_utilisation_counts_only_the_measured_period():
     s = build([svc("a", 3001, {"op": op(1000)})], [endpoint("a.op", trace(0.0, 2.0))],
               run={"warmup_s": 1.0})
     assert simulate(s).services.loc["a", "utilisation"] == pytest.approx(1 / 9)
+
+
+def test_the_engine_owns_its_clock_and_never_reaches_into_simpy():
+    """The engine runs on its own clock (sim/clock.py): no module of the engine imports
+    SimPy or touches the private fields it used to read (``_now``, ``_queue``, ``_eid``)."""
+    import re
+    from pathlib import Path
+
+    import hailan_sim.sim as sim_pkg
+
+    offenders = []
+    for path in sorted(Path(sim_pkg.__file__).parent.glob("*.py")):
+        code = "\n".join(line.split("#")[0] for line in path.read_text().splitlines()
+                         if not line.lstrip().startswith(("#", "``", "heappush(self._queue")))
+        if re.search(r"^\s*(import simpy|from simpy)", code, re.M) or re.search(r"env\._(now|queue|eid)\b", code):
+            offenders.append(path.name)
+    assert offenders == []

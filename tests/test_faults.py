@@ -180,7 +180,7 @@ def test_clock_skew_on_the_verifier_rejects_tokens_early():
         ],
         [endpoint("a.op", trace(*[i * 0.1 for i in range(300)]))],
         nodes=[{"name": "n1", "zone": "z"}, {"name": "n2", "zone": "z"}],
-        policies={"tokens": {"enabled": True, "issuer": "auth.issue_token", "ttl_s": 10}},
+        policies={"tokens": {"enabled": True, "signing": "issuer", "issuer": "auth.issue_token", "ttl_s": 10}},
         faults=[{"kind": "clock_skew", "node": "n2", "skew_s": 4, "start_s": 0, "duration_s": 30}],
         duration_s=30,
     )

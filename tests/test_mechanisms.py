@@ -169,7 +169,7 @@ def test_spec_token_cache_with_a_slow_caller_clock_gets_401s_then_refresh_ahead_
             ],
             [endpoint("a.op", trace(*[i * 0.1 for i in range(600)]))],
             nodes=nodes,
-            policies={"tokens": {"enabled": True, "issuer": "auth.issue_token", "ttl_s": 20, **tokens}},
+            policies={"tokens": {"enabled": True, "signing": "issuer", "issuer": "auth.issue_token", "ttl_s": 20, **tokens}},
             duration_s=60,
         )
         return simulate(s)
@@ -197,7 +197,7 @@ def test_key_rotation_fails_calls_until_verifiers_refetch_keys():
                 svc("auth", 3003, {"issue_token": op(1)}),
             ],
             [endpoint("a.op", trace(*[i * 0.1 for i in range(400)]))],
-            policies={"tokens": {"enabled": True, "issuer": "auth.issue_token", "ttl_s": 10,
+            policies={"tokens": {"enabled": True, "signing": "issuer", "issuer": "auth.issue_token", "ttl_s": 10,
                                  "key_rotations_s": [15.0], "refetch_on_unknown_kid": refetch,
                                  "key_cache_ttl_s": 100}},
             duration_s=40,

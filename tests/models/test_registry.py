@@ -372,9 +372,11 @@ def _registry_with_one_critical():
 
 def test_agent_list_ignores_health_and_health_passing_filters_it():
     """ref 4 "Query paths": /v1/agent/services (the spec's agent.service.list()) ignores
-    health; /v1/health/service?passing keeps passing checks only. Registration order."""
+    health; /v1/health/service?passing keeps passing checks only, in registration order.
+    The agent list is a JSON object keyed by service ID, which Go's encoding/json writes
+    sorted and Object.entries reads in that order: sorted by ID as a string."""
     reg = _registry_with_one_critical()
-    assert reg.agent_list("pay") == ["b-2", "a-9", "c-1"]
+    assert reg.agent_list("pay") == ["a-9", "b-2", "c-1"]
     assert reg.health_passing("pay") == ["b-2", "c-1"]
     assert reg.query("agent_list", "pay") == reg.agent_list("pay")
     assert reg.query("health_passing", "nobody") == []
@@ -389,17 +391,19 @@ def test_registration_order_survives_removal_and_reregistration():
     reg = _registry_with_one_critical()
     evs = reg.register(6.0, "a-9", "pay", {"version": "2"})
     assert evs == [("a-9", ("reregistered", "pay")), ("a-9", ("warn", evs[1][1][1]))]
-    assert reg.agent_list("pay") == ["b-2", "a-9", "c-1"]
+    # (health_passing shows the registration order: a fresh check starts passing here)
+    assert reg.health_passing("pay") == ["b-2", "a-9", "c-1"]
     assert reg.status("a-9") == "passing" and reg.critical_since("a-9") is None
     assert reg.next_check("a-9") is None and reg.meta("a-9") == {"version": "2"}
     assert reg.deregister(7.0, "b-2") == [("b-2", ("deregistered", "graceful"))]
     reg.register(8.0, "b-2", "pay")
-    assert reg.agent_list("pay") == ["a-9", "c-1", "b-2"]
+    assert reg.health_passing("pay") == ["a-9", "c-1", "b-2"]
+    assert reg.agent_list("pay") == ["a-9", "b-2", "c-1"]  # the agent's JSON: sorted by ID
     # Re-registered under another service: it leaves the old list and joins the new one in
     # registration order (x-1 was registered after a-9).
     reg.register(9.0, "a-9", "other")
-    assert reg.agent_list("pay") == ["c-1", "b-2"]
-    assert reg.agent_list("other") == ["a-9", "x-1"]
+    assert reg.health_passing("pay") == ["c-1", "b-2"]
+    assert reg.health_passing("other") == ["a-9", "x-1"]
 
 
 def test_outage_fails_queries_and_api_calls_but_not_the_agent():
@@ -434,7 +438,7 @@ def test_per_call_view_queries_every_call_and_fails_during_an_outage():
     reg = _registry_with_one_critical()
     view = make_view(DiscoveryConfig())
     assert isinstance(view, PerCallView)
-    assert view.instances(6.0, "pay", reg) == ["b-2", "a-9", "c-1"]  # health ignored
+    assert view.instances(6.0, "pay", reg) == ["a-9", "b-2", "c-1"]  # health ignored, sorted by ID
     hp = make_view(DiscoveryConfig(path="health_passing"))
     assert hp.instances(6.0, "pay", reg) == ["b-2", "c-1"]
     reg.set_registry_up(7.0, False)

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 import hailan_sim.properties.invariants as inv
+import hailan_sim.sim.client as client_mod
 import hailan_sim.sim.engine as engine_mod
 from hailan_sim.models import breakers as B
 from hailan_sim.models import default_scenario
@@ -409,8 +410,8 @@ class _Herd(B.SpecBreaker):
 
 
 def _with_planted(monkeypatch, cls, config_type):
-    real = engine_mod.make_breaker
-    monkeypatch.setattr(engine_mod, "make_breaker",
+    real = client_mod.make_breaker  # the client pipeline builds the breakers (sim/client.py)
+    monkeypatch.setattr(client_mod, "make_breaker",
                         lambda config, **kw: cls(config) if isinstance(config, config_type) else real(config, **kw))
 
 
@@ -494,7 +495,10 @@ def test_tokens_seed_skewed_clocks_accept_expired_tokens():
     # the verifier, with no leeway, accepts it (a safety violation); verifiers on n1 refuse
     # it, excused as their clocks are 30 s apart.
     skew = [{"kind": "clock_skew", "node": "n2", "skew_s": -30, "start_s": 30, "duration_s": 20}]
-    v = _fails(get("token_safety")(_record(mini("seed", skew, duration_s=50, policies={"tokens": {"ttl_s": 20}}))))
+    # signing: issuer: token_safety reconstructs tokens from the issuer's calls (a locally
+    # signed token is logged as token_signed, which the invariant does not read yet).
+    pol = {"tokens": {"ttl_s": 20, "signing": "issuer"}}
+    v = _fails(get("token_safety")(_record(mini("seed", skew, duration_s=50, policies=pol))))
     assert v.details["unsafe_count"] > 0 and v.details["excused_401"]["clocks_apart"] > 0
     u = v.details["unsafe"][0]
     assert u["expired_by_s"] > 0 and u["caller"].endswith("-1")

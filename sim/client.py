@@ -1,0 +1,525 @@
+"""The client pipeline: one internal call as the caller's client code makes it.
+
+``_Edge`` (the resolved policies of a caller -> callee edge), ``_ClientState`` (what one
+caller instance's clients remember), ``_Logical`` (discovery, balancing, gRPC channel,
+bulkhead, breaker, token, the attempt, retries, fallback) and the service tokens' issue and
+verification. Split out of sim/engine.py: :class:`ClientMixin` is part of
+:class:`~hailan_sim.sim.engine.Engine`.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Optional
+
+from hailan_sim.models.balancers import make_balancer
+from hailan_sim.models.breakers import OutlierDetector, make_breaker
+from hailan_sim.models.policies import EDGE_FIELDS
+from hailan_sim.models.registry import make_view
+from hailan_sim.models.retry import NoBudget
+from hailan_sim.models.tokens import KeySet, RefreshAheadCache, SpecTokenCache, issue, verify
+from hailan_sim.sim.clock import at as _at
+from hailan_sim.sim.clock import at_first as _at_first
+from hailan_sim.sim.metrics import OUTCOME_INDEX
+from hailan_sim.sim.state import _Call, _Instance, _Op
+
+__all__ = ["ClientMixin"]
+
+
+class ClientMixin:
+    """The engine's client-side and token methods (mixed into Engine)."""
+
+    # ------------------------------------------------------------------ service tokens
+
+    def _current_kid(self, now: float) -> str:
+        """Tokens are signed with key k<n>, n = rotations that have happened by ``now`` (by
+        every caller with signing: local, by the issuer with signing: issuer)."""
+        return f"k{bisect.bisect_right(self._rotations, now)}"
+
+    def _published_kids(self, now: float) -> list[str]:
+        return [f"k{i}" for i in range(bisect.bisect_right(self._rotations, now) + 1)]
+
+    def _verify(self, c: _Call, inst: _Instance) -> bool:
+        """The callee checks the caller's token on its own clock; False: it answered 401."""
+        tp = self.tokens
+        now = self.env.now
+        clock = now + inst.skew
+        if inst.keys is None:
+            inst.keys = KeySet(ttl_s=tp.key_cache_ttl_s, refetch_on_unknown_kid=tp.refetch_on_unknown_kid)
+        token = c.token
+        known = inst.keys.known(clock, token.kid, lambda: self._published_kids(now))
+        verdict = verify(token, clock, tp.leeway_s, (token.kid,) if known else (), tp.verifier)
+        if verdict == "ok":
+            return True
+        self.counters["auth_401"] += 1
+        c.auth_failed = True
+        self._rec((now, "work_end", c.req.id, c.id, None, c.source, inst.svc.name, inst.name,
+                   c.op.name, "error"))
+        self._rec((now, "auth_401", c.req.id, c.id, None, c.source, inst.svc.name, inst.name,
+                   c.op.name, verdict))
+        self._answer(c, "error")
+        return False
+
+    # ------------------------------------------------------------------ client-side policies
+
+    def _edge(self, caller: str, callee: str) -> "_Edge":
+        """The policies for calls from ``caller`` to ``callee``: defaults, then matching edges."""
+        key = (caller, callee)
+        e = self._edges.get(key)
+        if e is None:
+            p = self.policies
+            fields = {f: getattr(p, f) for f in EDGE_FIELDS}
+            for ov in p.edges:
+                if ov.caller in (None, caller) and ov.callee in (None, callee):
+                    fields.update(ov.overrides())
+            e = self._edges[key] = _Edge(fields, self.registry is not None, self.tokens is not None)
+        return e
+
+    def weights_of(self, service: str) -> Optional[dict]:
+        """Instance name -> the metadata.weight it registered (None: no weights given)."""
+        weights = self.scenario.service(service).weights
+        if weights is None:
+            return None
+        return {i.name: weights[i.index % len(weights)] for i in self.services[service].instances}
+
+    def _client(self, inst: _Instance) -> "_ClientState":
+        cl = self._clients.get(inst.name)
+        if cl is None:
+            cl = self._clients[inst.name] = _ClientState(inst)
+        return cl
+
+    def _refused(self, req, parent: _Call, op: _Op, event: str, outcome: str, instance=None) -> None:
+        """A call the caller's own client refused before sending (no instance, breaker open,
+        bulkhead full, discovery failed): logged, and counted against the callee."""
+        now = self.env.now
+        self._rec((now, event, req.id, None, parent.id, parent.inst.name, op.svc.name, instance, op.name, outcome))
+        self._call_done((now, op.svc.key, OUTCOME_INDEX[outcome], 0.0, 1.0 if now >= self.warmup else 0.0))
+
+    def _breaker_logged(self, br, before: int, source: str, scope: str) -> None:
+        """Log the transitions ``br`` made since ``before`` and drive its next timer."""
+        for t, a, b in br.transitions[before:]:
+            self._rec((t, "breaker", None, None, None, source, scope, None, a, b))
+            key = f"{a}->{b}"
+            self.breaker_transitions[key] = self.breaker_transitions.get(key, 0) + 1
+        due = br.next_timer(self.env.now)
+        if due is not None:
+            # A breaker's own timers (resilience4j's automatic OPEN -> HALF_OPEN, the
+            # half-open max wait) fire at their due time, ahead of calls at that instant,
+            # so each transition is logged when it happens and the log stays in time order.
+            # One pending tick per breaker; a superseded one finds another due and returns.
+            key = (source, scope)
+            if self._breaker_due.get(key) != due:
+                self._breaker_due[key] = due
+                _at_first(self.env, max(due - self.env.now, 0.0), self._breaker_tick, (br, source, scope, due))
+
+    def _breaker_tick(self, arg) -> None:
+        br, source, scope, due = arg
+        key = (source, scope)
+        if self._breaker_due.get(key) != due:
+            return
+        del self._breaker_due[key]
+        before = len(br.transitions)
+        br.tick(self.env.now)
+        self._breaker_logged(br, before, source, scope)
+
+
+class _Edge:
+    """Resolved policies of one caller -> callee edge (see ``Engine._edge``)."""
+
+    __slots__ = ("timeout", "discovery", "balancer", "breaker", "scope", "outlier", "retry",
+                 "budget", "bulkhead", "deadline", "protocol", "channel", "fast")
+
+    def __init__(self, f: dict, registry: bool, tokens: bool) -> None:
+        self.timeout = f["timeout_s"]
+        self.discovery = f["discovery"]
+        self.balancer = f["balancer"]
+        self.breaker = f["breaker"]
+        self.scope = f["breaker_scope"]
+        self.outlier = f["outlier"]
+        self.retry = f["retry"]
+        self.budget = None if isinstance(f["retry_budget"], NoBudget) else f["retry_budget"]
+        self.bulkhead = f["bulkhead"]
+        self.deadline = f["deadline_propagation"]
+        self.protocol = f["protocol"]
+        self.channel = f["grpc_channel"]
+        if self.protocol == "grpc" and f["grpc_client"] == "spec":
+            # The spec's GrpcClient (3.3.2) is not the HttpClient: no circuitBreaker.execute
+            # around its calls and no axios timeout (gRPC sets no deadline unless the caller
+            # passes one; grpc.io "Deadlines": "By default, gRPC does not set a deadline").
+            self.timeout = None
+            self.breaker = None
+        # Nothing to do but pick a random up instance: the engine's fast path.
+        self.fast = not (
+            registry or tokens or self.breaker or self.outlier or self.bulkhead or self.deadline
+            or self.budget or self.retry.max_attempts > 1 or self.protocol == "grpc"
+            or self.balancer.kind != "random"
+        )
+
+
+class _ClientState:
+    """What one caller instance's HTTP/gRPC clients remember (spec 3.3: one HttpClient, one
+    GrpcClient and one ServiceAuth per process)."""
+
+    __slots__ = ("inst", "views", "edge_views", "balancers", "breakers", "outliers", "inflight", "channels",
+                 "budgets", "token_cache", "token_waiters", "active", "retrying")
+
+    def __init__(self, inst: _Instance) -> None:
+        self.inst = inst
+        self.views: dict = {}  # discovery config -> view
+        self.edge_views: dict = {}  # _Edge -> its view (a cache of the above)
+        self.balancers: dict = {}
+        self.breakers: dict = {}
+        self.outliers: dict = {}
+        self.inflight: dict = {}
+        self.channels: dict = {}
+        self.budgets: dict = {}
+        self.token_cache = None
+        self.token_waiters: list = []
+        self.active = 0  # calls in flight from this client (Envoy's budget counts these)
+        self.retrying = 0
+
+
+class _Logical:
+    """One call as the caller's client code makes it: discovery, balancing, gRPC channel,
+    breaker, bulkhead, token, the attempt itself, then retries with backoff and a fallback.
+
+    The order follows the spec's HttpClient.callService (3.3.1): the instance is selected
+    *before* ``circuitBreaker.execute``, so discovery failures never reach the breaker.
+    """
+
+    __slots__ = ("eng", "edge", "parent", "op", "timeout", "k", "fallback", "attempt_no",
+                 "prev_delay", "client", "callee", "inst", "breaker", "br_key", "t_sent",
+                 "auth_retried", "token", "with_token", "view", "pushed_back")
+
+    def __init__(self, eng, edge, parent, op, timeout, k, fallback):
+        self.eng = eng
+        self.edge = edge
+        self.parent = parent
+        self.op = op
+        self.timeout = timeout
+        self.k = k
+        self.fallback = fallback
+        self.attempt_no = 0
+        self.prev_delay = 0.0
+        self.client = eng._client(parent.inst)
+        self.callee = op.svc.name
+        self.inst = None
+        self.breaker = None
+        self.br_key = None
+        self.auth_retried = False
+        self.pushed_back = False
+        self.token = None
+        self.with_token = eng.tokens is not None
+        budget = edge.budget
+        if budget is not None and budget.kind == "finagle":
+            self._budget().deposit(eng.env.now)
+
+    def _budget(self):
+        b = self.client.budgets.get(self.callee)
+        if b is None:
+            b = self.client.budgets[self.callee] = self.edge.budget.build(self.eng.env.now)
+        return b
+
+    def attempt(self) -> None:
+        self.attempt_no += 1
+        eng = self.eng
+        edge = self.edge
+        if edge.protocol == "grpc" and edge.channel != "per_call" and self.callee in self.client.channels:
+            # GrpcClient.getClient (3.3.2): `if (this.clients.has(cacheKey)) return
+            # this.clients.get(cacheKey)`: a cached client asks the registry nothing.
+            self._choose(None)
+            return
+        if eng.registry is None:
+            self._choose([i.name for i in self.op.svc.up])
+            return
+        # NOTE: looked up by the edge (one object per caller -> callee) first: keying by the
+        # discovery config (equal configs share a view) hashes a pydantic model every time.
+        cl = self.client
+        view = cl.edge_views.get(self.edge)
+        if view is None:
+            view = cl.views.get(self.edge.discovery)
+            if view is None:
+                view = cl.views[self.edge.discovery] = make_view(self.edge.discovery)
+            cl.edge_views[self.edge] = view
+        self.view = view
+        if _needs_query(view, eng.env.now, self.callee):
+            # agent.service.list() is an HTTP call to the Consul agent: it costs a round trip.
+            reg = eng.registry_svc
+            timeout = reg.infra.timeout_s if reg.infra.timeout_s is not None else self.timeout
+            eng._start_call(self.parent.req, self.parent, self.parent.inst.name, self.parent.op.svc,
+                            reg.ops[None], timeout, self._discovered)
+        else:
+            self._discovered("ok")
+
+    def _discovered(self, outcome: str) -> None:
+        eng = self.eng
+        view = self.view
+        now = eng.env.now
+        if outcome == "ok":
+            names = view.instances(now, self.callee, eng.registry)
+        else:  # the lookup itself failed (registry down or cut off): stale data, if any
+            names = view.unreachable(now, self.callee)
+        if names is None:
+            eng.counters["discovery_errors"] += 1
+            eng._refused(self.parent.req, self.parent, self.op, "discovery_error", "error")
+            self._failed("error", retryable=True)
+            return
+        self._choose(names)
+
+    def _choose(self, names: list) -> None:
+        eng = self.eng
+        edge = self.edge
+        cl = self.client
+        now = eng.env.now
+        outlier = None
+        if edge.outlier is not None and names is not None:  # None: a cached gRPC channel
+            outlier = cl.outliers.get(self.callee)
+            if outlier is None:
+                outlier = cl.outliers[self.callee] = OutlierDetector(edge.outlier, names, start=now)
+            names = outlier.eligible(now, names)
+        name = None
+        sticky = edge.protocol == "grpc" and edge.channel != "per_call"
+        if sticky and names is None:
+            # A cached channel (attempt() skipped discovery for it). A call that found no
+            # channel and looked the service up picks its own instance and replaces any
+            # channel another call cached meanwhile: getClient checks `clients.has` before
+            # its `await selectServiceInstance`, and `clients.set` overwrites (3.3.2).
+            name = cl.channels.get(self.callee)
+        if name is None:
+            if not names:
+                # The spec: throw new Error(`No available instances for service: ...`)
+                eng._refused(self.parent.req, self.parent, self.op, "no_instance", "error")
+                self._failed("error", retryable=True)
+                return
+            bal = cl.balancers.get(self.callee)
+            if bal is None:
+                bal = cl.balancers[self.callee] = make_balancer(edge.balancer, eng.weights_of(self.callee))
+            pick = eng._pick(self.parent.op.svc.name, self.callee)
+            name = bal.choose(now, names, pick, self.parent.req.id)
+            if name is None:
+                # instances[currentIndex] is undefined: `instance.host` throws a TypeError.
+                eng._refused(self.parent.req, self.parent, self.op, "no_instance", "error")
+                self._failed("error", retryable=True)
+                return
+            if sticky:
+                cl.channels[self.callee] = name  # GrpcClient caches the client for ever
+        self.inst = eng.instance_by_name[name]
+        if edge.bulkhead is not None and cl.inflight.get(self.callee, 0) >= edge.bulkhead:
+            eng.counters["bulkhead_rejections"] += 1
+            eng._refused(self.parent.req, self.parent, self.op, "bulkhead_full", "rejected", name)
+            self._failed("rejected", retryable=False)
+            return
+        if edge.breaker is not None:
+            key = ("*" if edge.scope == "client" else self.callee if edge.scope == "service" else name)
+            br = cl.breakers.get(key)
+            if br is None:
+                br = cl.breakers[key] = make_breaker(edge.breaker)
+            self.breaker, self.br_key = br, key
+            before = len(br.transitions)
+            allowed = br.allow(now)
+            eng._breaker_logged(br, before, cl.inst.name, key)
+            if not allowed:
+                eng.counters["short_circuits"] += 1
+                eng._refused(self.parent.req, self.parent, self.op, "short_circuit", "error", name)
+                self._failed("error", retryable=False)
+                return
+        if self.with_token:
+            self._with_token()
+        else:
+            self._send()
+
+    # -------------------------------------------------------------- tokens
+
+    def _with_token(self) -> None:
+        eng = self.eng
+        tp = eng.tokens
+        cl = self.client
+        if cl.token_cache is None:
+            cl.token_cache = (RefreshAheadCache(tp.refresh_margin_s, tp.single_flight)
+                              if tp.cache == "refresh_ahead" else SpecTokenCache())
+        cache = cl.token_cache
+        clock = eng.env.now + cl.inst.skew
+        token = cache.get(clock)
+        if eng._issuer_op is None:
+            # signing: local. The spec's ServiceAuth.generateToken (3.7.1): reuse the cached
+            # token while decoded.exp * 1000 > Date.now(), else jwt.sign(payload,
+            # this.privateKey, {expiresIn: '1h'}) on this host's clock, at once: nothing on
+            # the network, so it cannot fail.
+            if token is None or cache.needs_fetch(clock):
+                now = eng.env.now
+                cache.fetch_started(now)
+                eng.counters["token_fetches"] += 1  # new tokens, however obtained
+                token = issue(clock, tp.ttl_s, eng._current_kid(now))
+                cache.fetch_done(now, token)
+                # Logged (key id, exp) so that checks of the log can tell which token each
+                # call carried, as they can from the issuer's calls with signing: issuer.
+                parent = self.parent
+                eng._rec((now, "token_signed", parent.req.id, None, parent.id, cl.inst.name,
+                          cl.inst.svc.name, cl.inst.name, token.kid, str(token.exp)))
+            self.token = token
+            self._send()
+            return
+        single = tp.cache == "refresh_ahead" and tp.single_flight
+        if cache.needs_fetch(clock) and not (single and cache.in_flight):
+            self._fetch_token(cache, wait=token is None)
+            if token is None:
+                return
+        if token is None:
+            cl.token_waiters.append(self)  # a single-flight refresh is under way
+            return
+        self.token = token
+        self._send()
+
+    def _fetch_token(self, cache, wait: bool) -> None:
+        """signing: issuer. Ask the issuer (auth-service.issue_token by default) for a token
+        over the network, through the caller's client like any call; the reply is signed on
+        the issuer's clock."""
+        eng = self.eng
+        cl = self.client
+        cache.fetch_started(eng.env.now)
+        eng.counters["token_fetches"] += 1
+        waiter = self if wait else None
+        issuer = eng._issuer_op
+
+        def done(outcome: str, fetch: "_Logical") -> None:
+            now = eng.env.now
+            token = None
+            if outcome == "ok":
+                src = fetch.inst
+                token = issue(now + src.skew, eng.tokens.ttl_s, eng._current_kid(now))
+            cache.fetch_done(now, token)
+            waiters, cl.token_waiters = cl.token_waiters, []
+            if waiter is not None:
+                waiters.insert(0, waiter)
+            for w in waiters:
+                if token is None:
+                    eng._refused(w.parent.req, w.parent, w.op, "token_error", "error")
+                    w._failed("error", retryable=True)
+                else:
+                    w.token = token
+                    w._send()
+
+        edge = eng._edge(self.parent.op.svc.name, issuer.svc.name)
+        fetch = _Logical(eng, edge, self.parent, issuer, edge.timeout, None, False)
+        fetch.k = lambda outcome: done(outcome, fetch)
+        fetch.with_token = False  # the token request itself carries no token
+        fetch.attempt()
+
+    # -------------------------------------------------------------- the attempt
+
+    def _send(self) -> None:
+        eng = self.eng
+        cl = self.client
+        now = eng.env.now
+        cl.inflight[self.callee] = cl.inflight.get(self.callee, 0) + 1
+        cl.active += 1
+        bal = cl.balancers.get(self.callee)
+        if bal is not None:
+            bal.on_start(self.inst.name, now)
+        self.t_sent = now
+        deadline = self.parent.deadline
+        if self.edge.deadline and self.timeout is not None:
+            mine = now + self.timeout
+            deadline = mine if deadline is None else min(deadline, mine)
+        eng._start_call(self.parent.req, self.parent, self.parent.inst.name, self.parent.op.svc,
+                        self.op, self.timeout, self._done, self.inst, deadline, self.token)
+
+    def _done(self, outcome: str) -> None:
+        eng = self.eng  # eng.last_call is the attempt's call (set just before this runs)
+        cl = self.client
+        now = eng.env.now
+        name = self.inst.name
+        cl.inflight[self.callee] -= 1
+        cl.active -= 1
+        rtt = now - self.t_sent
+        bal = cl.balancers.get(self.callee)
+        if bal is not None:
+            bal.on_end(name, now, rtt, outcome == "ok")
+        if self.breaker is not None:
+            before = len(self.breaker.transitions)
+            self.breaker.on_result(now, outcome, rtt)
+            eng._breaker_logged(self.breaker, before, cl.inst.name, self.br_key)
+        outlier = cl.outliers.get(self.callee)
+        if outlier is not None:
+            outlier.on_result(now, name, outcome)
+        budget = self.edge.budget
+        if budget is not None and budget.kind == "grpc_throttle":
+            b = self._budget()
+            b.on_success() if outcome == "ok" else b.on_failure()
+        if outcome != "ok" and self.edge.protocol == "grpc" and self.edge.channel == "refresh_on_failure":
+            cl.channels.pop(self.callee, None)
+        if outcome == "ok":
+            self._finish("ok")
+            return
+        if eng.last_call.auth_failed and eng.tokens.on_401 == "refresh_retry" and not self.auth_retried:
+            # One refresh-and-retry on a 401 (not counted as a retry attempt).
+            self.auth_retried = True
+            cl.token_cache.token = None
+            eng.counters["auth_refresh_retries"] += 1
+            self.attempt_no -= 1
+            self.attempt()
+            return
+        if eng.last_call.pushback and self.edge.retry.pushback:
+            self.pushed_back = True
+            self._failed(outcome, retryable=False)
+            return
+        self._failed(outcome, retryable=True)
+
+    def _failed(self, outcome: str, retryable: bool) -> None:
+        eng = self.eng
+        edge = self.edge
+        retry = edge.retry
+        if retryable and edge.deadline and self.parent.deadline is not None \
+                and eng.env.now >= self.parent.deadline:
+            # With deadline propagation no retry starts after the caller's own deadline:
+            # nobody waits for its answer (gRFC A6: the original RPC and all its retries
+            # are bound by the deadline).
+            retryable = False
+        if retryable and retry.should_retry(self.attempt_no, outcome, self.op.idempotent) and self._budget_allows():
+            delay = retry.delay(self.attempt_no, self.prev_delay, eng._retry_u(self.parent.op.svc.name, self.callee))
+            self.prev_delay = delay
+            eng.counters["retries"] += 1
+            now = eng.env.now
+            eng._rec((now, "retry", self.parent.req.id, None, self.parent.id, self.parent.inst.name,
+                      self.callee, None, self.op.name, outcome))
+            self.client.retrying += 1
+            _at(eng.env, delay, self._retry, None)
+            return
+        self._finish(outcome)
+
+    def _retry(self, _arg) -> None:
+        self.client.retrying -= 1
+        self.attempt()
+
+    def _budget_allows(self) -> bool:
+        budget = self.edge.budget
+        if budget is None:
+            return True
+        b = self._budget()
+        now = self.eng.env.now
+        if budget.kind == "finagle":
+            return b.try_withdraw(now)
+        if budget.kind == "envoy":
+            return b.allow(self.client.active, self.client.retrying)
+        return b.retries_allowed()
+
+    def _finish(self, outcome: str) -> None:
+        if outcome != "ok" and (self.attempt_no > 1 or self.pushed_back):
+            # This call failed after retries (or was pushed back): if the work it serves
+            # fails, its answer tells the caller not to retry (RetryPolicy.pushback).
+            self.parent.pushback = True
+        if outcome != "ok" and self.fallback:
+            self.eng.counters["fallbacks"] += 1
+            outcome = "ok"
+        self.k(outcome)
+
+
+def _needs_query(view, now: float, service: str) -> bool:
+    """Whether ``view.instances`` will ask the registry now (and so costs a round trip)."""
+    timing = view.config.timing
+    if timing == "per_call":
+        return True
+    if timing == "cached":
+        at = view.fetched_at(service)
+        return at is None or now >= at + view.config.ttl_s
+    return service not in view._delivered  # watch: only the first lookup queries directly
