@@ -319,7 +319,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _fmt(v, column: str) -> str:
     if v is None:
         return "-"
-    if column in ("utilisation", "mean_queue"):
+    if column in ("utilisation", "mean_queue", "p_wait"):
         return f"{v:.3f}"
     if isinstance(v, float):
         return f"{v:.1f}"
@@ -350,7 +350,7 @@ def _print_run(scenario: Scenario, result, wall: float) -> None:
            d["endpoints"], cols)
     _table("services (calls as their callers saw them; queue and wait at the instances)", "service",
            d["services"], [*cols[:4], "mean_ms", "p99_ms", "utilisation", "mean_queue", "max_queue",
-                           "mean_wait_ms", "orphaned_calls"])
+                           "mean_wait_ms", "p_wait", "wait_p99_ms", "orphaned_calls"])
     if d["infrastructure"]:
         _table("infrastructure", "component", d["infrastructure"],
                ["ok", "error", "timeout", "rejected", "mean_ms", "p99_ms", "utilisation", "mean_queue",

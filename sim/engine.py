@@ -547,8 +547,11 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
             return False
         inst = c.inst
         if c.track:
-            inst.wait_sum += now - c.t_arrive
+            w = now - c.t_arrive
+            inst.wait_sum += w
             inst.wait_n += 1
+            if w:  # a call that found a free worker waited exactly 0: counted by wait_n only
+                inst.svc.waits.append(w)
         heappush(env.queue, (now + op.sample() * inst.slow, NORMAL, next(env.eid), self._served, c))  # _at
         return True
 

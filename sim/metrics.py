@@ -26,7 +26,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["OUTCOMES", "OUTCOME_INDEX", "Recorder"]
+__all__ = ["OUTCOMES", "OUTCOME_INDEX", "Recorder", "WaitHistogram"]
 
 OUTCOMES = ("ok", "error", "timeout", "rejected")
 OUTCOME_INDEX = {o: i for i, o in enumerate(OUTCOMES)}
@@ -182,3 +182,49 @@ class Recorder:
         """``(key index, window start s, ok, error, timeout, rejected, p50 s, p99 s)`` rows,
         in the order windows were finalised (by window, then key)."""
         return self._rows
+
+
+class WaitHistogram:
+    """Waits for a worker at one service: the tracked calls a worker took, in the latency
+    buckets above (percentiles within 0.5%, capped at the longest wait).
+
+    Only positive waits are folded in; a call that found a worker free waited exactly 0 and
+    is counted by ``served`` (the instances' ``wait_n``), so P(wait) and the percentiles
+    include those zeros without a bucket for them.
+    """
+
+    QUANTILES = (0.50, 0.95, 0.99)
+
+    def __init__(self) -> None:
+        self.hist = np.zeros(_BUCKETS, dtype=np.int64)
+        self.max = 0.0
+
+    def fold(self, waits: list) -> None:
+        """Add a buffer of positive waits (seconds) and empty it."""
+        if not waits:
+            return
+        a = np.array(waits, dtype=float)
+        waits.clear()
+        self.hist += np.bincount(buckets_of(a), minlength=_BUCKETS)
+        self.max = max(self.max, float(a.max()))
+
+    def summary(self, served: int) -> dict:
+        """``p_wait`` (the fraction of the ``served`` calls that waited at all) and
+        ``wait_p50_ms`` / ``wait_p95_ms`` / ``wait_p99_ms`` over all of them, zeros included
+        (nearest rank, as :meth:`Recorder.summary`). None when nothing was served."""
+        keys = ["p_wait", *(f"wait_p{round(p * 100)}_ms" for p in self.QUANTILES)]
+        if served <= 0:
+            return dict.fromkeys(keys)
+        waited = int(self.hist.sum())
+        zeros = served - waited
+        cum = np.cumsum(self.hist)
+        out = {"p_wait": waited / served}
+        for p in self.QUANTILES:
+            rank = max(1, math.ceil(p * served))
+            if rank <= zeros:
+                v = 0.0
+            else:
+                b = int(np.searchsorted(cum, rank - zeros))
+                v = min(bucket_value(b), self.max) * 1000
+            out[f"wait_p{round(p * 100)}_ms"] = v
+        return out

@@ -139,7 +139,8 @@ class Result:
             return out
 
         svc = self.services
-        extra = ("utilisation", "mean_queue", "mean_wait_ms", "max_queue", "orphaned_calls", "orphaned_s")
+        extra = ("utilisation", "mean_queue", "mean_wait_ms", "p_wait", "wait_p50_ms", "wait_p95_ms",
+                 "wait_p99_ms", "max_queue", "orphaned_calls", "orphaned_s")
         return {
             "seed": self.seed,
             "duration_s": self.duration_s,

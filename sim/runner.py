@@ -16,7 +16,7 @@ import pandas as pd
 
 from hailan_sim.models.scenario import Scenario
 from hailan_sim.sim.engine import Engine
-from hailan_sim.sim.metrics import OUTCOMES
+from hailan_sim.sim.metrics import OUTCOMES, WaitHistogram
 from hailan_sim.sim.result import Result
 
 __all__ = ["simulate"]
@@ -73,6 +73,9 @@ def _simulate(scenario: Scenario, keep_events: bool, progress: Optional[bool], s
                    delay=0 if progress else 2.0, leave=False, dynamic_ncols=True)
     shown = 0
     recorders = (engine.request_rec, engine.call_rec)
+    services = list(engine.services.values())
+    for svc in services:
+        svc.wait_hist = WaitHistogram()
     # After duration_s the run drains, in the same slices, until nothing is in flight or
     # drain_s is up. Slice ends are computed from integers, never accumulated.
     end = run.duration_s
@@ -94,6 +97,9 @@ def _simulate(scenario: Scenario, keep_events: bool, progress: Optional[bool], s
         for rec in recorders:
             if rec.pending >= _FLUSH_AT:
                 rec.flush(env.now)
+        for svc in services:
+            if len(svc.waits) >= _FLUSH_AT:
+                svc.wait_hist.fold(svc.waits)
         if len(engine.log.buf) >= _FLUSH_AT:
             engine.log.flush()
         if bar is not None:
@@ -109,6 +115,8 @@ def _simulate(scenario: Scenario, keep_events: bool, progress: Optional[bool], s
         bar.close()
     for rec in recorders:
         rec.flush(None)
+    for svc in services:
+        svc.wait_hist.fold(svc.waits)
     return _result(engine)
 
 
@@ -155,6 +163,7 @@ def _result(engine: Engine) -> Result:
             "utilisation": barea / (workers * measured),
             "mean_queue": qarea / measured,
             "mean_wait_ms": wait_sum / wait_n * 1000 if wait_n else None,
+            **svc.wait_hist.summary(wait_n),
             "max_queue": qmax,
             "served": served,
             "rejected_at_callee": rejected,

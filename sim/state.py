@@ -74,7 +74,8 @@ class _Service:
     """A service or an infrastructure component: a set of identical instances."""
 
     __slots__ = ("name", "infra", "workers", "qlimit", "instances", "up", "ops", "key",
-                 "startup", "consumers", "placement", "scaler", "starting", "scale_areas", "routes")
+                 "startup", "consumers", "placement", "scaler", "starting", "scale_areas", "routes",
+                 "waits", "wait_hist")
 
     def __init__(self, name, infra, workers, qlimit, startup):
         self.name = name
@@ -92,6 +93,10 @@ class _Service:
         self.starting = 0  # instances added by autoscaling that are still starting up
         self.scale_areas = (0.0, 0.0)  # busy and queue integrals at the last evaluation
         self.routes: dict[str, _Route] = {}  # caller (service or client) name -> its route here
+        # Positive waits for a worker (s) of tracked calls, buffered until the runner folds
+        # them into wait_hist (sim.metrics.WaitHistogram): memory bounded, not per call.
+        self.waits: list = []
+        self.wait_hist = None
 
 
 class _Call:

@@ -143,6 +143,8 @@ def run_one(scenario: Scenario, seed: int, duration_s: float, warmup_s: float,
                 "utilisation": float(row["utilisation"]),
                 "mean_queue": float(row["mean_queue"]),
                 "mean_wait_ms": float(row["mean_wait_ms"]),
+                "p_wait": float(row["p_wait"]),
+                "wait_p99_ms": float(row["wait_p99_ms"]),
                 "mean_ms": float(row["mean_ms"]),
                 "served": int(row["served"]),
             }

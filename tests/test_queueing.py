@@ -64,6 +64,7 @@ five times longer M/M/8, the simulated wrong engine) take several CPU minutes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -158,6 +159,10 @@ def mm1_theory(lam: float, s_ms: float) -> dict[str, float]:
         "Wq_ms": 1000.0 * rho / (mu - lam),
         "utilisation": rho,
         "Lq": rho**2 / (1 - rho),
+        # The wait for a worker: P(Wq > t) = rho e^{-(mu - lambda) t} (Kleinrock, Queueing
+        # Systems I, 1975, eq. 3.28), so P(wait) = rho and the 99th percentile solves it at 0.01.
+        "P_wait_engine": rho,
+        "Wq_p99_ms": 1000.0 * math.log(rho / 0.01) / (mu - lam),
     }
 
 
@@ -169,6 +174,10 @@ def mmc_theory(lam: float, s_ms: float, c: int) -> dict[str, float]:
     wq = C / (c * mu - lam)
     return {
         "P_wait": C,
+        # The engine's own count of calls that waited for a worker (not PASTA from the log).
+        "P_wait_engine": C,
+        # P(Wq > t) = C e^{-(c mu - lambda) t} (Kleinrock 1975, eq. 3.40); meaningful where C > 0.01.
+        "Wq_p99_ms": 1000.0 * math.log(C / 0.01) / (c * mu - lam) if C > 0.01 else 0.0,
         "Wq_ms": 1000.0 * wq,
         "W_ms": 1000.0 * (wq + 1 / mu),
         "utilisation": rho,
@@ -254,14 +263,19 @@ def measure(case_name: str, reps: list[dict]) -> dict[str, np.ndarray]:
         out["W_ms"] = col(lambda r: r["mean_ms"])
     if "p_wait" in reps[0]:
         out["P_wait"] = col(lambda r: r["p_wait"])
+    if case_name in ("mm1", "mm3", "mm8"):
+        out["P_wait_engine"] = col(lambda r: svc(r)["p_wait"])
+        out["Wq_p99_ms"] = col(lambda r: svc(r)["wait_p99_ms"])
     return out
 
 
 def tightness(quantity: str, case_name: str) -> float:
     """The largest half-width, as a fraction of the theory value, that ``quantity``'s
     interval may have in ``case_name`` (see the module docstring)."""
-    if quantity in ("P_wait", "P_block"):
+    if quantity in ("P_wait", "P_wait_engine", "P_block"):
         return TIGHT_P
+    if quantity == "Wq_p99_ms":
+        return TIGHT_WQ
     if quantity == "utilisation":
         return TIGHT_U
     if quantity.endswith("Wq_ms") or quantity == "Lq":
@@ -333,6 +347,19 @@ def test_mm1_wait_and_sojourn(runs):
 @pytest.mark.parametrize("name", ["mm3", "mm8"])
 def test_mmc_erlang_c(runs, name):
     check_case(name, runs(name), ["P_wait", "Wq_ms", "W_ms"])
+
+
+@pytest.mark.parametrize("name", ["mm1", "mm3"])
+def test_wait_for_a_worker_p_wait_and_p99(runs, name):
+    """Result.services' p_wait and wait_p99_ms against the M/M/c waiting-time distribution.
+    The p99 comes from 1%-wide buckets (within 0.5% of the order statistic), so the
+    interval is widened by that much on each side before the theory must lie in it."""
+    theory = THEORY[name](RATE)
+    measured = measure(name, runs(name))
+    check(f"{name} P_wait_engine", measured["P_wait_engine"], theory["P_wait_engine"], TIGHT_P)
+    iv = t_interval(measured["Wq_p99_ms"], LEVEL)
+    assert iv.relative_half_width(theory["Wq_p99_ms"]) < TIGHT_WQ, iv
+    assert iv.low * 0.995 <= theory["Wq_p99_ms"] <= iv.high * 1.005, (iv, theory["Wq_p99_ms"])
 
 
 def test_tandem_is_a_jackson_network(runs):
