@@ -92,10 +92,6 @@ from hailan_sim.properties.windows import (  # noqa: F401 (re-exported)
 )
 from hailan_sim.sim.metrics import OUTCOMES
 
-# RabbitMQ's default heartbeat timeout: a broker notices a dead consumer connection (and
-# requeues what it had delivered on it) within this long.
-_HEARTBEAT_S = 60.0
-
 __all__ = [
     "INVARIANTS",
     "Invariant",
@@ -283,9 +279,9 @@ def conservation(record: Record, *, grace_s: Optional[float] = None) -> Verdict:
     most one ``call_end`` and none ends that did not start; every durable message is
     acknowledged at most once and is delivered once its consumer is back: a message still
     unacknowledged at the end of the run is *lost* if, by then, its consumer service had
-    an instance up and the broker was up for ``grace_s`` without a break (default: RabbitMQ's
-    60 s heartbeat timeout, within which a broker requeues what a dead connection held,
-    plus the broker's redelivery delay).
+    an instance up and the broker was up for ``grace_s`` without a break (default: the
+    broker's ``heartbeat_timeout_s``, within which it requeues what a dead connection held
+    (RabbitMQ: 60 s), plus its ``redelivery_delay_s``).
     """
     log = record.log
     sc = record.scenario
@@ -341,6 +337,12 @@ def conservation(record: Record, *, grace_s: Optional[float] = None) -> Verdict:
     if msg_doubled:
         problems.append(f"{len(msg_doubled)} message(s) acknowledged more than once")
     lost = []
+    # The broker requeues what a dead consumer connection held once its heartbeat times
+    # out (the broker's own heartbeat_timeout_s, as the engine uses it; RabbitMQ's default
+    # is 60 s), then redelivers after its delay.
+    graces = {c.name: (c.heartbeat_timeout_s + c.redelivery_delay_s if grace_s is None else grace_s)
+              for c in sc.infrastructure if c.kind == "queue"}
+    details["grace_s"] = graces
     if unacked:
         states = record.instance_states
         end_t = record.result.end_s
@@ -351,9 +353,7 @@ def conservation(record: Record, *, grace_s: Optional[float] = None) -> Verdict:
                 if comp not in ups:
                     insts = [k for k in states if _service_of(sc, k) == comp]
                     ups[comp] = _up_since(states, insts)
-            g = grace_s
-            if g is None:
-                g = _HEARTBEAT_S + sc.component(broker).redelivery_delay_s
+            g = graces[broker]
             cu, bu = ups[consumer], ups[broker]
             if cu is not None and bu is not None and end_t - max(cu, bu) >= g:
                 lost.append(r)

@@ -370,6 +370,17 @@ def test_conservation_holds_with_messages(hardened_crash):
     assert v.details["unfinished_requests"] == 0
 
 
+def test_conservation_grace_is_the_brokers_own_heartbeat():
+    # Issue 9 item 6: the grace before an unacknowledged message counts as lost is the
+    # broker's heartbeat_timeout_s (what the engine uses), not a copy of RabbitMQ's 60 s.
+    data = mini("hardened", duration_s=20).model_dump(mode="python", exclude_unset=True)
+    for c in data["infrastructure"]:
+        if c["name"] == "mq":
+            c.update(heartbeat_timeout_s=7.0, redelivery_delay_s=1.5)
+    v = get("conservation")(_record(Scenario.model_validate(data)))
+    assert v.details["grace_s"] == {"mq": 8.5}
+
+
 def test_conservation_requests_without_any_timeout_never_end():
     # No timeout anywhere (gateway, calls) and an instance that hangs for good: the requests
     # it took never get an outcome.
