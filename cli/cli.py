@@ -55,6 +55,28 @@ def _seed(text: str) -> int:
     return value
 
 
+def _objective(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key or not value:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. rto_s=60), got {text!r}")
+    return key.strip(), value.strip()
+
+
+def _with_objectives(scenario: Scenario, pairs) -> Scenario:
+    """``scenario`` judged by its objectives with the command line's overrides."""
+    if not pairs:
+        return scenario
+    from hailan_sim.models.objectives import override_objectives
+
+    try:
+        objectives = override_objectives(scenario.objectives, list(pairs))
+    except ValueError as exc:
+        raise ScenarioError("command line", str(exc)) from None
+    data = scenario.model_dump(mode="python", exclude_unset=True)
+    data["objectives"] = objectives.model_dump(mode="python", exclude_unset=True)
+    return Scenario.model_validate(data)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="hailan-sim",
@@ -115,6 +137,8 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="instead of searching, run every single fault of the alphabet and tabulate")
     chk.add_argument("--out", metavar="DIR", default="counterexamples", help="where counterexamples go")
     chk.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+    chk.add_argument("--objective", action="append", metavar="KEY=VALUE", type=_objective,
+                     help="override an objective (repeatable), e.g. rto_s=60 (docs/invariants.md)")
 
     rep = sub.add_parser(
         "replay", help="re-run a counterexample and re-evaluate the invariants",
@@ -124,6 +148,8 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--invariant", action="append", metavar="NAME", help="evaluate only this invariant (repeatable)")
     rep.add_argument("--plot", metavar="PNG", help="save the timeline plot")
     rep.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+    rep.add_argument("--objective", action="append", metavar="KEY=VALUE", type=_objective,
+                     help="override an objective (repeatable), e.g. rto_s=60 (docs/invariants.md)")
     return p
 
 
@@ -284,9 +310,10 @@ def _known_invariants(names) -> None:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from hailan_sim.models.faults import FAULT_KINDS, describe
+    from hailan_sim.models.objectives import describe_objectives
     from hailan_sim.properties import checker
 
-    scenario = _check_scenario(args)
+    scenario = _with_objectives(_check_scenario(args), args.objective)
     _known_invariants(args.invariant)
     for k in args.kinds or ():
         if k not in FAULT_KINDS:
@@ -308,10 +335,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps({**report.to_dict(), "objectives": scenario.objectives.model_dump(mode="json")},
+                         indent=2))
         return EXIT_OK if report.ok else EXIT_VIOLATED
     print(f"checked {scenario.name}" + (f" (profile {scenario.profile})" if scenario.profile else "")
           + f": {report.simulations} simulations in {report.wall_s:.0f} s")
+    print(f"objectives: {describe_objectives(scenario.objectives)}")
     print("fault kinds fired: " + (", ".join(f"{k} x{v}" for k, v in report.fault_kinds_fired.items()) or "none"))
     print("witnessed: " + (", ".join(f"{k} x{v}" for k, v in report.witnessed.items()) or "nothing"))
     print("never witnessed: " + (", ".join(report.not_witnessed) or "none (every applicable mechanism was)"))
@@ -362,7 +391,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from hailan_sim.properties import checker
     from hailan_sim.properties.timeline import plot_timeline, timeline_events, windowed_success
 
-    scenario = _load(args.file)
+    from hailan_sim.models.objectives import describe_objectives
+
+    scenario = _with_objectives(_load(args.file), args.objective)
     _known_invariants(args.invariant)
     record, verdicts = checker.replay(scenario, args.invariant)
     result = record.result
@@ -373,6 +404,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({
             "file": args.file, "event_log_sha256": result.event_log_sha256, "ok": ok,
+            "objectives": scenario.objectives.model_dump(mode="json"),
             "invariants": {v.name: {"holds": v.holds, "explanation": v.explanation,
                                     "window": list(v.window) if v.window else None} for v in verdicts},
             "plot": args.plot,
@@ -384,7 +416,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print("  " + line)
     print("\nsuccess ratio per 5 s window (rows: window start, s)")
     print(windowed_success(result.windows).to_string())
-    print("\ninvariants")
+    print(f"\ninvariants, judged by the objectives: {describe_objectives(scenario.objectives)}")
     for v in verdicts:
         print(f"  {'held    ' if v.holds else 'VIOLATED'}  {v.name}: {v.explanation}")
     if args.plot:
