@@ -81,6 +81,16 @@ class Objectives(Frozen):
     retry_extra_load: NonNegativeFloat = Field(
         0.10, description="most extra load retries may add to a target, as a share of its calls"
     )
+    # RFC 7519 section 4.1.4: leeway for clock skew of "usually no more than a few minutes";
+    # .NET's default is 5 min (resilience-semantics.md 5). Clocks within this of each other
+    # must not make a valid token fail.
+    max_clock_skew_s: NonNegativeFloat = Field(
+        300.0, description="clock differences the platform must tolerate without a 401"
+    )
+    # RabbitMQ quorum queues: a default delivery limit of 20 since RabbitMQ 4.0.
+    max_deliveries: Annotated[int, Field(ge=1)] = Field(
+        20, description="most times one message may be delivered (first delivery and redeliveries)"
+    )
     # Consul: health-filtered discovery stops returning a dead instance at its first failed
     # check (interval 10 s + timeout 5 s), plus one 5 s cache refresh.
     dead_instance_s: NonNegativeFloat = Field(

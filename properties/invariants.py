@@ -7,16 +7,18 @@ behind it. Invariants read the record only (the event log, the per-window tables
 scenario's own policies), never the engine's internals, so a record written to disk and read
 back is checked the same way.
 
-Eight are built in (docs/invariants.md defines each precisely, with its tolerance and the
-false-alarm rate it targets)::
+Nine are built in (docs/invariants.md defines each precisely, with the objective it reads,
+its tolerance and the false-alarm rate it targets). Bounds come from the scenario's
+``objectives`` only; what the policies' own timers predict is shown beside them::
 
-    no_cascading_failure       unaffected endpoints keep their success ratio during and after faults
-    bounded_recovery           every endpoint is back within R seconds of the last fault's end
+    no_cascading_failure       no request fails collaterally (span trees) beyond the baseline
+    bounded_recovery           every endpoint is back within rto_s of the last fault's end
     conservation               one terminal outcome per request; no durable message lost
-    breaker_legality           breaker transitions follow the policy's state machine
-    no_traffic_to_dead_instances  dead instances get calls only within the registry's bound
+    breaker_legality           breaker transitions follow the policy's state machine and its declared probe limit
+    no_traffic_to_dead_instances  dead instances get calls only within dead_instance_s
     token_safety               no expired token accepted; no 401 while the issuer is reachable
-    bounded_retry_amplification   calls per request to any one target within a factor of baseline
+    bounded_retry_amplification   attempts per request and retries' extra load within the objectives
+    bounded_redelivery         no message delivered more than max_deliveries times
     determinism                re-running reproduces the event-log hash
 
 Anti-vacuity: every verdict's ``details`` carry ``fault_kinds_fired`` (faults that actually
@@ -56,6 +58,7 @@ from hailan_sim.properties.reach import (  # noqa: F401 (re-exported)
     _edge_policy,
     _edges,
     _node_of,
+    _registry_name,
     _service_of,
     dead_instance_bound_s,
     default_amplification_factor,
@@ -81,6 +84,7 @@ from hailan_sim.properties.verdicts import (  # noqa: F401 (re-exported)
     unregister,
 )
 from hailan_sim.properties.windows import (  # noqa: F401 (re-exported)
+    _compare_frames,
     _compare_windows,
     _nearest_rank,
     _p99_worse,
@@ -118,17 +122,27 @@ __all__ = [
 @register("no_cascading_failure")
 def no_cascading_failure(record: Record, *, alpha: float = 0.01, margin: float = 0.02,
                          min_requests: int = 50, window_s: Optional[float] = None) -> Verdict:
-    """During and after the faults, every endpoint whose call tree does not reach a faulted
-    component (:func:`endpoint_reach`, :func:`faulted_components`) keeps its success ratio,
-    in every window from the first fault's start to the end of arrivals, within tolerance of
-    the fault-free baseline of the same seed.
+    """No failure spreads beyond the faulted components, decided request by request.
 
-    Requests are counted by their start time (the same arrivals in both runs: common random
-    numbers). A window fails when the run's ratio is below the baseline's by more than
-    ``margin`` plus z standard errors (Agresti-Caffo two-proportion, one-sided), with z at
-    ``alpha`` divided by the number of windows compared (Bonferroni): the chance that a run
-    with no real degradation raises any alarm is at most ``alpha``.
+    Each failed request's failure is traced down its span tree to where it started
+    (:func:`hailan_sim.properties.causes.failure_origins`): *direct* when that is a faulted
+    component while its fault was on (a dead, hung or faulted instance, a faulted service,
+    link or infrastructure component, the registry while unreachable, the token keys),
+    otherwise *collateral* (a breaker short-circuiting a call to a healthy service, a
+    rejection or timeout at a healthy service, a 401 from a healthy verifier). Every
+    endpoint is checked, in every window while the faults are on (from the first start to
+    the last end) and from ``objectives.rto_s`` after the last end until arrivals stop (the
+    recovery in between is ``bounded_recovery``'s to judge): the share of its requests that did not fail collaterally must stay within
+    tolerance of the baseline's success ratio (every baseline failure counts: it had no
+    fault). Requests are counted by their start time (common random numbers). A window
+    fails when the run's ratio is below the baseline's by more than ``margin`` plus z
+    standard errors (Agresti-Caffo, one-sided), z at ``alpha`` over the windows compared
+    (Bonferroni). The verdict names the mechanism behind most collateral failures in the
+    failing windows and the chain that led there (for a short circuit: which breaker, when
+    it opened and on which failures).
     """
+    from hailan_sim.properties.causes import breaker_chain, describe_chain, failure_origins
+
     sc = record.scenario
     fired = record.faults_fired
     if not fired:
@@ -140,44 +154,84 @@ def no_cascading_failure(record: Record, *, alpha: float = 0.01, margin: float =
         for c in comps.get(f["index"], []):
             if c not in faulted:
                 faulted.append(c)
-    spiked = [sc.faults[f["index"]].endpoint for f in fired if f["kind"] == "load_spike"]
-    reach = endpoint_reach(sc)
-    excluded = {e: [c for c in r if c in faulted] for e, r in reach.items()}
-    excluded = {e: c or ["(load spike)"] for e, c in excluded.items() if c or e in spiked}
-    unaffected = [e for e in reach if e not in excluded]
+    endpoints = [e.name for e in sc.workload.endpoints]
     t0 = min(f["start_s"] for f in fired)
     t1 = sc.run.duration_s
-    details = {"faulted_components": faulted, "excluded_endpoints": excluded,
-               "unaffected_endpoints": unaffected, "alpha": alpha, "margin": margin}
-    if not unaffected or t0 >= t1:
-        why = ("every endpoint reaches a faulted component" if not unaffected
-               else "the faults start after arrivals stop")
-        return Verdict("", True, f"nothing to check: {why}", None,
+    origins = failure_origins(record)
+    collateral = origins[~origins["direct"].astype(bool)]
+    details = {"faulted_components": faulted, "alpha": alpha, "margin": margin,
+               "failed_requests": int(len(origins)), "direct_failures": int(len(origins) - len(collateral)),
+               "collateral_failures": int(len(collateral))}
+    if t0 >= t1:
+        return Verdict("", True, "nothing to check: the faults start after arrivals stop", None,
                        {**details, "checked": 0, "vacuous": True})
+    # Direct failures are the fault's own cost: count them as not collateral.
+    req = record.requests
+    direct_ids = origins.loc[origins["direct"].astype(bool), "request"].to_numpy()
+    req = req.assign(outcome=np.where(np.isin(req["request"].to_numpy(), direct_ids), "ok", req["outcome"]))
     widths = _widths(record, min_requests, window_s)
-    m = _compare_windows(record, unaffected, widths, t0, t1)
+    # While the faults are on, and again from rto_s after the last one ended: how fast the
+    # system comes back after a fault (a breaker still open on failures the fault caused)
+    # is bounded_recovery's question, judged against the same objective.
+    ends = [f["end_s"] for f in fired]
+    t_end = None if any(e is None for e in ends) else max(ends)
+    segments = [(t0, t1)] if t_end is None or t_end >= t1 else [(t0, t_end)]
+    if t_end is not None and t_end + sc.objectives.rto_s < t1:
+        segments.append((t_end + sc.objectives.rto_s, t1))
+    m = pd.concat([_compare_frames(record, req, endpoints, widths, a, b) for a, b in segments],
+                  ignore_index=True)
     m = m[(m["n_0"] > 0) & (m["n_1"] > 0)].reset_index(drop=True)
     z = _z(alpha, len(m))
     bad = _ratio_drop(m, z, margin)
-    details.update({"checked": int(len(m)), "vacuous": len(m) == 0, "z": z,
-                    "window_s": {e: widths[e] for e in unaffected},
-                    "violations": _window_rows(m, bad)})
+    details.update({"checked": int(len(m)), "vacuous": len(m) == 0, "z": z, "segments": segments,
+                    "window_s": widths, "violations": _window_rows(m, bad)})
     if not bad.any():
         return Verdict("", True,
-                       f"{len(unaffected)} endpoint(s) not reaching {', '.join(faulted)} kept their "
-                       f"success ratio in all {len(m)} windows from {t0:g} s", None, details)
+                       f"all {len(endpoints)} endpoints kept their success ratio, direct failures aside, "
+                       f"in all {len(m)} windows of {', '.join(f'[{a:g}, {b:g})' for a, b in segments)} s ({len(origins)} failed request(s): "
+                       f"{len(origins) - len(collateral)} direct, {len(collateral)} collateral within tolerance)",
+                       None, details)
     mb = m[bad]
-    # The worst: the largest drop.
-    drop = (mb["ok_0"] / mb["n_0"] - mb["ok_1"] / mb["n_1"]).to_numpy()
-    w = mb.iloc[int(np.argmax(drop))]
-    first = mb.sort_values("start", kind="stable").iloc[0]
-    eps = sorted(set(mb["endpoint"]), key=unaffected.index)
-    details["endpoints_violated"] = eps
-    expl = (f"{w['endpoint']} (its calls reach none of {', '.join(faulted)}) succeeded "
-            f"{_pct(w['ok_1'] / w['n_1'])} of {int(w['n_1'])} requests in [{w['start']:g}, {w['end']:g}) s "
-            f"vs {_pct(w['ok_0'] / w['n_0'])} in the baseline; {int(bad.sum())} window(s) over "
-            f"{len(eps)} unaffected endpoint(s) ({', '.join(eps)}) dropped beyond tolerance: a cascade")
-    return Verdict("", False, expl, (float(first["start"]), float(first["end"])), details)
+    eps = list(dict.fromkeys(sorted(mb["endpoint"], key=endpoints.index)))
+    # The collateral failures inside the failing windows: by mechanism, caller service and callee.
+    inside = np.zeros(len(collateral), dtype=bool)
+    cst = collateral["start"].to_numpy()
+    cep = collateral["endpoint"].to_numpy()
+    for _, r in mb.iterrows():
+        inside |= (cep == r["endpoint"]) & (cst >= r["start"]) & (cst < r["end"])
+    col = collateral[inside]
+    callers = col["source"].map(lambda s: _caller_service(sc, s) or s)
+    groups = (col.assign(caller=callers).groupby(["mechanism", "caller", "target"], sort=False)
+              .size().sort_values(ascending=False, kind="stable"))
+    mech, caller, target = groups.index[0]
+    top = col[(col["mechanism"] == mech) & (callers == caller) & (col["target"] == target)]
+    first = top.sort_values("t", kind="stable").iloc[0]
+    chain = {}
+    if mech == "short_circuit":
+        chain = breaker_chain(record, first["source"], target, first["instance"], float(first["t"]))
+    mechanisms = [{"mechanism": a, "caller": b, "target": c, "requests": int(n)}
+                  for (a, b, c), n in groups.head(10).items()]
+    details.update({"endpoints_violated": eps, "collateral_mechanisms": mechanisms, "chain": chain,
+                    "example_path": first["path"]})
+    w = mb.iloc[int(np.argmax((mb["ok_0"] / mb["n_0"] - mb["ok_1"] / mb["n_1"]).to_numpy()))]
+    what = {"short_circuit": f"{caller}'s breakers short-circuited calls to {target}",
+            "timeout": f"calls from {caller} to {target} timed out at a healthy {target}",
+            "rejected": f"{target} rejected calls from {caller} (full queue or bulkhead) while healthy",
+            "error": f"calls from {caller} to {target} failed at a healthy {target}",
+            "auth_401": f"{target} refused {caller}'s tokens (401) while healthy",
+            "no_instance": f"{caller} found no instance of {target} while some were up",
+            "bulkhead_full": f"{caller}'s bulkhead for {target} was full",
+            "discovery_error": f"{caller} could not discover {target} with the registry up",
+            }.get(mech, f"{mech} on calls from {caller} to {target}")
+    expl = (f"{len(eps)} of {len(endpoints)} endpoints ({', '.join(eps)}) failed beyond tolerance for "
+            f"reasons other than the faulted {', '.join(faulted)}: {w['endpoint']} had "
+            f"{_pct(w['ok_1'] / w['n_1'])} of {int(w['n_1'])} requests free of collateral failure in "
+            f"[{w['start']:g}, {w['end']:g}) s vs {_pct(w['ok_0'] / w['n_0'])} ok in the baseline. "
+            f"Mechanism: {what} ({int(groups.iloc[0])} of {len(col)} collateral failures in those windows; "
+            f"e.g. {first['path']})"
+            + (f"; chain: {describe_chain(chain)}" if chain else "") + ": a cascade")
+    first_w = mb.sort_values("start", kind="stable").iloc[0]
+    return Verdict("", False, expl, (float(first_w["start"]), float(first_w["end"])), details)
 
 
 # --------------------------------------------------------------------------- 2. bounded recovery
@@ -192,7 +246,9 @@ def bounded_recovery(record: Record, *, recovery_s: Optional[float] = None, alph
     within tolerance of the fault-free baseline within R seconds and stay there: every window
     starting at or after ``last end + R`` (until arrivals stop) passes.
 
-    R defaults to :func:`default_recovery_s` (the policies' own timers). Success ratio: the
+    R is the scenario's recovery time objective (``objectives.rto_s``); what the policies'
+    own timers predict (:func:`default_recovery_s`) is reported beside it
+    (``details["predicted_recovery_s"]``), never used as the bound. Success ratio: the
     same one-sided Agresti-Caffo test as ``no_cascading_failure`` (``margin``, Bonferroni at
     ``alpha``). p99 (nearest rank, requests by start time): fails above
     ``max(p99_ratio x ref, ref + p99_abs_ms)``, ref the larger of the baseline window's and
@@ -211,13 +267,19 @@ def bounded_recovery(record: Record, *, recovery_s: Optional[float] = None, alph
         return Verdict("", True, f"not applicable: {', '.join(open_)} never ended within the run",
                        None, {**details, "checked": 0, "vacuous": True})
     t_end = max(f["end_s"] for f in fired)
-    R = default_recovery_s(sc) if recovery_s is None else float(recovery_s)
+    # The bound is the user's recovery time objective; what the policies' own timers
+    # predict is shown beside it, never used as the bound (objectives.md: "a design's own
+    # timers are a prediction to show beside the objective").
+    R = sc.objectives.rto_s if recovery_s is None else float(recovery_s)
+    predicted = default_recovery_s(sc)
+    beside = f"your timers predict recovery in {predicted:g} s; the objective is {R:g} s"
     t1 = sc.run.duration_s
     endpoints = [e.name for e in sc.workload.endpoints]
     widths = _widths(record, min_requests, window_s)
     ref_run = {e: float(record.baseline.endpoints.loc[e, "p99_ms"]) if e in record.baseline.endpoints.index
                else math.nan for e in endpoints}
-    details.update({"last_fault_end_s": t_end, "recovery_s": R, "window_s": widths})
+    details.update({"last_fault_end_s": t_end, "recovery_s": R, "predicted_recovery_s": predicted,
+                    "window_s": widths})
 
     # Observed recovery time, on a grid from the last end.
     g = _compare_windows(record, endpoints, widths, t_end, t1)
@@ -237,7 +299,8 @@ def bounded_recovery(record: Record, *, recovery_s: Optional[float] = None, alph
     if start >= t1:
         return Verdict("", True,
                        f"nothing to check: arrivals stop {t1 - t_end:g} s after the last fault ended, "
-                       f"before R = {R:g} s; run arrivals until at least {start + max(widths.values()):g} s",
+                       f"before R = {R:g} s; run arrivals until at least {start + max(widths.values()):g} s "
+                       f"({beside})",
                        None, {**details, "checked": 0, "vacuous": True})
     m = _compare_windows(record, endpoints, widths, start, t1)
     m = m[(m["n_0"] > 0) & (m["n_1"] > 0)].reset_index(drop=True)
@@ -250,7 +313,7 @@ def bounded_recovery(record: Record, *, recovery_s: Optional[float] = None, alph
     if not bad.any():
         return Verdict("", True,
                        f"every endpoint was within tolerance in all {len(m)} windows from "
-                       f"{start:g} s ({R:g} s after the last fault ended at {t_end:g} s)", None, details)
+                       f"{start:g} s ({R:g} s after the last fault ended at {t_end:g} s; {beside})", None, details)
     first = m[bad].sort_values("start", kind="stable").iloc[0]
     i = int(first.name)
     what = []
@@ -264,7 +327,7 @@ def bounded_recovery(record: Record, *, recovery_s: Optional[float] = None, alph
             else f"it was back {rec:g} s after the fault")
     expl = (f"{first['endpoint']} {' and '.join(what)} in [{first['start']:g}, {first['end']:g}) s, "
             f"{first['start'] - t_end:g} s after the last fault ended (R = {R:g} s); "
-            f"{int(bad.sum())} late window(s) over {', '.join(eps)}; {tail}")
+            f"{int(bad.sum())} late window(s) over {', '.join(eps)}; {tail}; {beside}")
     details["endpoints_violated"] = eps
     return Verdict("", False, expl, (float(first["start"]), float(first["end"])), details)
 
@@ -418,9 +481,9 @@ def breaker_legality(record: Record) -> Verdict:
     state the previous one entered: spec breakers closed->open, open->half_open,
     half_open->closed, half_open->open and the spec's own open->open re-entry;
     sliding-window (resilience4j) breakers the same without open->open. And in each
-    half-open episode it admits at most its probe limit where the policy enforces one
-    (sliding window: ``permitted_calls_in_half_open``; spec: ``half_open_max_calls`` with
-    ``enforce_half_open_limit``), counting the caller's calls that start under that breaker
+    half-open episode it admits at most its declared probe limit (sliding window:
+    ``permitted_calls_in_half_open``; spec: ``half_open_max_calls``, a promise checked
+    whether or not the implementation enforces it: ``enforce_half_open_limit``), counting the caller's calls that start under that breaker
     between the transition into half-open and the next transition.
     """
     log = record.log
@@ -452,7 +515,7 @@ def breaker_legality(record: Record) -> Verdict:
         kinds = sorted({c.kind for c in confs}) or ["spec", "sliding_window"]
         legal = set().union(*(_LEGAL[k] for k in kinds))
         limits = [c.permitted_calls_in_half_open if c.kind == "sliding_window"
-                  else (c.half_open_max_calls if c.enforce_half_open_limit else None) for c in confs]
+                  else c.half_open_max_calls for c in confs]
         limit = None if (not limits or any(x is None for x in limits)) else max(limits)
         state = "closed"
         for idx, r in enumerate(rs):
@@ -511,12 +574,12 @@ def _overlap(a: float, b: float, intervals: Sequence[tuple[float, float]]) -> fl
 
 @register("no_traffic_to_dead_instances")
 def no_traffic_to_dead_instances(record: Record, *, bound_s: Optional[float] = None) -> Verdict:
-    """No call is sent to a dead instance more than the registry policy's bound after it
+    """No call is sent to a dead instance more than the objective's bound after it
     died. Dead: after its ``instance_down`` or ``instance_stop`` until its next
     ``instance_up``, and while a ``hang`` fault holds it. A call is sent when its
     ``call_start`` is logged and goes to the instance on its ``call_end``. The bound is
-    :func:`dead_instance_bound_s` of the call's edge (caller service -> callee service;
-    the largest over all edges for calls from the gateway, clients or brokers); time in
+    the objective ``objectives.dead_instance_s``; what the registry policy of the call's
+    edge predicts (:func:`dead_instance_bound_s`) is reported beside it; time in
     which the registry was unreachable (an outage, a partition with it, the registry down
     with its node or zone) does not count,
     as no registry policy can act then. ``bound_s`` overrides the bound for every call.
@@ -539,8 +602,10 @@ def no_traffic_to_dead_instances(record: Record, *, bound_s: Optional[float] = N
     count = 0
     checked = 0
     per_instance: dict[str, int] = {}
-    default_bound = dead_instance_bound_s(sc) if bound_s is None else float(bound_s)
-    bounds: dict = {}
+    # The bound is the objective (objectives.dead_instance_s); what the registry policy
+    # predicts per edge (dead_instance_bound_s) is shown beside it.
+    default_bound = sc.objectives.dead_instance_s if bound_s is None else float(bound_s)
+    predicted: dict = {}
     deaths = 0
     unmanaged = 0
     for inst, (rows, ts, ss) in states.items():
@@ -571,38 +636,37 @@ def no_traffic_to_dead_instances(record: Record, *, bound_s: Optional[float] = N
             if caller is None and ss[kk] == "hung":
                 unmanaged += 1
                 continue
-            if bound_s is not None:
-                b = default_bound
-            elif caller in services:
-                key = (caller, svc)
-                if key not in bounds:
-                    bounds[key] = dead_instance_bound_s(sc, caller, svc)
-                b = bounds[key]
-            else:
-                b = default_bound
+            b = default_bound
             checked += 1
             excess = t - died - _overlap(died, t, outages) - b
             if excess > 1e-9:
                 count += 1
                 per_instance[inst] = per_instance.get(inst, 0) + 1
                 if worst is None or excess > worst["excess_s"]:
+                    key = (caller, svc) if caller in services else (None, None)
+                    if key not in predicted:
+                        predicted[key] = dead_instance_bound_s(sc, *key)
                     worst = {"instance": inst, "caller": src, "died_s": died, "sent_s": t,
-                             "bound_s": b, "excess_s": excess, "state": ss[kk]}
+                             "bound_s": b, "predicted_s": predicted[key], "excess_s": excess,
+                             "state": ss[kk]}
+    overall = dead_instance_bound_s(sc)
     details = {"deaths": deaths, "calls_to_dead_instances": checked, "calls_beyond_bound": count,
-               "per_instance": per_instance, "bound_s": default_bound, "checked": checked,
+               "per_instance": per_instance, "bound_s": default_bound, "predicted_s": overall,
+               "checked": checked,
                "hung_calls_outside_registry": unmanaged,
                "vacuous": deaths == 0, "worst": worst}
     if count == 0:
         return Verdict("", True,
                        f"{checked} call(s) reached {deaths} dead instance spell(s), all within the "
-                       f"registry bound ({default_bound:g} s)" if deaths else
+                       f"objective ({default_bound:g} s; your registry policy predicts up to {overall:g} s)"
+                       if deaths else
                        "no instance died: nothing to check", None, details)
     w = worst
     how = "hung" if w["state"] == "hung" else "dead"
     expl = (f"{w['caller']} sent a call to {w['instance']} at {w['sent_s']:g} s, "
-            f"{w['sent_s'] - w['died_s']:g} s after it went {how} at {w['died_s']:g} s; the registry "
-            f"policy bounds that at {w['bound_s']:g} s ({count} call(s) beyond the bound to "
-            f"{', '.join(sorted(per_instance))})")
+            f"{w['sent_s'] - w['died_s']:g} s after it went {how} at {w['died_s']:g} s; the objective "
+            f"is {w['bound_s']:g} s and your registry policy predicts {w['predicted_s']:g} s "
+            f"({count} call(s) beyond the objective to {', '.join(sorted(per_instance))})")
     return Verdict("", False, expl, (w["died_s"], w["sent_s"]), details)
 
 
@@ -642,7 +706,9 @@ def token_safety(record: Record) -> Verdict:
     signed with a key the issuer had not published. Liveness: no call fails authentication
     (``auth_401``) while the issuer is reachable (an instance up, no registry outage, no
     partition between caller and issuer) and the clocks involved (caller, verifier, and
-    the issuer when it signed) are within the leeway of each other -- unless a later
+    the issuer when it signed) are within ``objectives.max_clock_skew_s`` of each other
+    (not the verifier's configured leeway: a 401 the caller could not avoid is a liveness
+    failure whatever leeway the verifier has) -- unless a later
     attempt of the same call from the same parent succeeded (a refresh-and-retry).
 
     The token a call carried is read from the log: the latest successful call from the
@@ -659,6 +725,7 @@ def token_safety(record: Record) -> Verdict:
         return Verdict("", True, "not applicable: service tokens are disabled", None,
                        {"checked": 0, "vacuous": True})
     log = record.log
+    skew_ok = sc.objectives.max_clock_skew_s
     issuer_svc, issuer_op = split_target(tok.issuer)
     services = {s.name for s in sc.services}
     skew = _skews(sc, log)
@@ -783,7 +850,9 @@ def token_safety(record: Record) -> Verdict:
         clocks = [skew(node_of(src), t), skew(node_of(verifier), t)]
         if tk is not None:
             clocks.append(skew(node_of(tk["issuer"]), tk["issued_s"]))
-        if max(clocks) - min(clocks) > tok.leeway_s:
+        # Clocks further apart than the objective's tolerated skew excuse a 401; within
+        # it, the caller could not have avoided the 401 whatever leeway the verifier has.
+        if max(clocks) - min(clocks) > skew_ok:
             excused["clocks_apart"] += 1
             continue
         unlive.append({"call": c, "caller": src, "verifier": verifier, "t": t,
@@ -803,7 +872,8 @@ def token_safety(record: Record) -> Verdict:
         u = unlive[0]
         problems.append(f"{u['verifier']} refused a call from {u['caller']} at {u['t']:g} s "
                         f"({u['verdict']}) although the issuer was reachable and clocks were within "
-                        f"{tok.leeway_s:g} s; {len(unlive)} such failure(s)")
+                        f"{skew_ok:g} s (the objective's tolerated skew; the verifier's leeway is "
+                        f"{tok.leeway_s:g} s); {len(unlive)} such failure(s)")
         window = window or (u["t"], u["t"])
         if len(unlive) > 1:
             window = (min(window[0], unlive[0]["t"]), max(window[1], unlive[-1]["t"]))
@@ -835,30 +905,56 @@ def _calls_per_request(log: _Log, brokers: Sequence[str] = ()) -> pd.DataFrame:
     return df.groupby(["request", "target"], sort=False).size().rename("calls").reset_index()
 
 
+def _repeats_by_caller(log: _Log, brokers: Sequence[str]) -> pd.DataFrame:
+    """Per caller service: calls made (``call_start`` from its instances, message deliveries
+    left out) and repeats: calls with the same parent, target and operation as an earlier
+    one (retries, and a ``repeat`` node's siblings: the baseline has those too)."""
+    cs = log.rows("call_start")
+    src = log.source[cs]
+    keep = ~np.isin(src, list(brokers)) & (log.parent[cs] >= 0)
+    cs = cs[keep]
+    df = pd.DataFrame({"source": log.source[cs], "parent": log.parent[cs], "target": log.target[cs],
+                       "op": log.operation[cs]})
+    df["caller"] = df["source"].str.rsplit("-", n=1).str[0]
+    df["repeat"] = df.duplicated(["parent", "target", "op"], keep="first")
+    return df.groupby("caller", sort=True).agg(calls=("repeat", "size"), repeats=("repeat", "sum"))
+
+
 @register("bounded_retry_amplification")
 def bounded_retry_amplification(record: Record, *, factor: Optional[float] = None,
-                                quantile: float = 1.0, messages: bool = True) -> Verdict:
-    """Calls per user request stay within ``factor`` of the fault-free baseline: for every
-    request and every target (service or component), the calls the request made to that
-    target (``call_start`` rows with its request id: retries, discovery lookups, token
-    fetches, message deliveries and redeliveries included) are at most ``factor`` times the
-    most the baseline's requests of the same endpoint made to it (at least 1). ``quantile``
-    below 1 checks that quantile of the requests' worst ratio instead of the maximum.
-    ``factor`` defaults to :func:`default_amplification_factor`. ``messages=False`` leaves out
-    message deliveries and what their consumers call (the broker redelivers a failed message
-    every ``redelivery_delay_s`` for as long as its consumer fails, with no limit, so a
-    consumer-breaking outage amplifies that request's calls in proportion to its length).
-    Needs the baseline's events.
+                                extra_load: Optional[float] = None, quantile: float = 1.0,
+                                messages: bool = False) -> Verdict:
+    """Retries stay within the objectives, per request and in aggregate.
+
+    **Per request**: for every request and every target (service or component), the calls
+    the request made to that target (``call_start`` rows with its request id: retries,
+    discovery lookups, token fetches included) are at most ``factor`` times the most the
+    baseline's requests of the same endpoint made to it (at least 1). ``factor`` is the
+    objective ``objectives.max_attempts`` (SRE book: at most 3 attempts per request); what
+    the policies allow (:func:`default_amplification_factor`) is reported beside it.
+    ``quantile`` below 1 checks that quantile of the requests' worst ratio instead.
+
+    **Aggregate**: per caller service, the share of its calls that repeat an earlier call
+    of the same parent to the same target and operation (retries) exceeds the baseline's
+    share by at most ``extra_load`` (``objectives.retry_extra_load``; SRE book: retries
+    under about 10% of requests).
+
+    Message deliveries and what their consumers call are left out (``messages=True`` counts
+    them): redelivery is judged apart, by ``bounded_redelivery``, so that one does not hide
+    the other. Needs the baseline's events.
     """
     sc = record.scenario
     if record.baseline_log is None:
         raise ValueError("bounded_retry_amplification needs the baseline's event log: build the "
                          "record with Record.from_scenario(scenario) or run the baseline with "
                          "simulate(without_faults(scenario), keep_events=True)")
-    F = default_amplification_factor(sc) if factor is None else float(factor)
+    F = float(sc.objectives.max_attempts) if factor is None else float(factor)
+    X = sc.objectives.retry_extra_load if extra_load is None else float(extra_load)
+    predicted = default_amplification_factor(sc)
     req = record.requests.set_index("request")
     breq = record.baseline_requests.set_index("request")
-    brokers = () if messages else tuple(c.name for c in sc.infrastructure if c.kind == "queue")
+    queues = tuple(c.name for c in sc.infrastructure if c.kind == "queue")
+    brokers = () if messages else queues
     f = _calls_per_request(record.log, brokers)
     b = _calls_per_request(record.baseline_log, brokers)
     b["endpoint"] = b["request"].map(breq["endpoint"])
@@ -872,27 +968,266 @@ def bounded_retry_amplification(record: Record, *, factor: Optional[float] = Non
     if n == 0:
         return Verdict("", True, "no request made a call: nothing to check", None,
                        {"factor": F, "checked": 0, "vacuous": True})
+    # Aggregate extra load by caller service.
+    agg_r = _repeats_by_caller(record.log, queues)
+    agg_b = _repeats_by_caller(record.baseline_log, queues)
+    share_r = agg_r["repeats"] / agg_r["calls"].clip(lower=1)
+    share_b = (agg_b["repeats"] / agg_b["calls"].clip(lower=1)).reindex(share_r.index).fillna(0.0)
+    extra = (share_r - share_b).sort_values(ascending=False, kind="stable")
     stat = float(per_req.max()) if quantile >= 1 else _nearest_rank(per_req.to_numpy(), quantile)
     worst_i = f["ratio"].to_numpy().argmax()
     w = f.iloc[int(worst_i)]
     over = int((per_req > F).sum())
-    details = {"factor": F, "quantile": quantile, "messages": messages, "statistic": stat, "requests": n,
+    details = {"factor": F, "predicted_factor": predicted, "extra_load": X, "quantile": quantile,
+               "messages": messages, "statistic": stat, "requests": n,
                "requests_over": over, "max_ratio": float(per_req.max()),
                "p99_ratio": _nearest_rank(per_req.to_numpy(), 0.99),
+               "retry_extra_load": {k: round(float(v), 4) for k, v in extra.items()},
                "worst": {"request": int(w["request"]), "endpoint": w["endpoint"], "target": w["target"],
                          "calls": int(w["calls"]), "baseline_max": int(w["ref"])},
                "checked": n, "vacuous": False}
     rq = req.loc[int(w["request"])]
     window = (float(rq["start"]), float(rq["end"]) if not pd.isna(rq["end"]) else record.result.end_s)
     what = "the largest" if quantile >= 1 else f"the {quantile:g} quantile of the"
-    if stat <= F:
-        return Verdict("", True, f"{what} per-request amplification was {stat:.2f}x (limit {F:g}x; "
-                                 f"worst: {int(w['calls'])} calls to {w['target']} vs at most "
-                                 f"{int(w['ref'])} in the baseline)", None, details)
+    beside = f"your retry policies allow up to {predicted:g}x"
+    problems = []
+    if stat > F:
+        problems.append(
+            f"request {int(w['request'])} ({w['endpoint']}, started {window[0]:g} s) made "
+            f"{int(w['calls'])} calls to {w['target']}, {w['ratio']:.1f}x the baseline's most "
+            f"({int(w['ref'])}); the objective is {F:g}x ({beside}); {over} request(s) over it")
+    if len(extra) and float(extra.iloc[0]) > X + 1e-12:
+        c = extra.index[0]
+        problems.append(
+            f"{c}'s retries added {100 * float(extra.iloc[0]):.1f}% to its calls "
+            f"({int(agg_r.loc[c, 'repeats'])} repeats of {int(agg_r.loc[c, 'calls'])} calls, beyond the "
+            f"baseline's share); the objective is at most {100 * X:g}%")
+    if problems:
+        if stat <= F:
+            window = None
+        return Verdict("", False, "; ".join(problems), window or (0.0, record.result.end_s), details)
+    top = f"; the most extra load: {extra.index[0]} +{100 * float(extra.iloc[0]):.1f}%" if len(extra) else ""
+    return Verdict("", True, f"{what} per-request amplification was {stat:.2f}x (objective {F:g}x, "
+                             f"{beside}; worst: {int(w['calls'])} calls to {w['target']} vs at most "
+                             f"{int(w['ref'])} in the baseline){top}", None, details)
+
+
+@register("bounded_redelivery")
+def bounded_redelivery(record: Record, *, max_deliveries: Optional[int] = None) -> Verdict:
+    """No message is delivered more than ``max_deliveries`` times (first delivery and
+    redeliveries: one ``message_nack`` per failed delivery). The objective is
+    ``objectives.max_deliveries`` (RabbitMQ quorum queues' default delivery limit, 20 since
+    4.0); the engine's broker redelivers without a limit, so a consumer-breaking outage
+    longer than ``max_deliveries x redelivery_delay_s`` breaks it. Judged apart from retry
+    amplification so that neither hides the other."""
+    sc = record.scenario
+    limit = sc.objectives.max_deliveries if max_deliveries is None else int(max_deliveries)
+    log = record.log
+    pub = log.rows("message_publish")
+    if len(pub) == 0:
+        return Verdict("", True, "no message was published: nothing to check", None,
+                       {"max_deliveries": limit, "checked": 0, "vacuous": True})
+    nacks = log.rows("message_nack")
+    counts = pd.Series(log.call[nacks]).value_counts() + 1
+    details = {"max_deliveries": limit, "messages": int(len(pub)), "redeliveries": int(len(nacks)),
+               "most_deliveries": int(counts.max()) if len(counts) else 1,
+               "checked": int(len(pub)), "vacuous": False}
+    over = counts[counts > limit]
+    if over.empty:
+        return Verdict("", True, f"{len(pub)} message(s), {len(nacks)} redelivery(ies); at most "
+                                 f"{details['most_deliveries']} deliveries of one (objective {limit})",
+                       None, details)
+    msg = int(over.index[0])
+    rows = nacks[log.call[nacks] == msg]
+    t0, t1 = float(log.t[rows[0]]), float(log.t[rows[-1]])
+    details["messages_over"] = int(len(over))
     return Verdict("", False,
-                   f"request {int(w['request'])} ({w['endpoint']}, started {window[0]:g} s) made "
-                   f"{int(w['calls'])} calls to {w['target']}, {w['ratio']:.1f}x the baseline's most "
-                   f"({int(w['ref'])}); limit {F:g}x; {over} request(s) over the limit", window, details)
+                   f"message {msg} to {log.target[rows[0]]}.{log.operation[rows[0]]} was delivered "
+                   f"{int(over.iloc[0])} times between {t0:g} and {t1:g} s; the objective is at most "
+                   f"{limit} ({len(over)} message(s) over it)", (t0, t1), details)
+
+
+# --------------------------------------------------------------------------- 9. redundancy and static stability
+
+
+def _losses_are_redundant(sc: Scenario, fired: list[dict]) -> tuple[bool, str]:
+    """Whether every fault that fired is the loss of capacity the design has spare: one
+    instance of a service with others left, or a node or zone where every service on it has
+    instances elsewhere and no single-instance component runs; and the instances left can
+    carry the service's analytic load (utilisation scaled by n / (n - lost) below 1)."""
+    from hailan_sim.models.capacity import offered_load
+
+    util = offered_load(sc)["utilisation"].to_dict()
+    lost: dict[str, int] = {}
+    for f in fired:
+        fault = sc.faults[f["index"]]
+        if fault.kind in ("crash_instance", "hang", "drain_instance"):
+            insts = [fault.instance]
+        elif fault.kind in ("crash_node", "crash_zone"):
+            nodes = ({fault.node} if fault.kind == "crash_node"
+                     else {n.name for n in sc.nodes if n.zone == fault.zone})
+            infra = [c.name for c in sc.infrastructure if (c.placement or sc.nodes[0].name) in nodes]
+            if infra:
+                return False, f"{fault.kind} takes single-instance {', '.join(infra)} with it"
+            insts = [p.instance for p in sc.placements() if p.node in nodes]
+        else:
+            return False, f"{fault.kind} is not the loss of a redundant instance, node or zone"
+        for i in insts:
+            svc = _service_of(sc, i)
+            lost[svc] = lost.get(svc, 0) + 1
+    for svc, k in lost.items():
+        n = sc.service(svc).instances
+        if k >= n:
+            return False, f"every instance of {svc} is lost"
+        if util.get(svc, 0.0) * n / (n - k) >= 1.0:
+            return False, f"the {n - k} instance(s) of {svc} left cannot carry its load"
+    return True, ", ".join(f"{k} of {sc.service(s).instances} {s} instance(s)" for s, k in lost.items())
+
+
+def _cost_beyond_baseline(record: Record, t0: float, budget_of, detection_s: Optional[float], *,
+                          alpha: float, margin: float, min_requests: int, window_s: Optional[float]):
+    """Two clauses over the requests started from ``t0`` until arrivals stop, per endpoint:
+    the run's success ratio over the whole period is not below the baseline's by more than
+    the endpoint's budget (``budget_of(endpoint)``) plus z standard errors; and (with
+    ``detection_s``) the windows that fail the window test and are below the endpoint's
+    success objective add up to at most ``detection_s`` plus one window (the granularity).
+    Returns (problems, details)."""
+    sc = record.scenario
+    t1 = sc.run.duration_s
+    endpoints = [e.name for e in sc.workload.endpoints]
+    problems: list[tuple[float, float, str]] = []
+    # The whole period, one window per endpoint.
+    whole = {e: t1 - t0 for e in endpoints}
+    m = _compare_windows(record, endpoints, whole, t0, t1)
+    m = m[(m["n_0"] > 0) & (m["n_1"] > 0)].reset_index(drop=True)
+    z = _z(alpha, max(1, len(m)))
+    lost = {}
+    for _, r in m.iterrows():
+        e = r["endpoint"]
+        b = budget_of(e)
+        p0, p1 = r["ok_0"] / r["n_0"], r["ok_1"] / r["n_1"]
+        lost[e] = round(float(p0 - p1), 5)
+        one = pd.DataFrame([r])
+        if _ratio_drop(one, z, b)[0]:
+            problems.append((t0, t1, f"{e} lost {100 * (p0 - p1):.2f}% of its {int(r['n_1'])} requests "
+                                     f"beyond the baseline's failures from {t0:g} s; the budget is "
+                                     f"{100 * b:g}%"))
+    details = {"budget_used": lost, "checked": int(len(m))}
+    if detection_s is not None:
+        widths = _widths(record, min_requests, window_s)
+        w = _compare_windows(record, endpoints, widths, t0, t1)
+        w = w[(w["n_0"] > 0) & (w["n_1"] > 0)].reset_index(drop=True)
+        zw = _z(alpha, max(1, len(w)))
+        slo = w["endpoint"].map(lambda e: sc.objectives.for_endpoint(e)[0]).to_numpy(float)
+        bad = _ratio_drop(w, zw, margin) & ((w["ok_1"] / w["n_1"]).to_numpy(float) < slo)
+        below = {}
+        for e in endpoints:
+            sel = w[bad & (w["endpoint"] == e).to_numpy()]
+            if len(sel):
+                below[e] = float((sel["end"] - sel["start"]).sum())
+                allowed = detection_s + widths[e]
+                if below[e] > allowed:
+                    first = sel.iloc[0]
+                    problems.append((float(first["start"]), float(sel["end"].max()),
+                                     f"{e} was below its success objective for {below[e]:g} s "
+                                     f"(from {first['start']:g} s); the detection objective is "
+                                     f"{detection_s:g} s (measured in {widths[e]:g} s windows)"))
+        details.update({"seconds_below_objective": below, "checked": details["checked"] + int(len(w))})
+    return problems, details
+
+
+@register("redundancy")
+def redundancy(record: Record, *, alpha: float = 0.01, margin: float = 0.02, min_requests: int = 50,
+               window_s: Optional[float] = None) -> Verdict:
+    """The loss of capacity the design has spare costs little: when every fault that fired
+    is the loss of one (or some) of several instances of a service whose remaining
+    instances can carry its load, or of a node or zone where every service has replicas
+    elsewhere, then from the first loss until arrivals stop every endpoint loses at most
+    ``objectives.redundancy_budget`` of its requests beyond the baseline's failures, and is
+    below its success objective (windows failing the window test and under the SLO) for at
+    most ``objectives.detection_s`` (plus one window). Other runs: not applicable (vacuous).
+    AWS Builders' Library, "Static stability using Availability Zones" (N+1)."""
+    sc = record.scenario
+    fired = record.faults_fired
+    o = sc.objectives
+    base = {"budget": o.redundancy_budget, "detection_s": o.detection_s}
+    if not fired:
+        return Verdict("", True, "no fault fired: nothing to check", None, {**base, "checked": 0, "vacuous": True})
+    ok, what = _losses_are_redundant(sc, fired)
+    if not ok:
+        return Verdict("", True, f"not applicable: {what}", None, {**base, "checked": 0, "vacuous": True})
+    t0 = min(f["start_s"] for f in fired)
+    if t0 >= sc.run.duration_s:
+        return Verdict("", True, "nothing to check: the faults start after arrivals stop", None,
+                       {**base, "checked": 0, "vacuous": True})
+    problems, details = _cost_beyond_baseline(record, t0, lambda e: o.redundancy_budget, o.detection_s,
+                                              alpha=alpha, margin=margin, min_requests=min_requests,
+                                              window_s=window_s)
+    details = {**base, "lost": what, **details, "vacuous": details["checked"] == 0}
+    if not problems:
+        return Verdict("", True, f"losing {what} cost every endpoint at most "
+                                 f"{100 * max(details['budget_used'].values(), default=0):.2f}% of its requests "
+                                 f"(budget {100 * o.redundancy_budget:g}%) and at most "
+                                 f"{max(details.get('seconds_below_objective', {}).values(), default=0):g} s "
+                                 f"below its objective (detection {o.detection_s:g} s)", None, details)
+    problems.sort()
+    details["violations"] = [p[2] for p in problems[:20]]
+    return Verdict("", False, f"losing {what}, capacity the design has spare: " + problems[0][2]
+                   + (f" ({len(problems)} violations)" if len(problems) > 1 else ""),
+                   (problems[0][0], problems[0][1]), details)
+
+
+_CONTROL_PLANE = ("registry_outage",)
+
+
+@register("static_stability")
+def static_stability(record: Record, *, alpha: float = 0.01, min_requests: int = 50,
+                     window_s: Optional[float] = None) -> Verdict:
+    """An outage of the control plane shorter than ``objectives.control_plane_horizon_s``
+    costs the data plane nothing beyond the error budget: when every fault that fired is a
+    registry outage, an outage of the registry component, or a partition that cuts callers
+    from the registry, each shorter than the horizon, then from the first one's start until
+    arrivals stop every endpoint's success ratio is not below the baseline's by more than
+    its error budget (``1 - success_ratio``, per endpoint) plus z standard errors. Other
+    runs: not applicable (vacuous). AWS Builders' Library, "Static stability using
+    Availability Zones": the data plane keeps serving in its last known good state."""
+    sc = record.scenario
+    fired = record.faults_fired
+    o = sc.objectives
+    reg = _registry_name(sc)
+    base = {"horizon_s": o.control_plane_horizon_s}
+    if not fired:
+        return Verdict("", True, "no fault fired: nothing to check", None, {**base, "checked": 0, "vacuous": True})
+    for f in fired:
+        fault = sc.faults[f["index"]]
+        cp = (fault.kind in _CONTROL_PLANE
+              or (fault.kind == "infra_outage" and fault.component == reg)
+              or (fault.kind == "partition" and reg in (fault.a, fault.b)))
+        if not cp:
+            return Verdict("", True, f"not applicable: {fault.kind} is not a control plane outage", None,
+                           {**base, "checked": 0, "vacuous": True})
+        length = (f["end_s"] if f["end_s"] is not None else record.result.end_s) - f["start_s"]
+        if length >= o.control_plane_horizon_s:
+            return Verdict("", True, f"not applicable: the {fault.kind} lasted {length:g} s, not shorter than "
+                                     f"the {o.control_plane_horizon_s:g} s horizon", None,
+                           {**base, "checked": 0, "vacuous": True})
+    t0 = min(f["start_s"] for f in fired)
+    if t0 >= sc.run.duration_s:
+        return Verdict("", True, "nothing to check: the faults start after arrivals stop", None,
+                       {**base, "checked": 0, "vacuous": True})
+    problems, details = _cost_beyond_baseline(record, t0, lambda e: 1.0 - o.for_endpoint(e)[0], None,
+                                              alpha=alpha, margin=0.0, min_requests=min_requests,
+                                              window_s=window_s)
+    details = {**base, **details, "vacuous": details["checked"] == 0}
+    if not problems:
+        return Verdict("", True, "the control plane outage cost every endpoint at most "
+                                 f"{100 * max(details['budget_used'].values(), default=0):.2f}% of its "
+                                 "requests, within its error budget", None, details)
+    details["violations"] = [p[2] for p in problems[:20]]
+    return Verdict("", False, "a control plane outage shorter than the "
+                              f"{o.control_plane_horizon_s:g} s horizon cost the data plane: " + problems[0][2]
+                   + (f" ({len(problems)} endpoints)" if len(problems) > 1 else ""),
+                   (problems[0][0], problems[0][1]), details)
 
 
 # --------------------------------------------------------------------------- 8. determinism

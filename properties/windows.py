@@ -86,7 +86,14 @@ def _table_from_windows(windows: pd.DataFrame, widths: dict, t0: float, t1: floa
 def _compare_windows(record: Record, endpoints: Sequence[str], widths: dict, t0: float, t1: float
                      ) -> pd.DataFrame:
     """Faulted vs baseline, per endpoint and window from ``t0``: n0, ok0, p99_0, n1, ok1, p99_1."""
-    f = _table_from_requests(record.requests, widths, t0, t1)
+    return _compare_frames(record, record.requests, endpoints, widths, t0, t1)
+
+
+def _compare_frames(record: Record, requests: pd.DataFrame, endpoints: Sequence[str], widths: dict,
+                    t0: float, t1: float) -> pd.DataFrame:
+    """:func:`_compare_windows` with the run's requests given (e.g. with some outcomes
+    recounted: ``no_cascading_failure`` counts direct failures as not collateral)."""
+    f = _table_from_requests(requests, widths, t0, t1)
     if record.baseline_requests is not None:
         b = _table_from_requests(record.baseline_requests, widths, t0, t1)
     else:
