@@ -91,6 +91,21 @@ class Objectives(Frozen):
     max_deliveries: Annotated[int, Field(ge=1)] = Field(
         20, description="most times one message may be delivered (first delivery and redeliveries)"
     )
+    # SRE book ch. 22: propagate deadlines so that a server drops work whose caller has
+    # given up; what it serves anyway is wasted. This project's default tolerance: 1% of
+    # the calls, beyond what the fault-free run wastes.
+    wasted_share: NonNegativeFloat = Field(
+        0.01, description="share of calls that may be served after their caller gave up, beyond the baseline's"
+    )
+    # A herd on a restarted or surviving instance (thundering herd): no instance takes more
+    # than this multiple of its fair share (1 / instances up) of its service's calls for
+    # longer than fair_share_s. Project defaults: twice its share, for at most 10 s.
+    fair_share_factor: Annotated[float, Field(gt=1, allow_inf_nan=False)] = Field(
+        2.0, description="most an instance may take, as a multiple of its fair share of its service's calls"
+    )
+    fair_share_s: NonNegativeFloat = Field(
+        10.0, description="how long an instance may take more than fair_share_factor times its share"
+    )
     # Consul: health-filtered discovery stops returning a dead instance at its first failed
     # check (interval 10 s + timeout 5 s), plus one 5 s cache refresh.
     dead_instance_s: NonNegativeFloat = Field(

@@ -7,7 +7,7 @@ behind it. Invariants read the record only (the event log, the per-window tables
 scenario's own policies), never the engine's internals, so a record written to disk and read
 back is checked the same way.
 
-Nine are built in (docs/invariants.md defines each precisely, with the objective it reads,
+Thirteen are built in (docs/invariants.md defines each precisely, with the objective it reads,
 its tolerance and the false-alarm rate it targets). Bounds come from the scenario's
 ``objectives`` only; what the policies' own timers predict is shown beside them::
 
@@ -19,6 +19,10 @@ its tolerance and the false-alarm rate it targets). Bounds come from the scenari
     token_safety               no expired token accepted; no 401 while the issuer is reachable
     bounded_retry_amplification   attempts per request and retries' extra load within the objectives
     bounded_redelivery         no message delivered more than max_deliveries times
+    redundancy                 losing spare capacity costs at most the budget and detection time
+    static_stability           a short control plane outage costs the data plane nothing beyond the budget
+    bounded_wasted_work        calls served after their caller gave up, within wasted_share
+    fair_share                 no herd: no instance over fair_share_factor x its share for long
     determinism                re-running reproduces the event-log hash
 
 Anti-vacuity: every verdict's ``details`` carry ``fault_kinds_fired`` (faults that actually
@@ -55,6 +59,7 @@ from hailan_sim.models.scenario import Scenario, split_target
 from hailan_sim.properties.reach import (  # noqa: F401 (re-exported)
     TOKENS,
     _caller_service,
+    _component_of,
     _edge_policy,
     _edges,
     _node_of,
@@ -1228,6 +1233,137 @@ def static_stability(record: Record, *, alpha: float = 0.01, min_requests: int =
                               f"{o.control_plane_horizon_s:g} s horizon cost the data plane: " + problems[0][2]
                    + (f" ({len(problems)} endpoints)" if len(problems) > 1 else ""),
                    (problems[0][0], problems[0][1]), details)
+
+
+# --------------------------------------------------------------------------- 11. wasted work, fair share
+
+
+def _orphans(log: _Log) -> tuple[int, float, int]:
+    """(orphaned calls, busy seconds spent on them after their caller gave up, calls)."""
+    o = log.rows("orphan_end")
+    ce = log.rows("call_end")
+    end_t = dict(zip(log.call[ce].tolist(), log.t[ce].tolist()))
+    busy = float(sum(t - end_t.get(c, t) for c, t in zip(log.call[o].tolist(), log.t[o].tolist())))
+    return int(len(o)), busy, int(len(log.rows("call_start")))
+
+
+@register("bounded_wasted_work")
+def bounded_wasted_work(record: Record, *, share: Optional[float] = None) -> Verdict:
+    """Calls served after their caller gave up (``orphan_end``: the callee finished work
+    whose caller had timed out) are at most ``objectives.wasted_share`` of the run's calls
+    beyond the baseline's share. Reported in count and in busy seconds (from the caller's
+    timeout to the callee's end). SRE book ch. 22: propagate deadlines so that servers drop
+    work whose caller has given up. Needs the baseline's events."""
+    sc = record.scenario
+    X = sc.objectives.wasted_share if share is None else float(share)
+    if record.baseline_log is None:
+        raise ValueError("bounded_wasted_work needs the baseline's event log")
+    n1, s1, c1 = _orphans(record.log)
+    n0, s0, c0 = _orphans(record.baseline_log)
+    extra = n1 / max(c1, 1) - n0 / max(c0, 1)
+    details = {"orphans": n1, "orphan_busy_s": round(s1, 3), "baseline_orphans": n0,
+               "baseline_orphan_busy_s": round(s0, 3), "calls": c1, "extra_share": round(extra, 5),
+               "objective": X, "checked": c1, "vacuous": c1 == 0}
+    if extra <= X:
+        return Verdict("", True, f"{n1} call(s) served after their caller gave up ({s1:.1f} busy s; "
+                                 f"baseline {n0}, {s0:.1f} s): {100 * max(extra, 0):.2f}% of calls beyond the "
+                                 f"baseline, objective {100 * X:g}%", None, details)
+    o = record.log.rows("orphan_end")
+    t0, t1 = float(record.log.t[o[0]]), float(record.log.t[o[-1]])
+    return Verdict("", False, f"{n1} call(s) were served after their caller gave up ({s1:.1f} busy s) vs "
+                              f"{n0} ({s0:.1f} s) in the baseline: {100 * extra:.2f}% of the {c1} calls beyond "
+                              f"the baseline; the objective is {100 * X:g}% (propagate deadlines)",
+                   (t0, t1), details)
+
+
+@register("fair_share")
+def fair_share(record: Record, *, window_s: float = 5.0, min_calls: int = 50) -> Verdict:
+    """No instance takes more than ``objectives.fair_share_factor`` times its fair share (1 /
+    the service's instances up) of its service's calls for longer than
+    ``objectives.fair_share_s``: a herd on a restarted or surviving instance. Counted in
+    ``window_s`` windows (by ``call_end``, the instance that served), only where the service
+    got ``min_calls`` calls in the window and had two or more instances up for all of it and
+    no fault degrading one of them (slow, error rate, hang, drain: moving calls away from a
+    degraded instance is what a balancer should do), and only windows in which the baseline's same instance was within the factor (an
+    imbalance the design has without faults is not the fault's herd)."""
+    sc = record.scenario
+    o = sc.objectives
+    services = {s.name for s in sc.services if s.instances >= 2}
+    states = record.instance_states
+
+    def shares(log: _Log) -> pd.DataFrame:
+        ce = log.rows("call_end")
+        ce = ce[np.isin(log.target[ce], list(services)) & (log.instance[ce] != None)]  # noqa: E711
+        df = pd.DataFrame({"svc": log.target[ce], "inst": log.instance[ce],
+                           "j": np.floor(log.t[ce] / window_s).astype(np.int64), "row": ce})
+        g = df.groupby(["svc", "j", "inst"], sort=True).size().rename("n").reset_index()
+        g["total"] = g.groupby(["svc", "j"])["n"].transform("sum")
+        return g
+
+    run, base = shares(record.log), (shares(record.baseline_log) if record.baseline_log is not None else None)
+    run = run[run["total"] >= min_calls]
+    # Windows in which a fault degrades one of the service's instances are left out: moving
+    # calls away from a slow or failing instance is what a balancer should do, not a herd.
+    degraded = []
+    for f in record.faults_fired:
+        fault = sc.faults[f["index"]]
+        target = getattr(fault, "instance", None) or getattr(fault, "target", None)
+        if target is not None and fault.kind in ("slow", "error_rate", "hang", "drain_instance"):
+            end = f["end_s"] if f["end_s"] is not None else record.result.end_s
+            degraded.append((_component_of(sc, target), f["start_s"], end))
+
+    def up_all_window(svc: str, j: int) -> int:
+        a, b = j * window_s, (j + 1) * window_s
+        n = 0
+        for inst, (rows, ts, ss) in states.items():
+            if _service_of(sc, inst) != svc:
+                continue
+            k0 = int(np.searchsorted(ts, a, side="right")) - 1
+            k1 = int(np.searchsorted(ts, b, side="left")) - 1
+            if all(ss[k] == "up" for k in range(max(k0, 0), max(k1, 0) + 1)):
+                n += 1
+        return n
+
+    over = []
+    checked = 0
+    ups: dict = {}
+    for r in run.itertuples(index=False):
+        key = (r.svc, r.j)
+        if key not in ups:
+            ups[key] = up_all_window(r.svc, r.j)
+        n_up = ups[key]
+        a, b = r.j * window_s, (r.j + 1) * window_s
+        if n_up < 2 or any(svc == r.svc and s0 < b and a < s1 for svc, s0, s1 in degraded):
+            continue
+        checked += 1
+        share = r.n / r.total
+        if share > o.fair_share_factor / n_up:
+            if base is not None:
+                b = base[(base["svc"] == r.svc) & (base["j"] == r.j) & (base["inst"] == r.inst)]
+                if len(b) and b["n"].iloc[0] / b["total"].iloc[0] > o.fair_share_factor / n_up:
+                    continue
+            over.append((r.inst, r.j, share, n_up))
+    by: dict[str, list] = {}
+    for inst, j, share, n_up in over:
+        by.setdefault(inst, []).append((j, share, n_up))
+    worst = None
+    for inst, spans in by.items():
+        secs = len(spans) * window_s
+        if secs > o.fair_share_s and (worst is None or secs > worst[1]):
+            worst = (inst, secs, spans)
+    details = {"factor": o.fair_share_factor, "allowed_s": o.fair_share_s, "window_s": window_s,
+               "seconds_over": {k: len(v) * window_s for k, v in by.items()}, "checked": checked,
+               "vacuous": checked == 0}
+    if worst is None:
+        return Verdict("", True, f"no instance took more than {o.fair_share_factor:g}x its fair share for "
+                                 f"longer than {o.fair_share_s:g} s ({checked} instance-windows checked)",
+                       None, details)
+    inst, secs, spans = worst
+    j, share, n_up = max(spans, key=lambda x: x[1])
+    return Verdict("", False, f"{inst} took up to {100 * share:.0f}% of {_service_of(sc, inst)}'s calls with "
+                              f"{n_up} instances up (fair share {100 / n_up:.0f}%) for {secs:g} s in all; the "
+                              f"objective allows {o.fair_share_factor:g}x for {o.fair_share_s:g} s: a herd",
+                   (spans[0][0] * window_s, (spans[-1][0] + 1) * window_s), details)
 
 
 # --------------------------------------------------------------------------- 8. determinism

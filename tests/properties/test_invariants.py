@@ -47,7 +47,7 @@ from hailan_sim.sim import simulate
 BUILT_IN = [
     "no_cascading_failure", "bounded_recovery", "conservation", "breaker_legality",
     "no_traffic_to_dead_instances", "token_safety", "bounded_retry_amplification", "bounded_redelivery",
-    "redundancy", "static_stability", "determinism",
+    "redundancy", "static_stability", "bounded_wasted_work", "fair_share", "determinism",
 ]
 STATISTICAL = ["no_cascading_failure", "bounded_recovery"]
 
@@ -702,6 +702,35 @@ def test_static_stability_hardened_serves_from_its_cache_and_holds():
     # Longer than the horizon: not applicable.
     v = _holds(get("static_stability")(_with_objectives(record, control_plane_horizon_s=20.0)), vacuous=True)
     assert "not shorter than the 20 s horizon" in v.explanation
+
+
+# --------------------------------------------------------------------------- 11. wasted work, fair share
+
+
+def test_wasted_work_seed_serves_abandoned_calls_hardened_drops_most():
+    # stock slowed 1000x for 20 s: its calls outlive the callers' timeouts. The seed profile
+    # propagates no deadline, so stock serves them anyway; hardened drops most.
+    slow = [{"kind": "slow", "target": "stock", "factor": 1000, "start_s": 20, "duration_s": 20}]
+    v = _fails(get("bounded_wasted_work")(_record(mini("seed", slow, duration_s=60))))
+    assert v.details["extra_share"] > 0.01 and v.details["orphan_busy_s"] > 100
+    assert "the objective is 1% (propagate deadlines)" in v.explanation
+    v = _holds(get("bounded_wasted_work")(_record(mini("hardened", slow, duration_s=60))))
+    assert 0 < v.details["orphans"] and v.details["extra_share"] < 0.01
+
+
+def test_fair_share_catches_a_herd_on_the_survivor_of_a_sticky_channel():
+    # front -> catalog over the seed's sticky gRPC channel: after catalog-0 crashes and comes
+    # back, every channel stays on catalog-1, which takes all of catalog's calls with both up.
+    grpc = {"edges": [{"caller": "front", "callee": "catalog", "protocol": "grpc"}]}
+    crash = [{"kind": "crash_instance", "instance": "catalog-0", "start_s": 20, "duration_s": 5}]
+    record = _record(mini("seed", crash, duration_s=80, policies=grpc))
+    # Twice the fair share of one of two instances is all of it: the default objective holds ...
+    v = _holds(get("fair_share")(record))
+    assert v.details["checked"] > 50
+    # ... 1.5x for 10 s does not.
+    v = _fails(get("fair_share")(_with_objectives(record, fair_share_factor=1.5)))
+    assert "catalog-1 took up to 100% of catalog's calls" in v.explanation and "a herd" in v.explanation
+    assert v.details["seconds_over"]["catalog-1"] > 10
 
 
 # --------------------------------------------------------------------------- 8. determinism
