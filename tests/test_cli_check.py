@@ -27,10 +27,12 @@ def _broken(tmp_path: Path) -> Path:
 def test_check_json_reports_every_invariant_and_exits_accordingly(tmp_path, capsys):
     code = main(["check", str(SMALL), "--json", "--max-examples", "2", "--max-faults", "1",
                  "--kinds", "crash_instance", "--invariant", "conservation",
-                 "--invariant", "bounded_recovery", "--out", str(tmp_path / "cx")])
+                 "--invariant", "bounded_recovery", "--out", str(tmp_path / "cx"),
+                 "--objective", "rto_s=12"])
     out = capsys.readouterr()
     d = json.loads(out.out)
     assert set(d["invariants"]) == {"conservation", "bounded_recovery"}
+    assert d["objectives"]["rto_s"] == 12  # the report says what it judged by
     assert code == (0 if d["ok"] else 1)
     for name, r in d["invariants"].items():
         assert r["status"] in ("held", "violated") and r["examples"] >= 1
