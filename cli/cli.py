@@ -61,6 +61,28 @@ def _seed(text: str) -> int:
     return value
 
 
+def _objective(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key or not value:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. rto_s=60), got {text!r}")
+    return key.strip(), value.strip()
+
+
+def _with_objectives(scenario: Scenario, pairs) -> Scenario:
+    """``scenario`` judged by its objectives with the command line's overrides."""
+    if not pairs:
+        return scenario
+    from hailan_sim.models.objectives import override_objectives
+
+    try:
+        objectives = override_objectives(scenario.objectives, list(pairs))
+    except ValueError as exc:
+        raise ScenarioError("command line", str(exc)) from None
+    data = scenario.model_dump(mode="python", exclude_unset=True)
+    data["objectives"] = objectives.model_dump(mode="python", exclude_unset=True)
+    return Scenario.model_validate(data)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="hailan-sim",
@@ -136,6 +158,8 @@ def _build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     _data_root(chk)
     _capacity_flag(chk)
+    chk.add_argument("--objective", action="append", metavar="KEY=VALUE", type=_objective,
+                     help="override an objective (repeatable), e.g. rto_s=60 (docs/invariants.md)")
 
     rep = sub.add_parser(
         "replay", help="re-run a counterexample and re-evaluate the invariants",
@@ -149,6 +173,8 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--invariant", action="append", metavar="NAME", help="evaluate only this invariant (repeatable)")
     rep.add_argument("--plot", metavar="PNG", help="save the timeline plot")
     rep.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+    rep.add_argument("--objective", action="append", metavar="KEY=VALUE", type=_objective,
+                     help="override an objective (repeatable), e.g. rto_s=60 (docs/invariants.md)")
     _data_root(rep)
     _capacity_flag(rep)
     sweep = _add_sweep_parser(sub)
@@ -308,7 +334,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                     "seed": scenario.run.seed, "duration_s": scenario.run.duration_s,
                     "warmup_s": scenario.run.warmup_s, "drain_s": scenario.run.drain_s,
                     "events": args.events, "spans": args.spans}
-        out = {**_header(settings), "scenario": scenario.name, "profile": scenario.profile,
+        out = {**_header(settings), "objectives": scenario.objectives.model_dump(mode="json"),
+               "scenario": scenario.name, "profile": scenario.profile,
                **result.to_dict(), "wall_s": round(wall, 3)}
         print(json.dumps(out, indent=2))
         return EXIT_OK
@@ -394,7 +421,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from hailan_sim.models.faults import FAULT_KINDS
     from hailan_sim.properties import checker
 
-    scenario = _check_scenario(args)
+    scenario = _with_objectives(_check_scenario(args), args.objective)
     _known_invariants(args.invariant)
     for k in args.kinds or ():
         if k not in FAULT_KINDS:
@@ -423,7 +450,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise ScenarioError("command line", str(exc)) from None
     finally:
         bar.close()
-    doc = {**_header(settings), **report.to_dict()}
+    doc = {**_header(settings), "objectives": scenario.objectives.model_dump(mode="json"), **report.to_dict()}
     _write_atomic(out / _REPORT, json.dumps(doc, indent=2) + "\n")
     code = EXIT_INTERRUPTED if report.interrupted else EXIT_OK if report.ok else EXIT_VIOLATED
     if args.json:
@@ -477,10 +504,12 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _print_check(scenario: Scenario, report) -> None:
     from hailan_sim.models.faults import describe
+    from hailan_sim.models.objectives import describe_objectives
 
     what = "checked" if not report.interrupted else "INTERRUPTED; checked so far"
     print(f"{what} {scenario.name}" + (f" (profile {scenario.profile})" if scenario.profile else "")
           + f": {report.simulations} simulations in {report.wall_s:.0f} s")
+    print(f"objectives: {describe_objectives(scenario.objectives)}")
     print("fault kinds fired: " + (", ".join(f"{k} x{v}" for k, v in report.fault_kinds_fired.items()) or "none"))
     print("witnessed: " + (", ".join(f"{k} x{v}" for k, v in report.witnessed.items()) or "nothing"))
     print("never witnessed: " + (", ".join(report.not_witnessed) or "none (every applicable mechanism was)"))
@@ -517,8 +546,8 @@ def _check_exhaustive(args, scenario: Scenario, bar, settings: dict) -> int:
         bar.close()
     violated = (table.drop(columns=["fault", "kind"]) == "VIOLATED").any(axis=1)
     if args.json:
-        print(json.dumps({**_header(settings), "scenario": scenario.name, "profile": scenario.profile,
-                          "faults": len(table),
+        print(json.dumps({**_header(settings), "objectives": scenario.objectives.model_dump(mode="json"),
+                          "scenario": scenario.name, "profile": scenario.profile, "faults": len(table),
                           "violating": int(violated.sum()), "table": table.to_dict(orient="records")}, indent=2))
     else:
         with_pd_width = table.to_string(index=False)
@@ -532,6 +561,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from hailan_sim.properties.timeline import plot_timeline, timeline_events, windowed_success
 
     from hailan_sim.findings import shipped
+    from hailan_sim.models.objectives import describe_objectives
 
     if args.list:
         for name, info in shipped().items():
@@ -543,7 +573,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     path = _replay_file(args.file)
     if args.plot:
         plot = _check_plot(args.plot)
-    scenario = _load(str(path), args.data_root)
+    scenario = _with_objectives(_load(str(path), args.data_root), args.objective)
     _check_capacity(scenario, args, str(path))
     _known_invariants(args.invariant)
     record, verdicts = checker.replay(scenario, args.invariant)
@@ -561,6 +591,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(json.dumps({
             **_header({"file": args.file, "path": str(path), "invariants": args.invariant, "plot": args.plot}),
             "file": args.file, "event_log_sha256": result.event_log_sha256, "ok": ok,
+            "objectives": scenario.objectives.model_dump(mode="json"),
             "invariants": {v.name: {"holds": v.holds, "explanation": v.explanation,
                                     "window": list(v.window) if v.window else None} for v in verdicts},
             "plot": args.plot,
@@ -572,7 +603,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print("  " + line)
     print("\nsuccess ratio per 5 s window (rows: window start, s)")
     print(windowed_success(result.windows).to_string())
-    print("\ninvariants")
+    print(f"\ninvariants, judged by the objectives: {describe_objectives(scenario.objectives)}")
     for v in verdicts:
         print(f"  {'held    ' if v.holds else 'VIOLATED'}  {v.name}: {v.explanation}")
     if args.plot:

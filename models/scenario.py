@@ -33,6 +33,7 @@ from hailan_sim.models.autoscaling import AutoscalingPolicy
 from hailan_sim.models.datafiles import MAX_TABLE_BYTES, read_data_file, read_trace
 from hailan_sim.models.distributions import MAX_COUNT, Constant, CountDistribution, Distribution
 from hailan_sim.models.faults import Fault
+from hailan_sim.models.objectives import Objectives
 from hailan_sim.models.policies import PROFILES, Policies, merge_policies, profile_policies, spells_out_defaults
 
 __all__ = [
@@ -549,6 +550,10 @@ class Scenario(Frozen):
     faults: list[Fault] = Field(
         default_factory=list, description="what goes wrong during the run (models/faults.py)"
     )
+    objectives: Objectives = Field(
+        default_factory=Objectives,
+        description="what the checker judges the run by (models/objectives.py; docs/invariants.md)",
+    )
     _own_policies: Optional[dict] = PrivateAttr(default=None)
 
     @model_validator(mode="wrap")
@@ -592,6 +597,16 @@ class Scenario(Frozen):
         from hailan_sim.models.topology import check_references
 
         check_references(self)
+        return self
+
+    @model_validator(mode="after")
+    def _objective_endpoints(self) -> Scenario:
+        names = [e.name for e in self.workload.endpoints]
+        for name in self.objectives.endpoints:
+            if name not in names:
+                raise ValueError(
+                    f"objectives.endpoints.{name}: no such endpoint; endpoints are {', '.join(names)}"
+                )
         return self
 
     # ------------------------------------------------------------------ conveniences

@@ -15,7 +15,8 @@ from typing import Optional, Sequence
 from pydantic import TypeAdapter
 
 from hailan_sim.models.faults import FAULT_KINDS, Fault
-from hailan_sim.models.scenario import Scenario
+from hailan_sim.models.scenario import CallNode, Scenario, split_target
+from hailan_sim.models.topology import walk_tree
 
 __all__ = ["cover_faults", "single_faults"]
 
@@ -108,6 +109,12 @@ def cover_faults(
       for a node crash, the host that runs the most instances and no shared component;
     * load spike: the busiest endpoint (highest mean arrival rate).
 
+    Then roles, not only the widest blast radius (issue 10 item 6): a crash, for good, of
+    instance 0 of every other service that has two or more instances (losing one of several
+    should cost almost nothing: ``redundancy``), and the total loss (restarting) of the leaf
+    service (one calling no other service) with the most dependents, unless it is already the
+    crash_service pick. The registry outage and key rotation above are the control plane's.
+
     Each fault lasts the whole ``horizon`` (the longest a fault may last and still leave the
     run time to recover: a short outage often hides what a long one shows, such as a
     registry outage outlasting Consul's deregistration timer; the checker then tries it
@@ -192,9 +199,29 @@ def cover_faults(
     lo, hi = horizon
     start, duration = round(lo, 3), round(hi - lo, 3)
     out = []
-    for kind in kinds or FAULT_KINDS:
+    wanted = list(kinds or FAULT_KINDS)
+    for kind in wanted:
         fields = choices[kind]
         if fields is None:
             continue
         out.append(_FAULT.validate_python({"kind": kind, "start_s": start, "duration_s": duration, **fields}))
+    # Roles, not only the widest blast radius (issue 10 item 6): the loss of one instance of
+    # every service that has others (redundancy: it should cost almost nothing), and the
+    # total loss of a leaf service (one that calls no other service), the one with the most
+    # dependents. After the per-kind picks, in document order.
+    if "crash_instance" in wanted:
+        for s in scenario.services:
+            inst = first(by_service.get(s.name, [])) if s.instances >= 2 else None
+            if inst is not None and inst != instance:
+                out.append(_FAULT.validate_python({"kind": "crash_instance", "start_s": start,
+                                                   "duration_s": duration, "instance": inst, "restart": False}))
+    if "crash_service" in wanted:
+        services = {x.name for x in scenario.services}
+        leaves = [x.name for x in scenario.services if x.name in c["services"] and not any(
+            split_target(n.call)[0] in services
+            for op in x.operations.values() for n, _ in walk_tree(op.calls, "calls") if isinstance(n, CallNode))]
+        leaf = widest(leaves)
+        if leaf is not None and leaf != svc:
+            out.append(_FAULT.validate_python({"kind": "crash_service", "start_s": start, "duration_s": duration,
+                                               "service": leaf, "restart": True}))
     return out

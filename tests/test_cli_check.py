@@ -30,10 +30,12 @@ def test_check_json_reports_every_invariant_and_exits_accordingly(tmp_path, caps
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # as on a terminal: a progress bar
     code = main(["check", str(SMALL), "--json", "--max-examples", "2", "--max-faults", "1",
                  "--kinds", "crash_instance", "--invariant", "conservation",
-                 "--invariant", "bounded_recovery", "--out", str(tmp_path / "cx")])
+                 "--invariant", "bounded_recovery", "--out", str(tmp_path / "cx"),
+                 "--objective", "rto_s=12"])
     out = capsys.readouterr()
     d = json.loads(out.out)
     assert set(d["invariants"]) == {"conservation", "bounded_recovery"}
+    assert d["objectives"]["rto_s"] == 12  # the report says what it judged by
     assert code == (0 if d["ok"] else 1)
     for name, r in d["invariants"].items():
         assert r["status"] in ("held", "violated") and r["examples"] >= 1
@@ -42,7 +44,7 @@ def test_check_json_reports_every_invariant_and_exits_accordingly(tmp_path, caps
     assert d["fault_kinds_fired"] == {"crash_instance": d["fault_kinds_fired"]["crash_instance"]}
     # The cover phase tried one crash_instance; the report says what it broke and how
     # every mechanism fared (witnessed, never witnessed, or impossible here).
-    assert [c["kind"] for c in d["cover"]] == ["crash_instance"]
+    assert {c["kind"] for c in d["cover"]} == {"crash_instance"}
     assert set(d["cover"][0]["violated"]) <= set(d["invariants"])
     assert "short_circuit" in d["not_applicable"]  # small.yaml has no breaker
     assert not set(d["witnessed"]) & set(d["not_witnessed"])

@@ -14,11 +14,20 @@ from hailan_sim.properties.invariants import Record, evaluate
 
 FINDINGS = Path(__file__).parent.parent / "findings" / "counterexamples"
 
-# file -> the invariants docs/findings.md says it violates (the others hold)
+# file -> the invariants it violates under the objectives (issue 10; the others hold). The
+# files predate issue 10 and will be regenerated (item 8); what changed, by design: every
+# one is now also a cascade (every endpoint is checked, request by request), recovery is
+# judged against rto_s (30 s), the dead-instance bound is the 20 s objective, the spec
+# breaker's declared half-open limit is checked (bounded_recovery.yaml's breaker admits
+# more), and the pay request's redeliveries are no longer counted as retry amplification.
+# Since issue 9 (the spec's gRPC client has no breaker, so HTTP calls alone drive the
+# client-wide breaker) conservation.yaml's breaker also admits more than its declared
+# half-open limit (5 calls against 3 at 191.6 s).
 VIOLATES = {
-    "conservation.yaml": {"conservation", "no_traffic_to_dead_instances", "bounded_retry_amplification"},
-    "bounded_recovery.yaml": {"bounded_recovery"},
-    "registry_outage.yaml": {"bounded_recovery"},
+    "conservation.yaml": {"conservation", "no_traffic_to_dead_instances", "bounded_recovery",
+                          "no_cascading_failure", "breaker_legality"},
+    "bounded_recovery.yaml": {"bounded_recovery", "breaker_legality", "no_cascading_failure"},
+    "registry_outage.yaml": {"bounded_recovery", "no_cascading_failure"},
 }
 CHECKED = ["no_cascading_failure", "bounded_recovery", "conservation", "breaker_legality",
            "no_traffic_to_dead_instances", "token_safety", "bounded_retry_amplification"]

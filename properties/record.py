@@ -1,0 +1,371 @@
+"""A run's record and its views: what every invariant reads.
+
+:class:`Record` holds the scenario, its run with the event log kept and the fault-free
+baseline of the same seed; its cached views (the log as numpy columns, one row per
+request, faults fired, instance states, when the registry was unreachable, mechanisms
+witnessed) are derived once per record.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from hailan_sim.models.scenario import CallNode, Scenario
+from hailan_sim.models.topology import walk_tree
+from hailan_sim.properties.reach import _registry_name, _service_of
+from hailan_sim.sim.eventlog import COLUMNS
+from hailan_sim.sim.result import Result
+
+
+# --------------------------------------------------------------------------- the record
+
+
+def without_faults(scenario: Scenario) -> Scenario:
+    """The same scenario (profile, policies, seed) with no faults: the baseline to compare with."""
+    data = scenario.model_dump(mode="python", exclude_unset=True)
+    data["faults"] = []
+    return Scenario.model_validate(data)
+
+
+class _Log:
+    """The event log as numpy columns (object arrays for strings, None for missing; -1 for a
+    missing request, call or parent id), built straight from the engine's record tuples
+    (:data:`sim.eventlog.COLUMNS`) without going through a DataFrame, with the rows of each
+    event kind indexed once."""
+
+    __slots__ = ("n", "t", "event", "request", "call", "parent", "source", "target",
+                 "instance", "operation", "outcome", "_code", "_codes")
+
+    _STRINGS = {1: "event", 5: "source", 6: "target", 7: "instance", 8: "operation", 9: "outcome"}
+    _INTS = {2: "request", 3: "call", 4: "parent"}
+
+    def __init__(self, records: Sequence[tuple]) -> None:
+        n = self.n = len(records)
+        # One 2-D object array, then a view or a conversion per column: about twice as
+        # fast as zip(*records) or a DataFrame on a million rows. The engine writes text
+        # columns as str or None (tests/properties/test_invariants.py checks it).
+        a = np.array(records, dtype=object).reshape(n, len(COLUMNS))
+        self.t = a[:, 0].astype(float)
+        for i, name in self._STRINGS.items():
+            setattr(self, name, a[:, i])
+        for i, name in self._INTS.items():
+            col = a[:, i].copy()
+            col[col == None] = -1  # noqa: E711 (elementwise comparison)
+            setattr(self, name, col.astype(np.int64))
+        codes, kinds = pd.factorize(a[:, 1])
+        self._codes = codes
+        self._code = {k: j for j, k in enumerate(kinds.tolist())}
+
+    def rows(self, *events: str) -> np.ndarray:
+        """Row indices of the given events, in log order."""
+        codes = [self._code[e] for e in events if e in self._code]
+        if not codes:
+            return np.zeros(0, dtype=np.intp)
+        if len(codes) == 1:
+            return np.flatnonzero(self._codes == codes[0])
+        return np.flatnonzero(np.isin(self._codes, codes))
+
+
+_LOGS: dict[int, _Log] = {}
+
+
+def _log_of(result: Result) -> _Log:
+    """``result``'s :class:`_Log`, built once per result (a baseline serves many records)."""
+    key = id(result)
+    log = _LOGS.get(key)
+    if log is None:
+        log = _LOGS[key] = _Log(result._events)
+        weakref.finalize(result, _LOGS.pop, key, None)
+    return log
+
+
+@dataclass(frozen=True, eq=False)
+class Record:
+    """A run's record: what every invariant reads.
+
+    Attributes:
+        scenario: the scenario that was run, faults included.
+        result: its :class:`hailan_sim.sim.Result`, with the event log kept.
+        baseline: the same scenario and seed without faults (:func:`without_faults`);
+            its event log is optional (without it the statistical invariants fall back on
+            its per-window table, and retry amplification cannot be checked).
+        rerun: returns the event-log hash of a fresh run of ``scenario`` (for
+            ``determinism``); None skips that check.
+
+    The cached properties below are derived once per record.
+    """
+
+    scenario: Scenario
+    result: Result
+    baseline: Result
+    rerun: Optional[Callable[[], str]] = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.result.has_events:
+            raise ValueError(
+                "the run must keep its event log: simulate(scenario, keep_events=True), "
+                "or build the record with Record.from_scenario(scenario)"
+            )
+        if self.baseline.seed != self.result.seed:
+            raise ValueError(
+                f"baseline seed {self.baseline.seed} differs from the run's {self.result.seed}: "
+                "compare against without_faults(scenario) run with the same seed"
+            )
+
+    @classmethod
+    def from_scenario(cls, scenario: Scenario, *, rerun: bool = True,
+                      baseline_events: bool = True) -> "Record":
+        """Run ``scenario`` (events kept) and its fault-free baseline; ``rerun`` makes the
+        determinism check possible (it costs one more run when evaluated)."""
+        from hailan_sim.sim import simulate
+
+        result = simulate(scenario, keep_events=True)
+        baseline = simulate(without_faults(scenario), keep_events=baseline_events)
+        again = (lambda: simulate(scenario).event_log_sha256) if rerun else None
+        return cls(scenario, result, baseline, again)
+
+    # ------------------------------------------------------------------ cached views
+
+    @cached_property
+    def events(self) -> pd.DataFrame:
+        """The run's event log (:meth:`sim.Result.events`)."""
+        return self.result.events()
+
+    @cached_property
+    def baseline_events(self) -> Optional[pd.DataFrame]:
+        return self.baseline.events() if self.baseline.has_events else None
+
+    @cached_property
+    def log(self) -> _Log:
+        return _log_of(self.result)
+
+    @cached_property
+    def baseline_log(self) -> Optional[_Log]:
+        return _log_of(self.baseline) if self.baseline.has_events else None
+
+    @cached_property
+    def policies(self):
+        return self.scenario.effective_policies()
+
+    @cached_property
+    def faults_fired(self) -> list[dict]:
+        """Each fault that started: index, kind, start and end (None: not ended in the run)."""
+        log = self.log
+        out: dict[int, dict] = {}
+        for r in log.rows("fault_start", "fault_end"):
+            i = int(log.outcome[r])
+            if log.event[r] == "fault_start":
+                out[i] = {"index": i, "kind": log.operation[r], "target": log.target[r],
+                          "start_s": float(log.t[r]), "end_s": None}
+            elif i in out:
+                out[i]["end_s"] = float(log.t[r])
+        return [out[i] for i in sorted(out)]
+
+    @cached_property
+    def fault_kinds_fired(self) -> list[str]:
+        return sorted({f["kind"] for f in self.faults_fired})
+
+    @cached_property
+    def requests(self) -> pd.DataFrame:
+        """One row per request of the run: endpoint, start, end, outcome, latency_ms."""
+        return _requests(self.log)
+
+    @cached_property
+    def baseline_requests(self) -> Optional[pd.DataFrame]:
+        return None if self.baseline_log is None else _requests(self.baseline_log)
+
+    @cached_property
+    def instance_states(self) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
+        """Per instance: (rows, times, states) of its transitions ("up", "down", "hung")."""
+        return _instance_states(self.scenario, self.log)
+
+    @cached_property
+    def mechanisms_witnessed(self) -> dict[str, bool]:
+        """:func:`witnessed` of this record (computed once)."""
+        return _witnessed(self)
+
+    @cached_property
+    def registry_unreachable(self) -> list[tuple[float, float]]:
+        """Intervals in which callers could not reach the registry (outages, partitions
+        with the registry as one side, and any time the registry was down: a crash of its
+        node or zone takes it down too)."""
+        reg = _registry_name(self.scenario)
+        if reg is None:
+            return []
+        end = self.result.end_s
+        out = []
+        spell = self.instance_states.get(f"{reg}-0")
+        if spell is not None:
+            down_since = None
+            for t, st in zip(spell[1].tolist(), spell[2]):
+                if st != "up" and down_since is None:
+                    down_since = t
+                elif st == "up" and down_since is not None:
+                    out.append((down_since, t))
+                    down_since = None
+            if down_since is not None:
+                out.append((down_since, end))
+        for f in self.faults_fired:
+            i = f["index"]
+            fault = self.scenario.faults[i]
+            if fault.kind == "registry_outage" or (
+                fault.kind == "partition" and reg in (fault.a, fault.b)
+            ):
+                out.append((f["start_s"], end if f["end_s"] is None else f["end_s"]))
+        return out
+
+
+def _requests(log: _Log) -> pd.DataFrame:
+    s = log.rows("request_start")
+    e = log.rows("request_end")
+    starts = pd.DataFrame({"request": log.request[s], "endpoint": log.target[s], "start": log.t[s]})
+    ends = pd.DataFrame({"request": log.request[e], "end": log.t[e], "outcome": log.outcome[e]})
+    ends = ends.drop_duplicates("request", keep="first")
+    df = starts.merge(ends, on="request", how="left", sort=False)
+    df["latency_ms"] = (df["end"] - df["start"]) * 1000.0
+    return df
+
+
+
+# --------------------------------------------------------------------------- instance states
+
+
+def _instance_states(scenario: Scenario, log: _Log):
+    """Per instance, its transitions from the log: instance_up -> "up"; instance_down and
+    instance_stop -> "down"; a hang fault's start -> "hung" (the engine ends a hang by
+    crashing and restarting the instance, which logs its down and up). Instances running
+    at t=0 start "up" (with a cold start, those that have a start-up time start "down")."""
+    cold = scenario.run.cold_start
+    states: dict[str, tuple[list, list, list]] = {}
+    for p in scenario.placements():
+        svc = scenario.service(_service_of(scenario, p.instance))
+        first = "down" if (cold and svc.startup_s > 0) else "up"
+        states[p.instance] = ([-1], [0.0], [first])
+    for c in scenario.infrastructure:
+        states[f"{c.name}-0"] = ([-1], [0.0], ["up"])
+    kind = {"instance_up": "up", "instance_down": "down", "instance_stop": "down"}
+    for r in log.rows("instance_up", "instance_down", "instance_stop", "fault_start", "fault_end"):
+        ev = log.event[r]
+        if ev in kind:
+            inst, st = log.instance[r], kind[ev]
+        elif log.operation[r] == "hang" and ev == "fault_start":
+            # Its end needs no row of its own: the engine restarts a hung instance by
+            # crashing it (instance_down, unless already down), then instance_up.
+            inst, st = log.target[r], "hung"
+        else:
+            continue
+        rows, ts, ss = states.setdefault(inst, ([-1], [0.0], ["down"]))
+        rows.append(int(r))
+        ts.append(float(log.t[r]))
+        ss.append(st)
+    return {k: (np.asarray(v[0]), np.asarray(v[1]), v[2]) for k, v in states.items()}
+
+
+def _up_since(states, instances: Sequence[str]) -> Optional[float]:
+    """Since when at least one of ``instances`` has been up without a break until the end
+    of the log; None if none is up at the end."""
+    # Merge every instance's transitions and walk back from the end.
+    events = []
+    for inst in instances:
+        if inst not in states:
+            continue
+        rows, ts, ss = states[inst]
+        for r, t, s in zip(rows.tolist(), ts.tolist(), ss):
+            events.append((r, t, inst, s))
+    events.sort()
+    cur: dict[str, str] = {}
+    since: Optional[float] = None
+    for r, t, inst, s in events:
+        was = any(v == "up" for v in cur.values())
+        cur[inst] = s
+        now = any(v == "up" for v in cur.values())
+        if now and not was:
+            since = t
+        elif not now:
+            since = None
+    return since
+
+
+
+# --------------------------------------------------------------------------- anti-vacuity
+
+
+def witnessed(record: Record) -> dict[str, bool]:
+    """Which faults fired and which mechanisms were exercised in the run (stateright's
+    "sometimes" properties): a check that passed with none of them witnessed tested little.
+
+    Keys: ``fault_fired``, ``instance_down``, ``breaker_opened``, ``breaker_half_open``,
+    ``breaker_closed_again``, ``short_circuit``, ``retry_made``, ``instance_deregistered``,
+    ``discovery_error``, ``no_instance``, ``bulkhead_full``, ``fallback_used``,
+    ``timeout_seen``, ``load_shed``, ``token_fetched``, ``auth_401``,
+    ``message_redelivered``, ``autoscaled``.
+    """
+    return dict(record.mechanisms_witnessed)
+
+
+def applicable(scenario: Scenario) -> dict[str, bool]:
+    """Which of :func:`witnessed`'s keys the scenario and its policies can exercise at all:
+    a retry needs an edge with more than one attempt (and, with ``idempotent_only``, an
+    idempotent operation), a bulkhead needs a bulkhead, a fallback a call site with one,
+    autoscaling a service with a policy, and so on. A check report lists the applicable
+    ones it never witnessed apart from those that cannot happen here."""
+    pol = scenario.effective_policies()
+    edges = [pol, *pol.edges]
+    registry = _registry_name(scenario) is not None
+    breaker = any(e.breaker is not None for e in edges)
+    idempotent = any(op.idempotent for s in scenario.services for op in s.operations.values())
+    retry = any(e.retry is not None and e.retry.max_attempts > 1
+                and (idempotent or not e.retry.idempotent_only) for e in edges)
+    fallback = any(isinstance(n, CallNode) and n.fallback
+                   for s in scenario.services for name, op in s.operations.items()
+                   for n, _ in walk_tree(op.calls, name))
+    tokens = pol.tokens.enabled
+    return {
+        "fault_fired": True, "instance_down": True, "timeout_seen": True,
+        "breaker_opened": breaker, "breaker_half_open": breaker, "breaker_closed_again": breaker,
+        "short_circuit": breaker, "retry_made": retry,
+        "instance_deregistered": registry, "discovery_error": registry, "no_instance": registry,
+        "bulkhead_full": any(e.bulkhead is not None for e in edges),
+        "fallback_used": fallback,
+        "load_shed": any(e.deadline_propagation for e in edges)
+        or any(s.max_queue_wait_s is not None for s in scenario.services),
+        "token_fetched": tokens, "auth_401": tokens,
+        "message_redelivered": any(c.kind == "queue" for c in scenario.infrastructure),
+        "autoscaled": any(s.autoscaling is not None for s in scenario.services),
+    }
+
+
+def _witnessed(record: Record) -> dict[str, bool]:
+    log = record.log
+    m = record.result.mechanisms
+    ev = log.event
+    br = log.rows("breaker")
+    to = log.outcome[br]
+    reg = log.rows("registry")
+    trans = m.get("breaker_transitions", {})
+    return {
+        "fault_fired": bool(record.faults_fired),
+        "instance_down": bool((ev == "instance_down").any()),
+        "breaker_opened": bool((to == "open").any()),
+        "breaker_half_open": bool((to == "half_open").any()),
+        "breaker_closed_again": bool(trans.get("half_open->closed", 0)),
+        "short_circuit": bool(m.get("short_circuits", 0)),
+        "retry_made": bool(m.get("retries", 0)),
+        "instance_deregistered": bool((log.operation[reg] == "deregistered").any()),
+        "discovery_error": bool(m.get("discovery_errors", 0)),
+        "no_instance": bool((ev == "no_instance").any()),
+        "bulkhead_full": bool(m.get("bulkhead_rejections", 0)),
+        "fallback_used": bool(m.get("fallbacks", 0)),
+        "timeout_seen": bool(((ev == "call_end") & (log.outcome == "timeout")).any()),
+        "load_shed": bool(m.get("shed", 0) or m.get("deadline_drops", 0)),
+        "token_fetched": bool(m.get("token_fetches", 0)),
+        "auth_401": bool(m.get("auth_401", 0)),
+        "message_redelivered": bool((ev == "message_nack").any()),
+        "autoscaled": bool(m.get("scale_out", 0) or m.get("scale_in", 0)),
+    }
