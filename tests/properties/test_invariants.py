@@ -558,7 +558,8 @@ def test_tokens_seed_skewed_clocks_accept_expired_tokens():
     # signing: issuer: token_safety reconstructs tokens from the issuer's calls (a locally
     # signed token is logged as token_signed, which the invariant does not read yet).
     pol = {"tokens": {"ttl_s": 20, "signing": "issuer"}}
-    record = _record(mini("seed", skew, duration_s=50, policies=pol))
+    sc = mini("seed", skew, duration_s=50, policies=pol)
+    record = _record(sc)
     v = _fails(get("token_safety")(record))
     assert v.details["unsafe_count"] > 0 and v.details["failed_auth_count"] > 0
     assert v.details["excused_401"]["clocks_apart"] == 0
@@ -722,9 +723,13 @@ def test_wasted_work_seed_serves_abandoned_calls_hardened_drops_most():
 
 
 def test_fair_share_catches_a_herd_on_the_survivor_of_a_sticky_channel():
-    # front -> catalog over the seed's sticky gRPC channel: after catalog-0 crashes and comes
-    # back, every channel stays on catalog-1, which takes all of catalog's calls with both up.
-    grpc = {"edges": [{"caller": "front", "callee": "catalog", "protocol": "grpc"}]}
+    # front -> catalog over gRPC channels that move only when a call fails: the crash of
+    # catalog-0 moves channels, and sticky channels do not spread again when it comes back,
+    # so one instance takes all of catalog's calls with both up (which one depends on the
+    # draws). Before issue 9 the spec's client looked the registry up on every call, which
+    # is what moved its channels; the spec's getClient never does.
+    grpc = {"edges": [{"caller": "front", "callee": "catalog", "protocol": "grpc",
+                       "grpc_channel": "refresh_on_failure"}]}
     crash = [{"kind": "crash_instance", "instance": "catalog-0", "start_s": 20, "duration_s": 5}]
     record = _record(mini("seed", crash, duration_s=80, policies=grpc))
     # Twice the fair share of one of two instances is all of it: the default objective holds ...
@@ -732,8 +737,9 @@ def test_fair_share_catches_a_herd_on_the_survivor_of_a_sticky_channel():
     assert v.details["checked"] > 50
     # ... 1.5x for 10 s does not.
     v = _fails(get("fair_share")(_with_objectives(record, fair_share_factor=1.5)))
-    assert "catalog-1 took up to 100% of catalog's calls" in v.explanation and "a herd" in v.explanation
-    assert v.details["seconds_over"]["catalog-1"] > 10
+    herd = v.explanation.split(" took up to 100% of catalog's calls")[0]
+    assert herd in ("catalog-0", "catalog-1") and "a herd" in v.explanation, v.explanation
+    assert v.details["seconds_over"][herd] > 10
 
 
 # --------------------------------------------------------------------------- 8. determinism
