@@ -1017,26 +1017,32 @@ def load_scenario(path: Union[str, Path, None] = None, data_root: Union[str, Pat
     if path is None:
         return default_scenario()
     p = Path(path)
+    text = read_yaml_file(p, "scenario")
+    return parse_scenario(text, str(p), p.parent, data_root)
+
+
+def read_yaml_file(p: Path, what: str) -> str:
+    """The text of a scenario or sweep file (``what``): a regular file of at most
+    ``MAX_SCENARIO_BYTES`` in UTF-8, or a one-line :class:`ScenarioError` saying what to do."""
     try:
-        raw = read_bounded(p, MAX_SCENARIO_BYTES, "the scenario file")
+        raw = read_bounded(p, MAX_SCENARIO_BYTES, f"the {what} file")
     except ValueError as exc:
-        raise ScenarioError(str(p), f"{exc} (give a scenario .yaml file; tables and traces go in data files)") from None
+        raise ScenarioError(str(p), f"{exc} (give a {what} .yaml file; tables and traces go in data files)") from None
     except FileNotFoundError:
-        raise ScenarioError(str(p), "no such file (give the path of a scenario .yaml file)") from None
+        raise ScenarioError(str(p), f"no such file (give the path of a {what} .yaml file)") from None
     except IsADirectoryError:
-        raise ScenarioError(str(p), "is a directory (give the path of a scenario .yaml file in it)") from None
+        raise ScenarioError(str(p), f"is a directory (give the path of a {what} .yaml file in it)") from None
     except PermissionError:
-        raise ScenarioError(str(p), "permission denied (the scenario file must be readable)") from None
+        raise ScenarioError(str(p), f"permission denied (the {what} file must be readable)") from None
     except OSError as exc:
-        raise ScenarioError(str(p), f"cannot read: {exc.strerror or exc} (give a readable scenario .yaml file)") from None
+        raise ScenarioError(str(p), f"cannot read: {exc.strerror or exc} (give a readable {what} .yaml file)") from None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise ScenarioError(
             str(p), f"byte {raw[exc.start]:#04x} is not UTF-8 text (save the file as UTF-8)", line
         ) from None
-    return parse_scenario(text, str(p), p.parent, data_root)
 
 
 def line_in_file(path: Union[str, Path], keys: list) -> Optional[int]:

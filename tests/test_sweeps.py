@@ -160,6 +160,21 @@ def test_bad_sweep_file_on_the_command_line(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
+def test_a_sweep_file_is_read_like_a_scenario_file(tmp_path, capsys):
+    """Regular files only, bounded, UTF-8: a FIFO is refused at once rather than hanging."""
+    import os
+
+    fifo = tmp_path / "sweep.yaml"
+    os.mkfifo(fifo)
+    assert main(["sweep", str(fifo), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"hailan-sim: error: {fifo}:") and "regular file" in err and len(err.splitlines()) == 1
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    assert main(["sweep", str(latin)]) == 2
+    assert "is not UTF-8 text" in capsys.readouterr().err
+
+
 def test_schema_has_the_sweep(capsys):
     assert main(["schema", "--sweep"]) == 0
     schema = json.loads(capsys.readouterr().out)

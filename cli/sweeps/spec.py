@@ -46,6 +46,7 @@ from hailan_sim.models.loader import (
     _Type,
     default_scenario,
     load_scenario,
+    read_yaml_file,
 )
 from hailan_sim.models.scenario import Scenario
 
@@ -599,14 +600,6 @@ def _shape_mismatch(err: dict) -> int:
 def load_sweep(path: Union[str, Path]) -> SweepPlan:
     """Load and plan a sweep file (see :func:`parse_sweep`)."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScenarioError(str(p), "no such file (give the path of a sweep .yaml file)") from None
-    except IsADirectoryError:
-        raise ScenarioError(str(p), "is a directory (give the path of a sweep .yaml file)") from None
-    except UnicodeDecodeError:
-        raise ScenarioError(str(p), "the file is not UTF-8 text (save it as UTF-8)") from None
-    except OSError as exc:
-        raise ScenarioError(str(p), f"cannot read: {exc.strerror or exc}") from None
-    return parse_sweep(text, str(p), p.parent)
+    # The scenario files' reader: regular files only (a FIFO or /dev/zero is refused at
+    # once), bounded in size, UTF-8, each failure one line.
+    return parse_sweep(read_yaml_file(p, "sweep"), str(p), p.parent)
