@@ -218,3 +218,34 @@ def test_conservation_excuses_a_message_while_its_broker_is_back_too_briefly(har
             (end - 2, "instance_up", None, None, None, None, None, "mq-0", None, None)]
     v = _holds(get("conservation")(_doctored(hardened_crash, events[:at] + blip + events[at:])))
     assert v.details["messages_unacked"] == 1 and v.details["messages_lost"] == 0
+
+
+# --------------------------------------------------------------------------- direct or collateral
+
+
+def test_failures_at_an_instance_a_crash_left_dead_are_direct():
+    # catalog-0 crashes at 20 s for 5 s and does not restart; the fault has ended, but the
+    # failures of calls still sent to it (the seed's sticky gRPC channel) are the crash's
+    # own cost, not a cascade.
+    from hailan_sim.properties.causes import failure_origins
+
+    crash = [{"kind": "crash_instance", "instance": "catalog-0", "start_s": 20, "duration_s": 5,
+              "restart": False}]
+    grpc = {"edges": [{"caller": "front", "callee": "catalog", "protocol": "grpc"}]}
+    record = _record(mini("seed", crash, duration_s=60, policies=grpc))
+    o = failure_origins(record)
+    at = o[(o["instance"] == "catalog-0") & (o["t"] > 25)]
+    assert len(at) > 0 and at["direct"].astype(bool).all()
+    assert (at["fault"] == -1).all()
+
+
+def test_401s_after_a_key_rotation_are_direct():
+    # seed: the verifiers hold one static key, so after a rotation every token is refused.
+    # The rotation faults the tokens: those 401s are its direct cost, not collateral.
+    from hailan_sim.properties.causes import failure_origins
+
+    record = _record(mini("seed", [{"kind": "key_rotation", "start_s": 40, "duration_s": 1}],
+                          duration_s=50, policies={"tokens": {"ttl_s": 20}}))
+    o = failure_origins(record)
+    a401 = o[o["mechanism"] == "auth_401"]
+    assert len(a401) > 0 and a401["direct"].astype(bool).all()
