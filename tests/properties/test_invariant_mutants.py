@@ -249,3 +249,19 @@ def test_401s_after_a_key_rotation_are_direct():
     o = failure_origins(record)
     a401 = o[o["mechanism"] == "auth_401"]
     assert len(a401) > 0 and a401["direct"].astype(bool).all()
+
+
+def test_dead_instance_time_while_the_registry_is_unreachable_does_not_count():
+    # The seed's sticky gRPC channel keeps calling a catalog-0 that crashed for good at
+    # 20 s: beyond the objective. Judged as if the registry had been unreachable all along,
+    # no registry policy could have acted, so none of that time counts.
+    crash = [{"kind": "crash_instance", "instance": "catalog-0", "start_s": 20, "duration_s": 5,
+              "restart": False}]
+    grpc = {"edges": [{"caller": "front", "callee": "catalog", "protocol": "grpc"}]}
+    record = _record(mini("seed", crash, duration_s=90, policies=grpc))
+    v = _fails(get("no_traffic_to_dead_instances")(record))
+    assert v.details["calls_beyond_bound"] > 0
+    out = Record(record.scenario, record.result, record.baseline)
+    out.__dict__["registry_unreachable"] = [(0.0, math.inf)]
+    v = _holds(get("no_traffic_to_dead_instances")(out))
+    assert v.details["calls_to_dead_instances"] > 0 and v.details["calls_beyond_bound"] == 0
