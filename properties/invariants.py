@@ -716,13 +716,16 @@ def token_safety(record: Record) -> Verdict:
     failure whatever leeway the verifier has) -- unless a later
     attempt of the same call from the same parent succeeded (a refresh-and-retry).
 
-    The token a call carried is read from the log: the latest successful call from the
-    caller instance to the issuer's operation that ended before the call started (its
-    claims: ``iat = floor(end + issuer skew)``, ``exp = iat + ttl_s``, key: the rotations so
-    far). If the caller's own tree also calls that operation the freshest such call is
-    taken, which can only hide a violation, never invent one. Accepted: the callee served
-    the call and answered ok (``work_end``/``orphan_end`` ok). Calls to the issuer's
-    operation are not checked (a token fetch carries no token).
+    The token a call carried is read from the log. With ``tokens.signing: local`` (seed's
+    and the default reading of the spec's ServiceAuth.generateToken) it is the caller
+    instance's latest ``token_signed`` row before the call started, which logs the key id
+    and ``exp`` it signed on its own clock. With ``signing: issuer`` it is the latest
+    successful call from the caller instance to the issuer's operation that ended before
+    the call started (its claims: ``iat = floor(end + issuer skew)``, ``exp = iat + ttl_s``,
+    key: the rotations so far); if the caller's own tree also calls that operation the
+    freshest such call is taken, which can only hide a violation, never invent one, and
+    calls to the issuer's operation are not checked (a token fetch carries no token).
+    Accepted: the callee served the call and answered ok (``work_end``/``orphan_end`` ok).
     """
     sc = record.scenario
     tok = record.policies.tokens
@@ -746,23 +749,33 @@ def token_safety(record: Record) -> Verdict:
     cs = log.rows("call_start")
     ce = log.rows("call_end")
     end_row = dict(zip(log.call[ce].tolist(), ce.tolist()))
-    # Fetch candidates per caller instance: (call_end row, end time, issuer instance).
-    fetches: dict[str, list[tuple[int, float, str]]] = {}
-    for r in cs.tolist():
-        if log.target[r] == issuer_svc and log.operation[r] == issuer_op:
-            e = end_row.get(int(log.call[r]))
-            if e is not None and log.outcome[e] == "ok" and log.source[r] is not None:
-                fetches.setdefault(log.source[r], []).append((e, float(log.t[e]), log.instance[e]))
+    local = tok.signing == "local"
+    # The tokens each caller instance obtained, in log order: (row, claims). signing: issuer:
+    # the caller's successful calls to the issuer's operation, claims rebuilt from the end
+    # time and the issuer's clock. signing: local: the caller's own ``token_signed`` rows,
+    # which carry the key id (operation) and exp (outcome) of the token it signed.
+    fetches: dict[str, list[tuple[int, dict]]] = {}
+    if local:
+        for r in log.rows("token_signed").tolist():
+            t = float(log.t[r])
+            kid = str(log.operation[r])
+            fetches.setdefault(log.source[r], []).append(
+                (r, {"exp": float(log.outcome[r]), "kid": int(kid[1:]) if kid[1:].isdigit() else 0,
+                     "issued_s": t, "issuer": log.instance[r]}))
+    else:
+        for r in cs.tolist():
+            if log.target[r] == issuer_svc and log.operation[r] == issuer_op:
+                e = end_row.get(int(log.call[r]))
+                if e is not None and log.outcome[e] == "ok" and log.source[r] is not None:
+                    t = float(log.t[e])
+                    iss = log.instance[e]
+                    iat = math.floor(t + skew(node_of(iss), t))
+                    fetches.setdefault(log.source[r], []).append(
+                        (e, {"exp": iat + tok.ttl_s, "kid": sum(1 for x in rotations if x <= t),
+                             "issued_s": t, "issuer": iss}))
     for v in fetches.values():
-        v.sort()
+        v.sort(key=lambda x: x[0])
     fetch_rows = {k: np.array([x[0] for x in v]) for k, v in fetches.items()}
-
-    def token_for_fetch(fetch: tuple[int, float, str]) -> dict:
-        """The claims of the token a fetch returned."""
-        e, t, iss = fetch
-        iat = math.floor(t + skew(node_of(iss), t))
-        return {"iat": iat, "exp": iat + tok.ttl_s, "kid": sum(1 for x in rotations if x <= t),
-                "issued_s": t, "issuer": iss}
 
     def token_for(src: str, row: int):
         v = fetches.get(src)
@@ -771,7 +784,7 @@ def token_safety(record: Record) -> Verdict:
         i = int(np.searchsorted(fetch_rows[src], row, side="left")) - 1
         if i < 0:
             return None
-        return token_for_fetch(v[i])
+        return v[i][1]
 
     # Accepted s2s calls: served and answered ok. Vectorised per caller instance: the
     # token each call carried is the caller's latest fetch that ended before it started.
@@ -783,7 +796,7 @@ def token_safety(record: Record) -> Verdict:
     keep = (np.isin(log.call[cs], ok_calls)
             & np.fromiter((t in services for t in tgt_cs.tolist()), dtype=bool, count=len(cs))
             & np.fromiter((caller_of[s] is not None for s in src_cs.tolist()), dtype=bool, count=len(cs))
-            & ~((tgt_cs == issuer_svc) & (log.operation[cs] == issuer_op)))
+            & ~((tgt_cs == issuer_svc) & (log.operation[cs] == issuer_op) & (not local)))
     cand, cand_src = cs[keep], src_cs[keep]
     rot = np.asarray(rotations, dtype=float)
     found: list[tuple[int, dict]] = []
@@ -797,7 +810,7 @@ def token_safety(record: Record) -> Verdict:
         has = i >= 0
         rows_src, i = rows_src[has], i[has]
         checked += len(rows_src)
-        claims = [token_for_fetch(x) for x in v]
+        claims = [x[1] for x in v]
         exp = np.array([c["exp"] for c in claims], dtype=float)[i]
         kid = np.array([c["kid"] for c in claims], dtype=np.int64)[i]
         t = log.t[rows_src]

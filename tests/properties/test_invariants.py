@@ -549,26 +549,45 @@ def test_tokens_seed_rotation_refuses_new_keys_with_the_issuer_up():
     assert "unknown_key" in v.explanation and v.window[0] >= 40
 
 
-def test_tokens_seed_skewed_clocks_accept_expired_tokens():
+@pytest.mark.parametrize("signing", ["local", "issuer"])
+def test_tokens_seed_skewed_clocks_accept_expired_tokens(signing):
     # Caller and verifier on n2 both 30 s behind: the caller sends a token past its exp and
     # the verifier, with no leeway, accepts it (a safety violation); verifiers on n1 refuse
     # it: clocks 30 s apart are within the objective's tolerated skew (300 s), so those 401s
-    # are liveness failures whatever leeway (none) the verifier has.
+    # are liveness failures whatever leeway (none) the verifier has. With signing: local
+    # (seed's default) the caller signs on its own slow clock and token_safety reads its
+    # token_signed rows; with signing: issuer it rebuilds the tokens from the calls to
+    # the issuer. Each path alone finds the violation: the other reading sees no token.
     skew = [{"kind": "clock_skew", "node": "n2", "skew_s": -30, "start_s": 30, "duration_s": 20}]
-    # signing: issuer: token_safety reconstructs tokens from the issuer's calls (a locally
-    # signed token is logged as token_signed, which the invariant does not read yet).
-    pol = {"tokens": {"ttl_s": 20, "signing": "issuer"}}
-    sc = mini("seed", skew, duration_s=50, policies=pol)
-    record = _record(sc)
+    pol = {"tokens": {"ttl_s": 20, "signing": signing}}
+    record = _record(mini("seed", skew, duration_s=50, policies=pol))
+    signed = record.log.rows("token_signed")
+    assert (len(signed) > 0) == (signing == "local")
     v = _fails(get("token_safety")(record))
     assert v.details["unsafe_count"] > 0 and v.details["failed_auth_count"] > 0
     assert v.details["excused_401"]["clocks_apart"] == 0
     u = v.details["unsafe"][0]
     assert u["expired_by_s"] > 0 and u["caller"].endswith("-1")
     # An objective that tolerates less skew than the clocks are apart excuses them again.
+    sc = record.scenario
     tight = sc.model_copy(update={"objectives": sc.objectives.model_copy(update={"max_clock_skew_s": 10.0})})
     v = get("token_safety")(Record(tight, record.result, record.baseline))
     assert v.details["failed_auth_count"] == 0 and v.details["excused_401"]["clocks_apart"] > 0
+
+
+def test_tokens_local_signing_checks_every_accepted_call():
+    # signing: local, no fault: every accepted service-to-service call carried a token the
+    # log shows its caller signing (none is left unchecked for want of an issuer call),
+    # calls to auth-service included, since under local signing they carry tokens too.
+    record = _record(mini("seed", duration_s=30, policies={"tokens": {"ttl_s": 20}}))
+    v = _holds(get("token_safety")(record))
+    log = record.log
+    served = log.rows("work_end", "orphan_end")
+    ok = set(log.call[served[log.outcome[served] == "ok"]].tolist())
+    cs = log.rows("call_start")
+    s2s = [r for r in cs.tolist() if int(log.call[r]) in ok and log.target[r] in {s.name for s in record.scenario.services}
+           and inv._caller_service(record.scenario, log.source[r]) is not None]
+    assert v.details["calls_checked"] == len(s2s) > 0
 
 
 # --------------------------------------------------------------------------- 7. retry amplification
