@@ -229,8 +229,30 @@ class _Pool:
         self.pool.shutdown(wait=False, cancel_futures=True)
         for proc in processes:
             proc.terminate()
-        for proc in processes:
-            proc.join(timeout=5)
+        _wait_until_gone(processes, 5.0)
+        # A worker that outlived SIGTERM (one still starting up, say) gets SIGKILL.
+        stragglers = [proc for proc in processes if proc.exitcode is None]
+        for proc in stragglers:
+            proc.kill()
+        _wait_until_gone(stragglers, 5.0)
+
+
+def _wait_until_gone(processes, timeout: float) -> None:
+    """Wait until every process has exited, or ``timeout`` seconds. The executor's manager
+    thread may reap a worker at the same time as this thread (both ``waitpid``), so exit is
+    read from each process's sentinel, which becomes ready however the child is reaped, and
+    ``exitcode`` is then polled until the reaping thread has recorded it."""
+    import time
+    from multiprocessing.connection import wait
+
+    deadline = time.monotonic() + timeout
+    pending = [proc for proc in processes if proc.exitcode is None]
+    while pending:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        wait([proc.sentinel for proc in pending], timeout=min(left, 0.1))
+        pending = [proc for proc in pending if proc.exitcode is None]
 
 
 def _ignore_sigint() -> None:
