@@ -53,9 +53,23 @@ class CatalogueError(Exception):
 
 
 def load_catalogue(path: Path, only: list[str]) -> list[dict]:
-    entries = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    try:
+        entries = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    except OSError as e:
+        raise CatalogueError(f"{path}: cannot read: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        raise CatalogueError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(entries, list):
+        raise CatalogueError(f"{path}: must be a list of mutants, got {type(entries).__name__}")
     out, seen = [], set()
     for i, m in enumerate(entries):
+        if not isinstance(m, dict):
+            raise CatalogueError(f"{path}: entry {i}: must be a mapping with id, file, find, replace, why")
+        bad = [k for k in ("id", "file", "find", "replace", "why") if k in m and not isinstance(m[k], str)]
+        if bad:
+            raise CatalogueError(f"{path}: entry {i}: {', '.join(bad)} must be text")
         missing = [k for k in ("id", "file", "find", "replace", "why") if k not in m]
         if missing:
             raise CatalogueError(f"{path}: entry {i}: missing {', '.join(missing)}")
