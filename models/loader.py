@@ -31,7 +31,8 @@ from hailan_sim.models import yaml12
 from hailan_sim.models.datafiles import MAX_INLINE_TIMES, MAX_SCENARIO_BYTES, read_bounded
 from hailan_sim.models.scenario import Scenario
 
-__all__ = ["DEFAULT_SCENARIO", "ScenarioError", "default_scenario", "line_in_file", "load_scenario", "parse_scenario"]
+__all__ = ["DEFAULT_SCENARIO", "FieldType", "ScenarioError", "compose_yaml", "default_scenario", "describe_validation_error",
+           "line_in_file", "line_of", "load_scenario", "parse_scenario", "show_value", "text_path"]
 
 DEFAULT_SCENARIO = "hailan-default"
 
@@ -1063,3 +1064,14 @@ def default_scenario() -> Scenario:
     """The spec's twelve services under the load documented in ``models/data/default.yaml``."""
     ref = resources.files("hailan_sim.models") / "data" / "default.yaml"
     return parse_scenario(ref.read_text(encoding="utf-8"), "<built-in default>")
+
+
+# The loader's message toolkit, for other YAML inputs that report errors the same way (the
+# sweep files, cli/sweeps/spec.py): a document's nodes, a field path's text and line, a value
+# shown briefly, a pydantic error explained, and the declared type at a path.
+compose_yaml = _compose
+describe_validation_error = _describe_error
+line_of = _line_of
+show_value = _show
+text_path = _text_path
+FieldType = _Type

@@ -37,16 +37,16 @@ from pydantic import Field, ValidationError, model_validator
 from hailan_sim.models._base import Frozen
 from hailan_sim.models.faults import Fault
 from hailan_sim.models.loader import (
+    FieldType,
     ScenarioError,
-    _compose,
-    _describe_error,
-    _line_of,
-    _show,
-    _text_path,
-    _Type,
+    compose_yaml,
     default_scenario,
+    describe_validation_error,
+    line_of,
     load_scenario,
     read_yaml_file,
+    show_value,
+    text_path,
 )
 from hailan_sim.models.scenario import Scenario
 
@@ -246,7 +246,7 @@ def _set_path(data: dict, path: list, value: Any, text: str) -> None:
         nxt = path[i + 1] if not last else None
         if isinstance(key, str):
             if not isinstance(node, dict):
-                raise ValueError(f"{text}: {_text_path(path[:i]) or 'the scenario'} is not a mapping")
+                raise ValueError(f"{text}: {text_path(path[:i]) or 'the scenario'} is not a mapping")
             if last:
                 node[key] = value
                 return
@@ -366,9 +366,9 @@ class SweepPlan:
     # ------------------------------------------------------------------ errors
 
     def _error(self, keys: list, message: str) -> ScenarioError:
-        path = _text_path(keys)
+        path = text_path(keys)
         return ScenarioError(self.source, f"{path}: {message}" if path else message,
-                             _line_of(self._root, keys), path)
+                             line_of(self._root, keys), path)
 
     # ------------------------------------------------------------------ building
 
@@ -460,7 +460,7 @@ class SweepPlan:
         except (OSError, UnicodeDecodeError) as exc:
             raise self._error(["faults", i, "file"], f"cannot read {str(path)!r} "
                                                      f"({getattr(exc, 'strerror', None) or exc})") from None
-        _, doc = _compose(text, str(path))
+        _, doc = compose_yaml(text, str(path))
         faults = doc.get("faults") if isinstance(doc, dict) else doc
         if not isinstance(faults, list):
             raise ScenarioError(str(path), "expected a list of faults, or a mapping with a 'faults' list", 1)
@@ -477,7 +477,7 @@ class SweepPlan:
         try:
             return Scenario.model_validate(data, context={"base_dir": str(self.base_dir)})
         except ValidationError as exc:
-            path, _, msg = _describe_error(exc.errors(include_url=False)[0], data)
+            path, _, msg = describe_validation_error(exc.errors(include_url=False)[0], data)
             where = f"{path}: " if path else ""
             if path.startswith("faults"):
                 i = next(k for k, e in enumerate(self.sweep.faults)
@@ -486,7 +486,7 @@ class SweepPlan:
                 raise self._error(["faults", i], f"schedule {schedule!r} does not fit the base scenario: "
                                                  f"{where}{msg}") from None
             axis = next((n for n in values if path.startswith(n.split("[")[0])), next(iter(values)))
-            shown = ", ".join(f"{k}={_show(v)}" for k, v in values.items())
+            shown = ", ".join(f"{k}={show_value(v)}" for k, v in values.items())
             raise self._error(["axes", axis], f"the point {shown} makes an invalid scenario: {where}{msg}") from None
 
     def scenario(self, run: Run) -> Scenario:
@@ -527,7 +527,7 @@ def _first_message(exc: Exception) -> str:
 def _describe_sweep_error(err: dict, data: Any) -> tuple[list, str]:
     """(data keys, message) for a pydantic error in a sweep file, walking its location
     through the sweep's types with the scenario loader's type machinery."""
-    ty: Optional[_Type] = _Type(Sweep)
+    ty: Optional[FieldType] = FieldType(Sweep)
     parent = None
     keys: list = []
     for item in err["loc"]:
@@ -547,30 +547,30 @@ def _describe_sweep_error(err: dict, data: Any) -> tuple[list, str]:
     value = err.get("input")
     axis_shape = "a list of values ([3, 5, 10]) or a range ({low: 1, high: 10, steps: 3})"
     if keys == ["axes"] and kind in ("dict_type", "too_short"):
-        return keys, f"got {_show(value)}, expected a mapping of field path -> {axis_shape}"
+        return keys, f"got {show_value(value)}, expected a mapping of field path -> {axis_shape}"
     if len(keys) == 2 and keys[0] == "axes" and kind in ("list_type", "model_type", "model_attributes_type"):
-        return keys, f"got {_show(value)}, expected {axis_shape}"
+        return keys, f"got {show_value(value)}, expected {axis_shape}"
     if kind == "extra_forbidden":
         allowed = parent.fields() if parent is not None else []
         import difflib
 
         close = difflib.get_close_matches(str(keys[-1]), allowed, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        return keys[:-1], f"unknown field {_show(keys[-1])} ({hint}allowed here: {', '.join(allowed)})"
+        return keys[:-1], f"unknown field {show_value(keys[-1])} ({hint}allowed here: {', '.join(allowed)})"
     if kind == "missing":
         return keys[:-1] if keys else keys, (
             f"required field {keys[-1]!r} is missing" + (f" (add it: {ty.describe()})" if ty is not None else ""))
     if kind in ("value_error", "assertion_error"):
         return keys, err["msg"].removeprefix("Value error, ")
     if ty is not None:
-        return keys, f"got {_show(value)}, expected {ty.describe()}"
-    return keys, f"{err['msg']} (got {_show(value)})"
+        return keys, f"got {show_value(value)}, expected {ty.describe()}"
+    return keys, f"{err['msg']} (got {show_value(value)})"
 
 
 def parse_sweep(text: str, source: str = "<sweep>", base_dir: Union[str, Path] = ".") -> SweepPlan:
     """Validate sweep YAML and plan it; every problem is a one-line :class:`ScenarioError`
     ``FILE:LINE: field.path: what is allowed``."""
-    root, data = _compose(text, source)
+    root, data = compose_yaml(text, source)
     if not isinstance(data, dict):
         raise ScenarioError(source, "expected a mapping with at least name and axes (a sweep file)",
                             root.start_mark.line + 1 if root is not None else 1)
@@ -582,8 +582,8 @@ def parse_sweep(text: str, source: str = "<sweep>", base_dir: Union[str, Path] =
         # member of the value's own shape (a mapping: the model, a list: the list).
         errors.sort(key=lambda e: _shape_mismatch(e))
         keys, msg = _describe_sweep_error(errors[0], data)
-        path = _text_path(keys)
-        raise ScenarioError(source, f"{path}: {msg}" if path else msg, _line_of(root, keys), path) from None
+        path = text_path(keys)
+        raise ScenarioError(source, f"{path}: {msg}" if path else msg, line_of(root, keys), path) from None
     return SweepPlan(sweep, source, Path(base_dir), root=root)
 
 
