@@ -100,7 +100,7 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
         self._stop_pending = 0  # see run_until
         self._timers: dict = {}
         self._parked: dict = {}  # timer queues whose heap entry is parked (see _compact)
-        self._compact_at = _COMPACT_AT
+        self._compact_at = self._prune_at = _COMPACT_AT
         self._gateway_last: dict = {}
         self._links: dict = {}
         self._build()
@@ -374,10 +374,12 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
         for ev in queue:
             q = ev[4]
             if type(q) is _TimerQueue:
-                for c in q.calls:
-                    if not c.finished:
-                        break
-                else:
+                calls = q.calls
+                # Finished calls at the front are skipped by the pop and by _arm_head alike:
+                # dropping them now changes nothing, and each is looked at once.
+                while calls and calls[0].finished:
+                    calls.popleft()
+                if not calls:
                     q.parked = ev
                     parked[q] = None
                     continue
@@ -387,17 +389,22 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
             heapify(queue)
         # Next time when the heap has doubled: each entry is looked at O(1) times on average.
         self._compact_at = max(_COMPACT_AT, _COMPACT_GROWTH * len(queue))
+        if len(parked) < self._prune_at:
+            return
         now = self.env.now
         timers = self._timers
         for q in [q for q in parked if q.parked[0] < now]:
             # Its time has passed: it popped and did nothing but this. A queue left with
-            # nothing is the same as a new one, so it is forgotten.
+            # nothing is the same as a new one, so it is forgotten (this is for memory
+            # only, so it is done when the parked queues have doubled; env_events and
+            # _unpark tell a parked entry whose time has passed from one still pending).
             del parked[q]
             q.parked = None
             q.armed = False
             q.calls.clear()
             if timers.get(q.timeout) is q:
                 del timers[q.timeout]
+        self._prune_at = max(_COMPACT_AT, _COMPACT_GROWTH * len(parked))
 
     def _unpark(self, q: _TimerQueue) -> None:
         """A call joins the parked queue ``q``: its entry is put back, or has fired by now."""
