@@ -93,6 +93,7 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
         self._rec = self.log.buf.append
         self.n_requests = 0
         self.n_calls = 0
+        self.n_published = 0  # messages (their ids are taken from n_calls)
         self.outstanding = 0
         self.arrivals_open = True
         self.messages_pending = 0
