@@ -58,9 +58,10 @@ class Result:
             by ``"from->to"``.
         calls_started: calls sent over the whole run, every attempt of every call and
             every delivery of a message (the ``call_start`` records of the event log).
-        breaker_trips: the time of every closed -> open transition of any breaker, in
-            the order the breakers were created (the ``breaker`` records from ``closed``
-            to ``open``). With ``calls_started``, what sweeps measure without the log.
+        breaker_trips: the time of every closed -> open transition of any breaker (the
+            ``breaker`` records from ``closed`` to ``open``), grouped by caller instance
+            and then by breaker, each group in time order. With ``calls_started``, what
+            sweeps measure without the log.
     """
 
     seed: int
