@@ -8,7 +8,9 @@ Every case runs the same ``--runs`` runs: the default scenario with the ``seed``
 replications, no faults). ``bare`` simulates them one after another in this process (what a
 hand-written loop does); ``local-1`` is the sweep with one worker (in process: the overhead
 is building each run's scenario, measuring it and writing it to Parquet); ``lean-1`` is the same
-with only the metrics that need no event log (availability, p99, recovery, cost);
+with only availability, p99, recovery and cost (no sweep metric but `invariants` keeps
+the event log any more: retry amplification and breaker trips come from counts the engine
+keeps);
 ``local-2`` and ``dask-2`` use two worker processes. Wall-clock times: on a shared machine, compare ratios
 measured in one invocation, and say what else was running.
 """
@@ -44,7 +46,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=12)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--cases", nargs="+", default=["bare", "local-1", "lean-1", "local-2", "dask-2"],
-                    help="lean-1: one worker, only the metrics that need no event log "
+                    help="lean-1: one worker, only the metrics "
                          "(availability, p99, recovery, cost)")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args(argv)

@@ -141,6 +141,13 @@ def _distinct_picks(n: int, k: int, u: Uniform) -> list[int]:
     For k = 2 the pair has the distribution of tower's/linkerd2-proxy's ``gen_pair``
     (a = U{0..n-1}, b = U{0..n-2}, b += 1 if b >= a).
     """
+    if k == 2 and n >= 2:
+        # NOTE: for speed, the loop below unrolled for the common pair (P2C): the same two
+        # draws, the same arithmetic. After the first swap pool[0] = a and pool[a] = 0, so
+        # the second pick, pool[r] for r >= 1, is 0 when r == a and r otherwise.
+        a = math.floor(u() * n)
+        r = 1 + math.floor(u() * (n - 1))
+        return [a, 0 if r == a else r]
     k = min(k, n)
     pool = list(range(n))
     for j in range(k):

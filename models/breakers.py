@@ -342,6 +342,29 @@ _BELOW = "below_thresholds"
 _ABOVE = "above_thresholds"
 
 
+_RATES: dict = {}  # (count, total, threshold) -> verdict; see _rate_at_least
+_RATES_MAX = 65536
+
+
+def _rate_at_least(count: int, total: int, threshold: float) -> bool:
+    """R4J CircuitBreakerMetrics.checkIfThresholdsExceeded: ``count * 100.0f / total >=
+    threshold``, computed in float32 as R4J's SnapshotImpl does (getFailureRate:
+    ``numberOfFailedCalls * 100.0f / totalNumberOfCalls``).
+
+    NOTE: for speed; a breaker asks this at every completed call, and numpy's float32
+    scalar arithmetic costs a few microseconds. The verdict depends on the three numbers
+    only, which repeat, so it is memoised (the same float32 arithmetic computes each one;
+    the table is emptied when it grows large, which changes no verdict).
+    """
+    key = (count, total, threshold)
+    v = _RATES.get(key)
+    if v is None:
+        if len(_RATES) >= _RATES_MAX:
+            _RATES.clear()
+        v = _RATES[key] = bool(np.float32(count) * np.float32(100.0) / np.float32(total) >= np.float32(threshold))
+    return v
+
+
 class _CountWindow:
     """R4J FixedSizeSlidingWindowMetrics: the last ``size`` calls (subtract on evict)."""
 
@@ -378,10 +401,12 @@ class _TimeWindow:
     def move(self, now: float) -> None:
         # SlidingTimeWindowMetrics.moveWindowToCurrentEpochSecond: keep (current - size, current].
         oldest_kept = math.floor(now) - self.size + 1
-        for second in list(self._buckets):  # dict keys in insertion (= ascending) order
+        buckets = self._buckets
+        while buckets:
+            second = next(iter(buckets))  # dict keys in insertion (= ascending) order
             if second >= oldest_kept:
                 break
-            calls, failed, slow = self._buckets.pop(second)
+            calls, failed, slow = buckets.pop(second)
             self.calls -= calls
             self.failed -= failed
             self.slow -= slow
@@ -517,12 +542,9 @@ class SlidingWindowBreaker(_StateMachine):
         total = window.calls
         if total == 0 or total < min_calls:
             return _BELOW_MINIMUM
-        # SnapshotImpl: numberOfFailedCalls * 100.0f / totalNumberOfCalls, in float32
-        failure_rate = np.float32(window.failed) * np.float32(100.0) / np.float32(total)
-        slow_rate = np.float32(window.slow) * np.float32(100.0) / np.float32(total)
-        if failure_rate >= np.float32(self.config.failure_rate_threshold):
+        if _rate_at_least(window.failed, total, self.config.failure_rate_threshold):
             return _ABOVE
-        if slow_rate >= np.float32(self.config.slow_call_rate_threshold):
+        if _rate_at_least(window.slow, total, self.config.slow_call_rate_threshold):
             return _ABOVE
         return _BELOW
 

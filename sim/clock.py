@@ -32,17 +32,19 @@ class Clock:
     ``now``    the current time (seconds)
     ``queue``  the heap of ``(time, priority, id, fn, arg)`` entries
     ``eid``    the counter that hands out ids (in scheduling order)
+    ``cur``    the entry being run (set by ``run_until``)
 
     Hot paths push onto ``queue`` directly (``heappush(clock.queue, (clock.now + d, NORMAL,
     next(clock.eid), fn, arg))``): the same entry :func:`at` builds, without the call.
     """
 
-    __slots__ = ("now", "queue", "eid")
+    __slots__ = ("now", "queue", "eid", "cur")
 
     def __init__(self) -> None:
         self.now: float = 0
         self.queue: list = []
         self.eid = count()
+        self.cur: tuple = (0, 0, -1)  # the entry being run (its key orders it among the rest)
 
 
 def at(clock: Clock, delay: float, fn: Callable, arg) -> None:

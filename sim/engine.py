@@ -29,7 +29,7 @@ full). Every request ends with exactly one of them.
 from __future__ import annotations
 
 import functools
-from heapq import heappop, heappush
+from heapq import heapify, heappop, heappush
 from typing import Callable, Optional
 
 from hailan_sim.models.scenario import (
@@ -93,12 +93,15 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
         self._rec = self.log.buf.append
         self.n_requests = 0
         self.n_calls = 0
+        self.n_published = 0  # messages (their ids are taken from n_calls)
         self.outstanding = 0
         self.arrivals_open = True
         self.messages_pending = 0
         self.last_call = None
         self._stop_pending = 0  # see run_until
         self._timers: dict = {}
+        self._parked: dict = {}  # timer queues whose heap entry is parked (see _compact)
+        self._compact_at = self._prune_at = _COMPACT_AT
         self._gateway_last: dict = {}
         self._links: dict = {}
         self._build()
@@ -324,9 +327,11 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
             raise ValueError(f"until ({at}) must be greater than the current simulation time")
         stop = (now + (at - now), URGENT, next(env.eid))
         while queue and queue[0] < stop:
-            env.now, _, _, fn, arg = heappop(queue)
-            fn(arg)
+            env.cur = ev = heappop(queue)
+            env.now = ev[0]
+            ev[3](ev[4])
         env.now = stop[0]
+        env.cur = stop
         # Counted as SimPy counted it (it re-queued its stop event once more, with another
         # id, popped by the next run as an event that does nothing), so that sim_events
         # keeps its meaning: take the id, and count it as pending until then.
@@ -341,7 +346,78 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
         path would cost every event a call. Reading it takes an id, which orders nothing
         (ids only break ties between entries already scheduled).
         """
-        return next(self.env.eid) - len(self.env.queue) - self._stop_pending
+        now = self.env.now
+        # A parked timer entry (see _compact) is pending while its time has not passed
+        # (it is NORMAL, so one due exactly now is behind the runner's URGENT stop).
+        parked = sum(1 for q in self._parked if q.parked[0] >= now)
+        return next(self.env.eid) - len(self.env.queue) - self._stop_pending - parked
+
+    def _compact(self) -> None:
+        """Take the timer entries that can only do nothing off the heap.
+
+        NOTE: for speed. With deadline propagation nearly every call has a timeout of its
+        own (what is left of its caller's deadline), so its own timer queue and heap entry;
+        most calls finish long before it fires, and the stale entries made the heap ten
+        times longer than the events that matter (781 vs 52 entries, median, on the default
+        scenario with ``hardened``), and every push and pop slower. An entry whose queue
+        holds only finished calls would pop, find nothing to do and arm nothing
+        (``_timers_due``), so it is *parked* on its queue instead: the other entries are
+        re-heaped (the pop order is that of their keys, unchanged). If a call is added to a
+        parked queue (another call with exactly the same timeout), :meth:`_unpark` puts the
+        entry back with its own key, or, if its time has passed, does what its pop did. No
+        id is taken or skipped, so every tie between events at one instant is broken as
+        before, and ``sim_events`` counts a parked entry when its time passes. Called
+        when a timer is pushed onto a heap that has doubled since the last compaction.
+        """
+        queue = self.env.queue
+        parked = self._parked
+        keep = []
+        for ev in queue:
+            q = ev[4]
+            if type(q) is _TimerQueue:
+                calls = q.calls
+                # Finished calls at the front are skipped by the pop and by _arm_head alike:
+                # dropping them now changes nothing, and each is looked at once.
+                while calls and calls[0].finished:
+                    calls.popleft()
+                if not calls:
+                    q.parked = ev
+                    parked[q] = None
+                    continue
+            keep.append(ev)
+        if len(keep) != len(queue):
+            queue[:] = keep
+            heapify(queue)
+        # Next time when the heap has doubled: each entry is looked at O(1) times on average.
+        self._compact_at = max(_COMPACT_AT, _COMPACT_GROWTH * len(queue))
+        if len(parked) < self._prune_at:
+            return
+        now = self.env.now
+        timers = self._timers
+        for q in [q for q in parked if q.parked[0] < now]:
+            # Its time has passed: it popped and did nothing but this. A queue left with
+            # nothing is the same as a new one, so it is forgotten (this is for memory
+            # only, so it is done when the parked queues have doubled; env_events and
+            # _unpark tell a parked entry whose time has passed from one still pending).
+            del parked[q]
+            q.parked = None
+            q.armed = False
+            q.calls.clear()
+            if timers.get(q.timeout) is q:
+                del timers[q.timeout]
+        self._prune_at = max(_COMPACT_AT, _COMPACT_GROWTH * len(parked))
+
+    def _unpark(self, q: _TimerQueue) -> None:
+        """A call joins the parked queue ``q``: its entry is put back, or has fired by now."""
+        env = self.env
+        ev = q.parked
+        q.parked = None
+        del self._parked[q]
+        if ev[:3] > env.cur[:3]:
+            heappush(env.queue, ev)  # still pending: back in its place in the order
+        else:
+            q.armed = False  # it would have fired already (before the entry being run)
+            q.calls.clear()
 
     # ------------------------------------------------------------------ arrivals & requests
 
@@ -451,6 +527,8 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
         if q is None:
             q = self._timers[timeout] = _TimerQueue(timeout)
         c.expires = self.env.now + timeout
+        if q.parked is not None:
+            self._unpark(q)
         q.calls.append(c)
         if not q.armed:
             self._arm_head(q)
@@ -462,6 +540,8 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
         if calls:
             q.armed = True
             env = self.env
+            if len(env.queue) >= self._compact_at:
+                self._compact()
             heappush(env.queue, (calls[0].expires, NORMAL, next(env.eid), self._timers_due, q))
 
     def _timers_due(self, q: _TimerQueue) -> None:
@@ -677,6 +757,10 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
         k, c.k = c.k, None  # the continuation usually closes over c: break the cycle
         k(outcome)
 
+
+# Heaps shorter than this are not worth compacting (see Engine._compact).
+_COMPACT_AT = 256
+_COMPACT_GROWTH = 2
 
 _COUNTERS = (
     "retries", "short_circuits", "bulkhead_rejections", "fallbacks", "discovery_errors",

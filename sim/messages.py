@@ -42,6 +42,7 @@ class MessagingMixin:
                 q = self._queue(b, target, op)
                 self.messages_pending += 1
                 self.n_calls += 1
+                self.n_published += 1
                 msg = (self.n_calls, caller.req, caller.id)
                 self._rec((self.env.now, "message_publish", caller.req.id, msg[0], caller.id, broker,
                            target, None, op, None))

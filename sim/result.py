@@ -56,6 +56,12 @@ class Result:
             ``auth_401`` (calls a callee refused for their token), ``auth_refresh_retries``,
             ``deadline_drops``, ``shed``, ``deregistrations``, and ``breaker_transitions``
             by ``"from->to"``.
+        calls_started: calls sent over the whole run, every attempt of every call and
+            every delivery of a message (the ``call_start`` records of the event log).
+        breaker_trips: the time of every closed -> open transition of any breaker (the
+            ``breaker`` records from ``closed`` to ``open``), grouped by caller instance
+            and then by breaker, each group in time order. With ``calls_started``, what
+            sweeps measure without the log.
     """
 
     seed: int
@@ -75,6 +81,8 @@ class Result:
     service_windows: pd.DataFrame
     mechanisms: dict = field(default_factory=dict)
     streams: list[str] = field(default_factory=list, repr=False)
+    calls_started: int = 0
+    breaker_trips: list[float] = field(default_factory=list, repr=False)
     _events: Optional[list[tuple]] = field(default=None, repr=False)
 
     @property

@@ -203,5 +203,8 @@ def _result(engine: Engine) -> Result:
         service_windows=window_frame("service", calls),
         mechanisms={**engine.counters, "breaker_transitions": dict(sorted(engine.breaker_transitions.items()))},
         streams=engine.streams.names,
+        calls_started=engine.n_calls - engine.n_published,  # message ids share the counter
+        breaker_trips=[t for cl in engine._clients.values() for br in cl.breakers.values()
+                       for t, a, b in br.transitions if a == "closed" and b == "open"],
         _events=engine.log.kept,
     )

@@ -150,12 +150,13 @@ class _Route:
 class _TimerQueue:
     """Open calls with one timeout duration, in deadline order (see ``Engine._arm``)."""
 
-    __slots__ = ("timeout", "calls", "armed")
+    __slots__ = ("timeout", "calls", "armed", "parked")
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.calls: deque = deque()
         self.armed = False
+        self.parked = None  # its heap entry, taken off the heap while every call is finished
 
 
 class _Request:

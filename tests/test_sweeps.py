@@ -457,3 +457,22 @@ metrics: [retry_amplification]
     assert retries > 0
     assert table.loc[0, "retry_amplification"] == pytest.approx(sent / (sent - retries))
     assert table.loc[0, "retry_amplification"] > 1.0
+
+
+def test_calls_started_and_breaker_trips_are_the_logs():
+    """Sweeps read retry amplification and breaker trips from Result.calls_started and
+    Result.breaker_trips, without the event log: they must be what the log says (call_start
+    records; the times of breaker records from closed to open), messages and trips included."""
+    from pathlib import Path
+
+    from hailan_sim import load_scenario, simulate
+
+    root = Path(__file__).resolve().parent.parent
+    sc = load_scenario(root / "findings" / "counterexamples" / "bounded_recovery.yaml")
+    r = simulate(sc.with_run(duration_s=60), keep_events=True)
+    ev = r._events
+    trips = sorted(e[0] for e in ev if e[1] == "breaker" and e[8] == "closed" and e[9] == "open")
+    assert trips and any(e[1] == "message_publish" for e in ev)
+    assert r.calls_started == sum(1 for e in ev if e[1] == "call_start")
+    assert sorted(r.breaker_trips) == trips
+    assert simulate(sc.with_run(duration_s=60)).breaker_trips == r.breaker_trips  # no log needed

@@ -431,3 +431,26 @@ def test_balancers_are_deterministic_under_the_same_stream():
                 seq.append(inst)
             runs.append(seq)
         assert runs[0] == runs[1], kind
+
+
+def test_distinct_pair_is_the_partial_fisher_yates():
+    """_distinct_picks unrolls the pair (k = 2, P2C's case): the same indices as the
+    general partial Fisher-Yates loop from the same draws, for every n and many draws."""
+    import math
+    import random
+
+    from hailan_sim.models.balancers import _distinct_picks
+
+    def loop(n, k, u):
+        k = min(k, n)
+        pool = list(range(n))
+        for j in range(k):
+            r = j + math.floor(u() * (n - j))
+            pool[j], pool[r] = pool[r], pool[j]
+        return pool[:k]
+
+    for n in range(1, 9):
+        for seed in range(300):
+            a, b = random.Random(seed).random, random.Random(seed).random
+            assert _distinct_picks(n, 2, a) == loop(n, 2, b), (n, seed)
+            assert _distinct_picks(n, 3, a) == loop(n, 3, b), (n, seed)

@@ -974,3 +974,24 @@ def test_outlier_ticking_on_time_and_lazy_sweeps_agree(results):
         lazy.on_result(now, host, outcome)
     assert lazy.ejected(now + 100) == ticked.ejected(now + 100)
     assert lazy.events == ticked.events
+
+
+def test_r4j_memoised_rate_verdicts_are_float32_arithmetic(monkeypatch):
+    """_rate_at_least memoises R4J's float32 verdict (count * 100.0f / total >= threshold):
+    each verdict is the float32 arithmetic's, including those exact arithmetic gets wrong,
+    whether it comes from the table or is computed, and the table stays bounded."""
+    import numpy as np
+
+    from hailan_sim.models import breakers
+
+    def f32(count, total, threshold):
+        return bool(np.float32(count) * np.float32(100.0) / np.float32(total) >= np.float32(threshold))
+
+    monkeypatch.setattr(breakers, "_RATES", {})
+    monkeypatch.setattr(breakers, "_RATES_MAX", 500)
+    thresholds = (33.3333334, 50.0, 66.66667, 80.0, 100.0, 1e-9)
+    cases = [(c, t, th) for t in range(1, 40) for c in range(t + 1) for th in thresholds]
+    assert any(f32(*k) != (k[0] * 100 / k[1] >= k[2]) for k in cases)  # float32 matters here
+    for _ in range(2):  # computed, then (in part) from the table
+        assert all(breakers._rate_at_least(*k) == f32(*k) for k in cases)
+        assert len(breakers._RATES) <= 500
