@@ -125,6 +125,7 @@ def mini(profile: str = "seed", faults=(), *, duration_s: float = 120.0, seed: i
 
 
 AUTH_CRASH = [{"kind": "crash_instance", "instance": "auth-service-0", "start_s": 30, "duration_s": 30}]
+NO_OUTLIER = {"outlier": None}
 
 
 def _record(scenario: Scenario, rerun: bool = False) -> Record:
@@ -141,6 +142,13 @@ def seed_crash() -> Record:
 def hardened_crash() -> Record:
     """Hardened profile, the same crash."""
     return _record(mini("hardened", AUTH_CRASH), rerun=True)
+
+
+@pytest.fixture(scope="module")
+def hardened_crash_no_outlier() -> Record:
+    """Hardened without its outlier detection, the same crash: the per-instance breakers
+    for auth-service-0 then open (the profile before issue 10 item 7)."""
+    return _record(mini("hardened", AUTH_CRASH, policies=NO_OUTLIER))
 
 
 @pytest.fixture(scope="module")
@@ -304,8 +312,10 @@ def test_defaults_derive_from_the_policies():
     assert dead_instance_bound_s(never) == math.inf
     # restart 2 + check 15 + (stale 0) + spec breaker 60 + slack 10.
     assert default_recovery_s(seed) == 87.0
-    # restart 2 + check 15 + cache 5 + wait_in_open 5 + max_wait_in_half_open 10 + slack 10.
-    assert default_recovery_s(hard) == 47.0
+    # restart 2 + check 15 + cache 5 + max(wait_in_open 5 + max_wait_in_half_open 10,
+    # outlier base ejection 30 + sweep interval 10) + slack 10.
+    assert default_recovery_s(hard) == 72.0
+    assert default_recovery_s(mini("hardened", AUTH_CRASH, policies=NO_OUTLIER)) == 47.0
     # An instance that never restarts must first leave discovery: the dead-instance bound.
     gone = mini("seed", [{**AUTH_CRASH[0], "restart": False}])
     assert default_recovery_s(gone) == 2 + 105 + 60 + 10
@@ -332,10 +342,13 @@ def test_cascade_seed_one_breaker_per_client_fails_unrelated_endpoints(seed_cras
     assert 30 <= v.window[0] < 120
 
 
-def test_cascade_hardened_per_instance_breakers_hold(hardened_crash):
+def test_cascade_hardened_per_instance_breakers_hold(hardened_crash, hardened_crash_no_outlier):
     v = _holds(get("no_cascading_failure")(hardened_crash))
     assert set(v.details["window_s"]) == {"login", "browse", "order"}
     assert v.details["checked"] >= 30
+    # Outlier detection ejected auth-service-0 before any breaker had seen enough failures.
+    assert not v.details["mechanisms"]["breaker_opened"]
+    v = _holds(get("no_cascading_failure")(hardened_crash_no_outlier))
     assert v.details["mechanisms"]["breaker_opened"]  # breakers did act, on auth-service-0 only
 
 
@@ -378,8 +391,8 @@ def test_failure_origins_trace_each_failed_request_down_its_span_tree(seed_crash
 def test_recovery_hardened_is_back_within_the_objective(hardened_crash):
     v = _holds(get("bounded_recovery")(hardened_crash))
     # The bound is the objective (rto_s 30 s); the timers' prediction is shown beside it.
-    assert v.details["recovery_s"] == 30.0 and v.details["predicted_recovery_s"] == 47.0
-    assert v.details["checked"] > 0 and "your timers predict recovery in 47 s" in v.explanation
+    assert v.details["recovery_s"] == 30.0 and v.details["predicted_recovery_s"] == 72.0
+    assert v.details["checked"] > 0 and "your timers predict recovery in 72 s" in v.explanation
     assert v.details["recovered_after_s"] is not None and v.details["recovered_after_s"] <= 30.0
 
 
@@ -444,10 +457,10 @@ def test_conservation_requests_without_any_timeout_never_end():
 # --------------------------------------------------------------------------- 4. breaker legality
 
 
-def test_breakers_legal_in_real_runs(seed_crash, hardened_crash):
+def test_breakers_legal_in_real_runs(seed_crash, hardened_crash_no_outlier):
     v = _holds(get("breaker_legality")(seed_crash))
     assert v.details["transitions"] >= 2
-    v = _holds(get("breaker_legality")(hardened_crash))
+    v = _holds(get("breaker_legality")(hardened_crash_no_outlier))
     assert v.details["episodes"] >= 1 and 1 <= v.details["max_half_open_probes"] <= 3
 
 
@@ -477,7 +490,7 @@ def _with_planted(monkeypatch, cls, config_type):
 
 def test_breaker_that_skips_half_open_is_caught(monkeypatch):
     _with_planted(monkeypatch, _SkipsHalfOpen, B.SlidingWindowConfig)
-    v = _fails(get("breaker_legality")(_record(mini("hardened", AUTH_CRASH, duration_s=60))))
+    v = _fails(get("breaker_legality")(_record(mini("hardened", AUTH_CRASH, duration_s=60, policies=NO_OUTLIER))))
     assert "open->closed" in v.explanation and "sliding_window" in v.explanation
 
 
@@ -687,8 +700,19 @@ def test_redundancy_seed_losing_one_of_two_auth_instances_costs_far_beyond_the_b
     assert v.details["seconds_below_objective"]["login"] > 60
 
 
-def test_redundancy_clauses_one_by_one(hardened_crash):
-    # Hardened loses a few percent of login around the crash, in about 10 s below its SLO.
+def test_redundancy_hardened_holds_by_ejecting_the_dead_instance(hardened_crash, hardened_crash_no_outlier):
+    # With outlier detection (Envoy's defaults) the dead auth-service-0 leaves each caller's
+    # balancing set after 5 failed calls: login loses (almost) nothing.
+    v = _holds(get("redundancy")(hardened_crash))
+    assert v.details["budget_used"]["login"] < 0.01
+    # Without it, the same crash costs login more than the 1% budget (next test).
+    _fails(get("redundancy")(hardened_crash_no_outlier))
+
+
+def test_redundancy_clauses_one_by_one(hardened_crash_no_outlier):
+    hardened_crash = hardened_crash_no_outlier
+    # Hardened without outlier detection loses a few percent of login around the crash, in
+    # about 10 s below its SLO.
     used = get("redundancy")(hardened_crash).details
     assert 0.01 < used["budget_used"]["login"] < 0.1 and used["seconds_below_objective"]["login"] <= 15
     # The budget clause alone: the default 1% budget breaks, 10% keeps it.
