@@ -10,35 +10,64 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hailan_sim.models import default_scenario
 from hailan_sim.properties import fault_schedules, with_faults
 from hailan_sim.properties.checker import check_duration, fault_horizon
-from hailan_sim.properties.invariants import Record, evaluate
+from hailan_sim.properties.invariants import Record, evaluate, without_faults
+from hailan_sim.sim import simulate
 
 BASE = default_scenario().with_profile("hardened").with_run(warmup_s=10, duration_s=60)
 SCENARIO = BASE.with_run(duration_s=check_duration(BASE, fault_window_s=30))
 EXAMPLES = int(os.environ.get("HAILAN_CHECK_EXAMPLES", "3"))
 
-# Objectives hardened does not meet yet under the default objectives (issue 10 item 7, not
-# done; measured and explained in docs/invariants.md, "What the profiles do"): a crash of
-# one of auth-service's two instances costs three endpoints about 10 s through per-instance
-# breakers on healthy user-service instances (no_cascading_failure) and more than the 1%
-# redundancy budget (redundancy); clocks 30-300 s apart fail tokens its 30 s leeway
-# refuses, within the 300 s skew the objectives tolerate (token_safety's liveness).
-NOT_MET_YET = {"no_cascading_failure", "redundancy", "token_safety"}
+# Objectives hardened does not meet yet under the default objectives: clocks 30-300 s apart
+# fail tokens its 30 s leeway refuses, within the 300 s skew the objectives tolerate
+# (token_safety's liveness; the token settings are h10t's, issue 10 item 5). The cascade
+# through per-instance breakers that no_cascading_failure and redundancy saw when one of
+# auth-service's two instances crashed is gone since hardened ejects failing hosts (Envoy
+# outlier detection, docs/profiles.md).
+NOT_MET_YET = {"token_safety"}
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(faults=fault_schedules(SCENARIO, max_faults=2, min_faults=1, horizon=fault_horizon(SCENARIO)),
        seed=st.integers(0, 1))
 def test_hardened_holds_every_invariant(faults, seed):
-    record = Record.from_scenario(with_faults(SCENARIO, faults).with_run(seed=seed), rerun=False)
+    _assert_holds(faults, seed)
+
+
+_BASELINES: dict = {}
+
+
+def _assert_holds(faults, seed):
+    scenario = with_faults(SCENARIO, faults).with_run(seed=seed)
+    # Every schedule of one seed has the same fault-free baseline: run it once.
+    if seed not in _BASELINES:
+        _BASELINES[seed] = simulate(without_faults(scenario), keep_events=True)
+    record = Record(scenario, simulate(scenario, keep_events=True), _BASELINES[seed])
     broken = [str(v) for v in evaluate(record)
               if not v.holds and v.name != "determinism" and v.name not in NOT_MET_YET]
     assert not broken, "\n".join(broken)
+
+
+SLOW_EXAMPLES = 200
+
+
+@pytest.mark.slow
+@settings(max_examples=SLOW_EXAMPLES, deadline=None, database=None)
+@given(faults=fault_schedules(SCENARIO, max_faults=2, min_faults=1, horizon=fault_horizon(SCENARIO)),
+       seed=st.integers(0, 1))
+def test_hardened_holds_every_invariant_over_many_schedules(faults, seed):
+    """The same property over SLOW_EXAMPLES generated schedules (issue 10: at least 200
+    against hardened with no alarm). token_safety is left out until the token settings
+    (issue 10 item 5, another branch) meet its liveness clause; every other invariant,
+    endpoint_objectives included, must hold."""
+    _assert_holds(faults, seed)
 
 
 def test_the_example_file_runs():
