@@ -7,7 +7,7 @@ behind it. Invariants read the record only (the event log, the per-window tables
 scenario's own policies), never the engine's internals, so a record written to disk and read
 back is checked the same way.
 
-Thirteen are built in (docs/invariants.md defines each precisely, with the objective it reads,
+Fourteen are built in (docs/invariants.md defines each precisely, with the objective it reads,
 its tolerance and the false-alarm rate it targets). Bounds come from the scenario's
 ``objectives`` only; what the policies' own timers predict is shown beside them::
 
@@ -23,6 +23,7 @@ its tolerance and the false-alarm rate it targets). Bounds come from the scenari
     static_stability           a short control plane outage costs the data plane nothing beyond the budget
     bounded_wasted_work        calls served after their caller gave up, within wasted_share
     fair_share                 no herd: no instance over fair_share_factor x its share for long
+    endpoint_objectives        outside the faults, every endpoint meets its success and p99 objectives
     determinism                re-running reproduces the event-log hash
 
 Anti-vacuity: every verdict's ``details`` carry ``fault_kinds_fired`` (faults that actually
@@ -1377,6 +1378,130 @@ def fair_share(record: Record, *, window_s: float = 5.0, min_calls: int = 50) ->
                               f"{n_up} instances up (fair share {100 / n_up:.0f}%) for {secs:g} s in all; the "
                               f"objective allows {o.fair_share_factor:g}x for {o.fair_share_s:g} s: a herd",
                    (spans[0][0] * window_s, (spans[-1][0] + 1) * window_s), details)
+
+
+# --------------------------------------------------------------------------- 13. endpoint objectives
+
+
+def _steady_requests(record: Record) -> tuple[pd.DataFrame, list[tuple[float, float]]]:
+    """The run's requests started after the warm-up and before arrivals stop that were not
+    in flight at any time from a fired fault's start until ``objectives.rto_s`` after its
+    end (until the end of the run for a fault that did not end); and those intervals."""
+    sc = record.scenario
+    rto = sc.objectives.rto_s
+    t1 = sc.run.duration_s
+    excluded = [(f["start_s"], t1 if f["end_s"] is None else min(f["end_s"] + rto, t1))
+                for f in record.faults_fired]
+    req = record.requests
+    st = req["start"].to_numpy(float)
+    en = np.nan_to_num(req["end"].to_numpy(float), nan=math.inf)  # never ended: in flight to the end
+    keep = (st >= sc.run.warmup_s) & (st < t1)
+    for a, b in excluded:
+        keep &= ~((st < b) & (en >= a))
+    return req[keep], excluded
+
+
+def _binom_sf(x: int, n: int, p: float) -> float:
+    """P(X >= x) for X ~ Binomial(n, p), exactly (summed in log space from the pmf at x
+    by the recurrence pmf(k + 1) = pmf(k) (n - k) / (k + 1) p / (1 - p)). The normal
+    approximation is far off in the tail for the small p of an SLO (p = 0.001, 0.01)."""
+    if x <= 0:
+        return 1.0
+    if x > n or p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    k = np.arange(x, n, dtype=float)
+    log0 = (math.lgamma(n + 1) - math.lgamma(x + 1) - math.lgamma(n - x + 1)
+            + x * math.log(p) + (n - x) * math.log1p(-p))
+    steps = np.log((n - k) / (k + 1)) + math.log(p) - math.log1p(-p)
+    logs = np.concatenate(([log0], log0 + np.cumsum(steps)))
+    top = logs.max()
+    return float(min(1.0, math.exp(top) * np.exp(logs - top).sum()))
+
+
+def _slo_misses(sc: Scenario, req: pd.DataFrame, alpha: float, min_requests: int):
+    """Per endpoint of ``req``: the counts behind its two SLO clauses; and the clauses
+    missed, as (endpoint, clause, sentence, (first, last) start of the offending requests)."""
+    o = sc.objectives
+    lat = req["latency_ms"].to_numpy(float)
+    ok = (req["outcome"] == "ok").to_numpy()
+    ep = req["endpoint"].to_numpy(dtype=object)
+    st = req["start"].to_numpy(float)
+    rows, masks = [], []
+    for e in (x.name for x in sc.workload.endpoints):
+        sel = ep == e
+        n = int(sel.sum())
+        if n < min_requests:
+            continue
+        slo, p99 = o.for_endpoint(e)
+        le = lat[sel]
+        slow = np.isnan(le) | (le > p99)  # a request that never ended took longer than any objective
+        rows.append({"endpoint": e, "n": n, "ok": int(ok[sel].sum()), "success_objective": slo,
+                     "p99_objective_ms": p99, "over_p99": int(slow.sum()),
+                     "p99_ms": _nearest_rank(np.where(np.isnan(le), np.inf, le), 0.99)})
+        masks.append((st[sel], ~ok[sel], slow))
+    level = alpha / max(1, 2 * len(rows))  # Bonferroni over both clauses of every endpoint
+    misses = []
+    for r, (starts, failed, slow) in zip(rows, masks):
+        n, slo, e = r["n"], r["success_objective"], r["endpoint"]
+        ratio = r["ok"] / n
+        if _binom_sf(n - r["ok"], n, 1.0 - slo) < level:
+            misses.append((e, "success", f"{e} succeeded {100 * ratio:.2f}% of {n} requests; the objective "
+                                         f"is {100 * slo:g}%",
+                           (float(starts[failed].min()), float(starts[failed].max()))))
+        share = r["over_p99"] / n
+        if _binom_sf(r["over_p99"], n, 0.01) < level:
+            misses.append((e, "p99", f"{e}'s p99 was {r['p99_ms']:.0f} ms ({_pct(share)} of {n} requests over "
+                                     f"{r['p99_objective_ms']:g} ms); the objective is p99 <= "
+                                     f"{r['p99_objective_ms']:g} ms",
+                           (float(starts[slow].min()), float(starts[slow].max()))))
+    return rows, misses, level
+
+
+@register("endpoint_objectives")
+def endpoint_objectives(record: Record, *, alpha: float = 0.01, min_requests: int = 1) -> Verdict:
+    """Every endpoint meets its service level objectives (``objectives.success_ratio`` and
+    ``objectives.p99_ms``, with the per-endpoint overrides) over the requests started outside
+    the faults: after the warm-up, before arrivals stop, and not in flight at any time from
+    a fault's start until ``objectives.rto_s`` after its end (what happens there is ``no_cascading_failure``'s,
+    ``redundancy``'s and ``bounded_recovery``'s to judge). Two clauses per endpoint, each a
+    one-sided binomial test against the objective itself, z at ``alpha`` over all the
+    clauses (Bonferroni):
+
+    * success: ``k`` of ``n`` requests ok fails when ``slo - k/n > z sqrt(slo (1 - slo) / n)``;
+    * p99: a p99 objective ``X`` says at most 1% of requests take longer than ``X``; with
+      ``e`` of ``n`` over ``X`` (whatever their outcome; a request that never ended counts
+      as over), it fails when ``e/n - 0.01 > z sqrt(0.01 x 0.99 / n)``.
+
+    The SLO is the user's, not the baseline's: a design whose fault-free run misses it fails
+    here too, and the explanation says so. Google SRE book ch. 4 "Service Level
+    Objectives": an SLO is a target for a ratio of good events and for a latency percentile.
+    """
+    sc = record.scenario
+    req, excluded = _steady_requests(record)
+    rows, misses, level = _slo_misses(sc, req, alpha, min_requests)
+    where = "requests started after the warm-up" + (
+        ", not in flight in " + ", ".join(f"[{a:g}, {b:g})" for a, b in excluded) + " s (the faults and rto_s after them)"
+        if excluded else "")
+    details = {"alpha": alpha, "level": level, "excluded": excluded, "endpoints": rows,
+               "checked": 2 * len(rows), "vacuous": not rows}
+    if not misses:
+        return Verdict("", True, f"all {len(rows)} endpoints met their success and p99 objectives over the {where}",
+                       None, details)
+    details["violations"] = [m[2] for m in misses]
+    e, clause, sentence, window = misses[0]
+    base = ""
+    if record.baseline_requests is not None:
+        # Does the fault-free run miss the same objective? Then it is the design, not a fault.
+        b = record.baseline_requests
+        b = b[(b["start"] >= sc.run.warmup_s) & (b["start"] < sc.run.duration_s)]
+        missed = any(m[0] == e and m[1] == clause for m in _slo_misses(sc, b, alpha, min_requests)[1])
+        details["baseline_misses_it"] = missed
+        base = (" (the fault-free baseline misses it too: the design, not a fault)" if missed
+                else " (the fault-free baseline meets it)")
+    return Verdict("", False, f"{sentence}, over the {where}{base}"
+                   + (f"; {len(misses)} objectives missed" if len(misses) > 1 else ""), window, details)
 
 
 # --------------------------------------------------------------------------- 8. determinism
