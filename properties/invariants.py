@@ -908,19 +908,34 @@ def token_safety(record: Record) -> Verdict:
 
 def _calls_per_request(log: _Log, brokers: Sequence[str] = ()) -> pd.DataFrame:
     """Calls per (request, target); calls from ``brokers`` (message deliveries) and every
-    call below them are left out."""
+    call below them are left out. Rows in order of each pair's first call."""
     cs = log.rows("call_start")
     if brokers:
-        keep = np.ones(len(cs), dtype=bool)
-        async_calls: set = set()
+        # A call is asynchronous if a broker made it or its parent call is asynchronous (a
+        # parent's call_start comes before its children's): marked from the brokers' calls
+        # down, one generation of the call trees per pass.
         src, call, parent = log.source[cs], log.call[cs], log.parent[cs]
-        for i in range(len(cs)):  # a parent's call_start comes before its children's
-            if src[i] in brokers or parent[i] in async_calls:
-                async_calls.add(int(call[i]))
-                keep[i] = False
-        cs = cs[keep]
-    df = pd.DataFrame({"request": log.request[cs], "target": log.target[cs]})
-    return df.groupby(["request", "target"], sort=False).size().rename("calls").reset_index()
+        async_ = np.isin(src, list(brokers))
+        pos = np.full(int(max(call.max(initial=-1), parent.max(initial=-1))) + 2, -1, dtype=np.int64)
+        pos[call] = np.arange(len(cs))
+        up = np.where(parent >= 0, pos[parent], -1)
+        up = np.where(up < np.arange(len(cs)), up, -1)  # only parents whose call came first
+        has_up = up >= 0
+        while True:
+            more = async_ | (has_up & async_[np.maximum(up, 0)])
+            if (more == async_).all():
+                break
+            async_ = more
+        cs = cs[~async_]
+    request, tcodes, targets = log.request[cs], *pd.factorize(log.target[cs])
+    known = tcodes >= 0  # groupby leaves out a missing target
+    request, tcodes = request[known], tcodes[known]
+    pair, _ = pd.factorize(request * np.int64(len(targets) + 1) + tcodes)  # first-seen order
+    counts = np.bincount(pair)
+    _, first = np.unique(pair, return_index=True)
+    return pd.DataFrame({"request": request[first],
+                         "target": pd.Series(np.asarray(targets, dtype=object)[tcodes[first]], dtype=object),
+                         "calls": counts.astype(np.int64)})
 
 
 def _repeats_by_caller(log: _Log, brokers: Sequence[str]) -> pd.DataFrame:
@@ -931,11 +946,20 @@ def _repeats_by_caller(log: _Log, brokers: Sequence[str]) -> pd.DataFrame:
     src = log.source[cs]
     keep = ~np.isin(src, list(brokers)) & (log.parent[cs] >= 0)
     cs = cs[keep]
-    df = pd.DataFrame({"source": log.source[cs], "parent": log.parent[cs], "target": log.target[cs],
-                       "op": log.operation[cs]})
-    df["caller"] = df["source"].str.rsplit("-", n=1).str[0]
-    df["repeat"] = df.duplicated(["parent", "target", "op"], keep="first")
-    return df.groupby("caller", sort=True).agg(calls=("repeat", "size"), repeats=("repeat", "sum"))
+    # Work on codes: the callers' names are derived once per distinct source instance.
+    scodes, sources = pd.factorize(log.source[cs])
+    tcodes, targets = pd.factorize(log.target[cs])
+    ocodes, ops = pd.factorize(log.operation[cs])
+    T, O = len(targets) + 1, len(ops) + 1
+    key = (log.parent[cs] * np.int64(T) + (tcodes + 1)) * np.int64(O) + (ocodes + 1)
+    repeat = pd.Series(key).duplicated(keep="first").to_numpy()
+    callers = np.array([str(x).rsplit("-", 1)[0] for x in sources.tolist()], dtype=object)
+    known = scodes >= 0
+    ccodes, cnames = pd.factorize(callers[scodes[known]], sort=True)
+    calls = np.bincount(ccodes, minlength=len(cnames))
+    repeats = np.bincount(ccodes, weights=repeat[known], minlength=len(cnames)).astype(np.int64)
+    return pd.DataFrame({"calls": calls.astype(np.int64), "repeats": repeats},
+                        index=pd.Index(np.asarray(cnames, dtype=object), name="caller", dtype=object))
 
 
 @register("bounded_retry_amplification")
@@ -974,9 +998,14 @@ def bounded_retry_amplification(record: Record, *, factor: Optional[float] = Non
     queues = tuple(c.name for c in sc.infrastructure if c.kind == "queue")
     brokers = () if messages else queues
     f = _calls_per_request(record.log, brokers)
-    b = _calls_per_request(record.baseline_log, brokers)
-    b["endpoint"] = b["request"].map(breq["endpoint"])
-    ref = b.groupby(["endpoint", "target"], sort=False)["calls"].max()
+
+    def baseline_most() -> pd.Series:
+        b = _calls_per_request(record.baseline_log, brokers)
+        b["endpoint"] = b["request"].map(breq["endpoint"])
+        return b.groupby(["endpoint", "target"], sort=False)["calls"].max()
+
+    # The baseline's most per (endpoint, target): once per baseline, not per example.
+    ref = record.baseline_log.memo(("most_calls", brokers), baseline_most)
     f["endpoint"] = f["request"].map(req["endpoint"])
     keys = pd.MultiIndex.from_arrays([f["endpoint"], f["target"]])
     f["ref"] = np.maximum(ref.reindex(keys).fillna(1).to_numpy(), 1)
@@ -988,7 +1017,7 @@ def bounded_retry_amplification(record: Record, *, factor: Optional[float] = Non
                        {"factor": F, "checked": 0, "vacuous": True})
     # Aggregate extra load by caller service.
     agg_r = _repeats_by_caller(record.log, queues)
-    agg_b = _repeats_by_caller(record.baseline_log, queues)
+    agg_b = record.baseline_log.memo(("repeats", queues), lambda: _repeats_by_caller(record.baseline_log, queues))
     share_r = agg_r["repeats"] / agg_r["calls"].clip(lower=1)
     share_b = (agg_b["repeats"] / agg_b["calls"].clip(lower=1)).reindex(share_r.index).fillna(0.0)
     extra = (share_r - share_b).sort_values(ascending=False, kind="stable")
