@@ -143,6 +143,13 @@ class Record:
         again = (lambda: simulate(scenario).event_log_sha256) if rerun else None
         return cls(scenario, result, baseline, again)
 
+    @staticmethod
+    def warm_baseline(baseline: Result) -> None:
+        """Build a baseline's log columns now (once per result): a checker forking workers
+        calls it first, so that every worker inherits them instead of building its own."""
+        if baseline.has_events:
+            _log_of(baseline)
+
     # ------------------------------------------------------------------ cached views
 
     @cached_property
