@@ -1301,7 +1301,7 @@ def bounded_wasted_work(record: Record, *, share: Optional[float] = None) -> Ver
     if record.baseline_log is None:
         raise ValueError("bounded_wasted_work needs the baseline's event log")
     n1, s1, c1 = _orphans(record.log)
-    n0, s0, c0 = _orphans(record.baseline_log)
+    n0, s0, c0 = record.baseline_log.memo("orphans", lambda: _orphans(record.baseline_log))
     extra = n1 / max(c1, 1) - n0 / max(c0, 1)
     details = {"orphans": n1, "orphan_busy_s": round(s1, 3), "baseline_orphans": n0,
                "baseline_orphan_busy_s": round(s0, 3), "calls": c1, "extra_share": round(extra, 5),
@@ -1342,7 +1342,9 @@ def fair_share(record: Record, *, window_s: float = 5.0, min_calls: int = 50) ->
         g["total"] = g.groupby(["svc", "j"])["n"].transform("sum")
         return g
 
-    run, base = shares(record.log), (shares(record.baseline_log) if record.baseline_log is not None else None)
+    blog = record.baseline_log  # its shares are computed once per baseline (not modified below)
+    run = shares(record.log)
+    base = None if blog is None else blog.memo(("shares", tuple(sorted(services)), window_s), lambda: shares(blog))
     run = run[run["total"] >= min_calls]
     # Windows in which a fault degrades one of the service's instances are left out: moving
     # calls away from a slow or failing instance is what a balancer should do, not a herd.
