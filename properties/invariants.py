@@ -600,8 +600,12 @@ def no_traffic_to_dead_instances(record: Record, *, bound_s: Optional[float] = N
     states = record.instance_states
     cs = log.rows("call_start")
     ce = log.rows("call_end")
-    inst_of = dict(zip(log.call[ce].tolist(), log.instance[ce].tolist()))
-    insts = np.array([inst_of.get(c) for c in log.call[cs].tolist()], dtype=object)
+    # The instance that served each call_start's call (from its call_end; None if it never
+    # ended): a lookup table indexed by call id + 1 (-1, a missing id, at 0), the last
+    # call_end of an id winning, as a dict built in log order would.
+    inst_of = np.full(int(max(log.call.max(initial=-1), 0)) + 2, None, dtype=object)
+    inst_of[log.call[ce] + 1] = log.instance[ce]
+    insts = inst_of[log.call[cs] + 1]
     outages = record.registry_unreachable
     worst = None
     count = 0
