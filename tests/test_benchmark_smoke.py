@@ -58,7 +58,7 @@ def test_bench_engine_quick(tmp_path):
 
 CHECKER = ROOT / "benchmarks" / "bench_checker.py"
 CHECKER_CASES = ("seed --jobs 1", "seed --jobs 2", "hardened --jobs 1", "hardened --jobs 2")
-SPLIT = ("simulation", "event_log", "baseline", "rerun", "log_columns")
+SPLIT = ("simulation", "event_log", "baseline", "rerun", "baseline_views", "log_columns")
 
 
 def test_bench_checker_quick(tmp_path):
