@@ -61,6 +61,16 @@ def _seed(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _objective(text: str) -> tuple[str, str]:
     key, eq, value = text.partition("=")
     if not eq or not key or not value:
@@ -147,6 +157,10 @@ def _build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--no-cover", dest="cover", action="store_false",
                      help="skip the first phase (one fault of every kind, where it hurts most) "
                           "and only search with Hypothesis")
+    chk.add_argument("--rerun-every", type=_non_negative_int, default=10, metavar="K",
+                     help="determinism: re-run about one example in K (a fixed sample, by the hash of "
+                          "the schedule and seed; 0: none) besides every baseline and every "
+                          "counterexample, which are always re-run (default 10)")
     chk.add_argument("--exhaustive", action="store_true",
                      help="instead of searching, run every single fault of the alphabet and tabulate")
     chk.add_argument("--out", metavar="DIR", default="counterexamples",
@@ -437,6 +451,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
                 "max_faults": args.max_faults, "kinds": args.kinds, "seed": args.seed,
                 "duration_s": scenario.run.duration_s, "warmup_s": scenario.run.warmup_s,
                 "cover": args.cover, "exhaustive": args.exhaustive, "jobs": args.jobs,
+                "rerun_every": args.rerun_every,
                 "out": None if out is None else str(out), "overwrite": args.overwrite}
     if args.exhaustive:
         return _check_exhaustive(args, scenario, bar, settings)
@@ -444,7 +459,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         report = checker.check(
             scenario, invariants=args.invariant, max_examples=args.max_examples, max_faults=args.max_faults,
             kinds=args.kinds, seed=args.seed, cover=args.cover, jobs=args.jobs, out_dir=out,
-            progress=bar.update,
+            progress=bar.update, rerun_every=args.rerun_every,
         )
     except ValueError as exc:  # a bad option the strategies refused
         raise ScenarioError("command line", str(exc)) from None
@@ -530,7 +545,15 @@ def _print_check(scenario: Scenario, report) -> None:
         print(f"            {r.explanation}")
         for f in r.faults:
             print(f"            fault: {describe(f)}")
-        print(f"            seed {r.seed}; replay: hailan-sim replay {r.counterexample}")
+        if r.counterexample:
+            print(f"            seed {r.seed}; replay: hailan-sim replay {r.counterexample}")
+    d = report.determinism
+    if d:
+        what = (f"{d['reruns']} re-runs reproduced their event-log hash" if not d["mismatches"] else
+                f"{len(d['mismatches'])} of {d['reruns']} re-runs gave another event-log hash")
+        sample = f"about one in {d['every']}" if d["every"] else "none: --rerun-every 0"
+        print(f"\ndeterminism: {what} ({d['baselines']} baselines, {d['counterexamples']} "
+              f"counterexamples, {d['examples']} sampled examples, {sample})")
 
 
 def _check_exhaustive(args, scenario: Scenario, bar, settings: dict) -> int:

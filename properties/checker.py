@@ -14,6 +14,7 @@ FILE``) reproduces it exactly.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class CheckReport:
     not_witnessed: list[str] = field(default_factory=list)  # could happen here, never did
     not_applicable: list[str] = field(default_factory=list)  # cannot happen in this scenario
     interrupted: bool = False  # stopped early (Ctrl-C): what was checked so far
+    determinism: dict = field(default_factory=dict)  # Determinism.to_dict(): the re-runs made
 
     @property
     def ok(self) -> bool:
@@ -96,19 +98,61 @@ class CheckReport:
             "cover": self.cover,
             "not_witnessed": self.not_witnessed,
             "not_applicable": self.not_applicable,
+            "determinism": self.determinism,
             "invariants": {r.name: r.to_dict() for r in self.invariants},
         }
 
 
+RERUN_EVERY = 10  # check's default: about one example in ten is re-run for determinism
+
+
+@dataclass
+class Determinism:
+    """The checker's determinism re-runs: each one simulates a run again (event log not kept)
+    and compares its event-log hash with the first run's. Re-run: every baseline, every
+    counterexample before it is reported, and the examples :meth:`Runner.sampled` picks
+    (about one in ``every``; none with 0)."""
+
+    every: int = RERUN_EVERY
+    baselines: int = 0
+    examples: int = 0
+    counterexamples: int = 0
+    mismatches: list = field(default_factory=list)  # {"run", "seed", "faults", "expected", "got"}
+
+    @property
+    def reruns(self) -> int:
+        return self.baselines + self.examples + self.counterexamples
+
+    def note(self, what: str, faults: list, seed: int, expected: str, got: str) -> None:
+        setattr(self, what, getattr(self, what) + 1)
+        if got != expected:
+            self.mismatches.append({"run": what.rstrip("s"), "seed": seed, "faults": [describe(f) for f in faults],
+                                    "expected": expected, "got": got})
+
+    def to_dict(self) -> dict:
+        return {"every": self.every, "reruns": self.reruns, "baselines": self.baselines,
+                "examples": self.examples, "counterexamples": self.counterexamples,
+                "mismatches": list(self.mismatches)}
+
+
+def _rerun_sha(scenario: Scenario) -> str:
+    return simulate(scenario).event_log_sha256
+
+
 class Runner:
-    """Simulates schedules and evaluates invariants, caching baselines and verdicts."""
+    """Simulates schedules and evaluates invariants, caching baselines and verdicts.
+
+    ``rerun_every`` (k): besides every baseline, re-run about one example in k for
+    determinism (:meth:`sampled`; 0: none); :attr:`determinism` counts them and keeps any
+    mismatch."""
 
     def __init__(self, scenario: Scenario, names: Sequence[str], progress: Optional[Callable[[], None]] = None,
-                 jobs: int = 1):
+                 jobs: int = 1, rerun_every: int = RERUN_EVERY):
         self.scenario = scenario
         self.names = list(names)
         self.progress = progress
         self.jobs = max(1, int(jobs))
+        self.determinism = Determinism(every=max(0, int(rerun_every)))
         self._baselines: dict[int, object] = {}
         self._verdicts: dict[str, dict] = {}
         self._hashes: dict[str, str] = {}
@@ -123,9 +167,27 @@ class Runner:
         b = self._baselines.get(seed)
         if b is None:
             # Events kept: retry amplification compares calls per request with the baseline's.
-            b = self._baselines[seed] = simulate(self.scenario_for([], seed), keep_events=True)
+            sc = self.scenario_for([], seed)
+            b = self._baselines[seed] = simulate(sc, keep_events=True)
             self.simulations += 1
+            self.determinism.note("baselines", [], seed, b.event_log_sha256, _rerun_sha(sc))
         return b
+
+    def sampled(self, faults: list, seed: int) -> bool:
+        """Whether this example is re-run for determinism: the SHA-256 of its cache key
+        (schedule and seed) is 0 modulo ``rerun_every``. A function of the example alone,
+        so the same examples are re-run whatever the order, the jobs or the invariants."""
+        k = self.determinism.every
+        if k <= 0:
+            return False
+        digest = hashlib.sha256(self.key(faults, seed).encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") % k == 0
+
+    def confirm(self, faults: list, seed: int) -> None:
+        """Re-run a counterexample before it is reported (its hash must be reproduced)."""
+        sha = self.event_log_sha256(faults, seed)
+        if sha is not None:
+            self.determinism.note("counterexamples", faults, seed, sha, _rerun_sha(self.scenario_for(faults, seed)))
 
     def record(self, faults: list, seed: int):
         record = self._record(faults, seed, self.baseline(seed))
@@ -154,15 +216,20 @@ class Runner:
             return hit
         record = self.record(faults, seed)
         out = {v.name: v for v in inv.evaluate(record, self.names)}
-        self._store(faults, seed, out, inv.witnessed(record), record.result.event_log_sha256)
+        sha = record.result.event_log_sha256
+        again = _rerun_sha(record.scenario) if self.sampled(faults, seed) else None
+        self._store(faults, seed, out, inv.witnessed(record), sha, again)
         return out
 
     def event_log_sha256(self, faults: list, seed: int) -> Optional[str]:
         """The event-log hash of a schedule's run (None if it was not run)."""
         return self._hashes.get(self.key(faults, seed))
 
-    def _store(self, faults: list, seed: int, out: dict, witnessed: dict, sha: str) -> None:
+    def _store(self, faults: list, seed: int, out: dict, witnessed: dict, sha: str,
+               again: Optional[str] = None) -> None:
         self._hashes[self.key(faults, seed)] = sha
+        if again is not None:
+            self.determinism.note("examples", faults, seed, sha, again)
         for kind in dict.fromkeys(f.kind for f in faults):
             self.fault_kinds_fired[kind] = self.fault_kinds_fired.get(kind, 0) + 1
         for what, seen in witnessed.items():
@@ -194,13 +261,17 @@ class Runner:
                 # Baselines first (every example needs its seed's), back to this process
                 # so that the examples' workers, forked after, share them.
                 with _Pool(min(self.jobs, len(missing)), ctx) as pool:
-                    for seed, result in zip(missing, pool.map(_baseline_in_worker, missing)):
+                    for seed, (result, again) in zip(missing, pool.map(_baseline_in_worker, missing)):
                         self._baselines[seed] = result
                         self.simulations += 1
+                        self.determinism.note("baselines", [], seed, result.event_log_sha256, again)
+            # The baselines' log columns too, so that the workers inherit them.
+            for seed in sorted({s for _, s in todo}):
+                inv.Record.warm_baseline(self._baselines[seed])
             with _Pool(min(self.jobs, len(todo)), ctx) as pool:
-                for (f, s), (out, seen, sha) in zip(todo, pool.map(_example_in_worker, todo)):
+                for (f, s), (out, seen, sha, again) in zip(todo, pool.map(_example_in_worker, todo)):
                     self.simulations += 1
-                    self._store(f, s, out, seen, sha)
+                    self._store(f, s, out, seen, sha, again)
                     if self.progress is not None:
                         self.progress()
         finally:
@@ -273,15 +344,17 @@ def _fork_context():
 
 
 def _baseline_in_worker(seed: int):
-    return simulate(_WORKER.scenario_for([], seed), keep_events=True)
+    sc = _WORKER.scenario_for([], seed)
+    return simulate(sc, keep_events=True), _rerun_sha(sc)
 
 
-def _example_in_worker(example: tuple[list, int]) -> tuple[dict, dict, str]:
+def _example_in_worker(example: tuple[list, int]) -> tuple[dict, dict, str, Optional[str]]:
     faults, seed = example
     # Every example's baseline is simulated (and inherited) before the workers are forked.
     record = _WORKER._record(faults, seed, _WORKER._baselines[seed])
+    again = _rerun_sha(record.scenario) if _WORKER.sampled(faults, seed) else None
     return ({v.name: v for v in inv.evaluate(record, _WORKER.names)}, inv.witnessed(record),
-            record.result.event_log_sha256)
+            record.result.event_log_sha256, again)
 
 
 def check(
@@ -299,6 +372,7 @@ def check(
     jobs: int = 1,
     out_dir: Optional[Path] = None,
     progress: Optional[Callable[[], None]] = None,
+    rerun_every: int = RERUN_EVERY,
 ) -> CheckReport:
     """Search for a violation of each invariant; shrink and save what is found.
 
@@ -314,6 +388,11 @@ def check(
     explores the same schedules. ``jobs`` > 1 simulates the cover phase, the baselines and
     the schedules the search will generate in that many forked processes; shrinking is
     sequential. The verdicts, counterexamples and hashes do not depend on ``jobs``.
+
+    Determinism is checked by re-running (:class:`Determinism`): every baseline, every
+    counterexample before it is reported, and about one example in ``rerun_every`` (0: no
+    example) picked by :meth:`Runner.sampled`. A re-run whose event-log hash differs makes
+    ``determinism`` violated in the report.
     """
     from hailan_sim.properties.alphabet import cover_faults
 
@@ -323,7 +402,7 @@ def check(
     if horizon is None:
         horizon = fault_horizon(scenario)
     started = time.perf_counter()
-    runner = Runner(scenario, names, progress, jobs)
+    runner = Runner(scenario, names, progress, jobs, rerun_every)
     # The simulation seed is drawn too, from a few values, so the fault-free baseline (one
     # run per seed) is shared by many examples; it shrinks towards seed 0.
     strategy = st.tuples(
@@ -339,6 +418,7 @@ def check(
 
     def violated(name: str, faults: list, sim_seed: int, examples: int, how: str) -> None:
         verdict = runner.verdicts(faults, sim_seed)[name]
+        runner.confirm(faults, sim_seed)
         report = found[name] = InvariantReport(
             name, "violated", examples, verdict.explanation, verdict.window, list(faults), sim_seed,
             seconds_to_find=round(time.perf_counter() - started, 1), found_by=how,
@@ -409,6 +489,15 @@ def check(
     unfinished = "unfinished" if interrupted else "held"
     reports = [found.get(n) or InvariantReport(n, "held" if n in searched else unfinished,
                                                len(covers) + searched.get(n, 0)) for n in names]
+    det = runner.determinism
+    if det.mismatches and "determinism" not in found:
+        m = det.mismatches[0]
+        reports.append(InvariantReport(
+            "determinism", "violated", det.reruns,
+            f"a re-run of a {m['run']} (seed {m['seed']}; faults: {', '.join(m['faults']) or 'none'}) gave "
+            f"event-log hash {m['got'][:12]}... instead of {m['expected'][:12]}...: the run is not "
+            f"deterministic ({len(det.mismatches)} of {det.reruns} re-runs differed)", None,
+            [], m["seed"], found_by="re-run", replay_hash=m["expected"]))
     can = inv.applicable(scenario)
     return CheckReport(
         scenario=scenario.name,
@@ -422,6 +511,7 @@ def check(
         not_witnessed=[k for k, ok in can.items() if ok and k not in runner.witnessed],
         not_applicable=[k for k, ok in can.items() if not ok],
         interrupted=interrupted,
+        determinism=det.to_dict(),
     )
 
 

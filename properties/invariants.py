@@ -601,8 +601,12 @@ def no_traffic_to_dead_instances(record: Record, *, bound_s: Optional[float] = N
     states = record.instance_states
     cs = log.rows("call_start")
     ce = log.rows("call_end")
-    inst_of = dict(zip(log.call[ce].tolist(), log.instance[ce].tolist()))
-    insts = np.array([inst_of.get(c) for c in log.call[cs].tolist()], dtype=object)
+    # The instance that served each call_start's call (from its call_end; None if it never
+    # ended): a lookup table indexed by call id + 1 (-1, a missing id, at 0), the last
+    # call_end of an id winning, as a dict built in log order would.
+    inst_of = np.full(int(max(log.call.max(initial=-1), 0)) + 2, None, dtype=object)
+    inst_of[log.call[ce] + 1] = log.instance[ce]
+    insts = inst_of[log.call[cs] + 1]
     outages = record.registry_unreachable
     worst = None
     count = 0
@@ -909,19 +913,34 @@ def token_safety(record: Record) -> Verdict:
 
 def _calls_per_request(log: _Log, brokers: Sequence[str] = ()) -> pd.DataFrame:
     """Calls per (request, target); calls from ``brokers`` (message deliveries) and every
-    call below them are left out."""
+    call below them are left out. Rows in order of each pair's first call."""
     cs = log.rows("call_start")
     if brokers:
-        keep = np.ones(len(cs), dtype=bool)
-        async_calls: set = set()
+        # A call is asynchronous if a broker made it or its parent call is asynchronous (a
+        # parent's call_start comes before its children's): marked from the brokers' calls
+        # down, one generation of the call trees per pass.
         src, call, parent = log.source[cs], log.call[cs], log.parent[cs]
-        for i in range(len(cs)):  # a parent's call_start comes before its children's
-            if src[i] in brokers or parent[i] in async_calls:
-                async_calls.add(int(call[i]))
-                keep[i] = False
-        cs = cs[keep]
-    df = pd.DataFrame({"request": log.request[cs], "target": log.target[cs]})
-    return df.groupby(["request", "target"], sort=False).size().rename("calls").reset_index()
+        async_ = np.isin(src, list(brokers))
+        pos = np.full(int(max(call.max(initial=-1), parent.max(initial=-1))) + 2, -1, dtype=np.int64)
+        pos[call] = np.arange(len(cs))
+        up = np.where(parent >= 0, pos[parent], -1)
+        up = np.where(up < np.arange(len(cs)), up, -1)  # only parents whose call came first
+        has_up = up >= 0
+        while True:
+            more = async_ | (has_up & async_[np.maximum(up, 0)])
+            if (more == async_).all():
+                break
+            async_ = more
+        cs = cs[~async_]
+    request, tcodes, targets = log.request[cs], *pd.factorize(log.target[cs])
+    known = tcodes >= 0  # groupby leaves out a missing target
+    request, tcodes = request[known], tcodes[known]
+    pair, _ = pd.factorize(request * np.int64(len(targets) + 1) + tcodes)  # first-seen order
+    counts = np.bincount(pair)
+    _, first = np.unique(pair, return_index=True)
+    return pd.DataFrame({"request": request[first],
+                         "target": pd.Series(np.asarray(targets, dtype=object)[tcodes[first]], dtype=object),
+                         "calls": counts.astype(np.int64)})
 
 
 def _repeats_by_caller(log: _Log, brokers: Sequence[str]) -> pd.DataFrame:
@@ -932,11 +951,20 @@ def _repeats_by_caller(log: _Log, brokers: Sequence[str]) -> pd.DataFrame:
     src = log.source[cs]
     keep = ~np.isin(src, list(brokers)) & (log.parent[cs] >= 0)
     cs = cs[keep]
-    df = pd.DataFrame({"source": log.source[cs], "parent": log.parent[cs], "target": log.target[cs],
-                       "op": log.operation[cs]})
-    df["caller"] = df["source"].str.rsplit("-", n=1).str[0]
-    df["repeat"] = df.duplicated(["parent", "target", "op"], keep="first")
-    return df.groupby("caller", sort=True).agg(calls=("repeat", "size"), repeats=("repeat", "sum"))
+    # Work on codes: the callers' names are derived once per distinct source instance.
+    scodes, sources = pd.factorize(log.source[cs])
+    tcodes, targets = pd.factorize(log.target[cs])
+    ocodes, ops = pd.factorize(log.operation[cs])
+    T, O = len(targets) + 1, len(ops) + 1
+    key = (log.parent[cs] * np.int64(T) + (tcodes + 1)) * np.int64(O) + (ocodes + 1)
+    repeat = pd.Series(key).duplicated(keep="first").to_numpy()
+    callers = np.array([str(x).rsplit("-", 1)[0] for x in sources.tolist()], dtype=object)
+    known = scodes >= 0
+    ccodes, cnames = pd.factorize(callers[scodes[known]], sort=True)
+    calls = np.bincount(ccodes, minlength=len(cnames))
+    repeats = np.bincount(ccodes, weights=repeat[known], minlength=len(cnames)).astype(np.int64)
+    return pd.DataFrame({"calls": calls.astype(np.int64), "repeats": repeats},
+                        index=pd.Index(np.asarray(cnames, dtype=object), name="caller", dtype=object))
 
 
 @register("bounded_retry_amplification")
@@ -975,9 +1003,14 @@ def bounded_retry_amplification(record: Record, *, factor: Optional[float] = Non
     queues = tuple(c.name for c in sc.infrastructure if c.kind == "queue")
     brokers = () if messages else queues
     f = _calls_per_request(record.log, brokers)
-    b = _calls_per_request(record.baseline_log, brokers)
-    b["endpoint"] = b["request"].map(breq["endpoint"])
-    ref = b.groupby(["endpoint", "target"], sort=False)["calls"].max()
+
+    def baseline_most() -> pd.Series:
+        b = _calls_per_request(record.baseline_log, brokers)
+        b["endpoint"] = b["request"].map(breq["endpoint"])
+        return b.groupby(["endpoint", "target"], sort=False)["calls"].max()
+
+    # The baseline's most per (endpoint, target): once per baseline, not per example.
+    ref = record.baseline_log.memo(("most_calls", brokers), baseline_most)
     f["endpoint"] = f["request"].map(req["endpoint"])
     keys = pd.MultiIndex.from_arrays([f["endpoint"], f["target"]])
     f["ref"] = np.maximum(ref.reindex(keys).fillna(1).to_numpy(), 1)
@@ -989,7 +1022,7 @@ def bounded_retry_amplification(record: Record, *, factor: Optional[float] = Non
                        {"factor": F, "checked": 0, "vacuous": True})
     # Aggregate extra load by caller service.
     agg_r = _repeats_by_caller(record.log, queues)
-    agg_b = _repeats_by_caller(record.baseline_log, queues)
+    agg_b = record.baseline_log.memo(("repeats", queues), lambda: _repeats_by_caller(record.baseline_log, queues))
     share_r = agg_r["repeats"] / agg_r["calls"].clip(lower=1)
     share_b = (agg_b["repeats"] / agg_b["calls"].clip(lower=1)).reindex(share_r.index).fillna(0.0)
     extra = (share_r - share_b).sort_values(ascending=False, kind="stable")
@@ -1273,7 +1306,7 @@ def bounded_wasted_work(record: Record, *, share: Optional[float] = None) -> Ver
     if record.baseline_log is None:
         raise ValueError("bounded_wasted_work needs the baseline's event log")
     n1, s1, c1 = _orphans(record.log)
-    n0, s0, c0 = _orphans(record.baseline_log)
+    n0, s0, c0 = record.baseline_log.memo("orphans", lambda: _orphans(record.baseline_log))
     extra = n1 / max(c1, 1) - n0 / max(c0, 1)
     details = {"orphans": n1, "orphan_busy_s": round(s1, 3), "baseline_orphans": n0,
                "baseline_orphan_busy_s": round(s0, 3), "calls": c1, "extra_share": round(extra, 5),
@@ -1314,7 +1347,9 @@ def fair_share(record: Record, *, window_s: float = 5.0, min_calls: int = 50) ->
         g["total"] = g.groupby(["svc", "j"])["n"].transform("sum")
         return g
 
-    run, base = shares(record.log), (shares(record.baseline_log) if record.baseline_log is not None else None)
+    blog = record.baseline_log  # its shares are computed once per baseline (not modified below)
+    run = shares(record.log)
+    base = None if blog is None else blog.memo(("shares", tuple(sorted(services)), window_s), lambda: shares(blog))
     run = run[run["total"] >= min_calls]
     # Windows in which a fault degrades one of the service's instances are left out: moving
     # calls away from a slow or failing instance is what a balancer should do, not a herd.

@@ -95,7 +95,10 @@ def _compare_frames(record: Record, requests: pd.DataFrame, endpoints: Sequence[
     recounted: ``no_cascading_failure`` counts direct failures as not collateral)."""
     f = _table_from_requests(requests, widths, t0, t1)
     if record.baseline_requests is not None:
-        b = _table_from_requests(record.baseline_requests, widths, t0, t1)
+        # The baseline's table depends on the windows only: computed once per baseline.
+        b = record.baseline_log.memo(
+            ("table", tuple(sorted(widths.items())), t0, t1),
+            lambda: _table_from_requests(record.baseline_requests, widths, t0, t1))
     else:
         b = _table_from_windows(record.baseline.windows, widths, t0, t1)
     m = b.merge(f, on=["endpoint", "j"], how="outer", suffixes=("_0", "_1"))

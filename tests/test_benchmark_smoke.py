@@ -54,3 +54,36 @@ def test_bench_engine_quick(tmp_path):
     assert run["requests"] > 0 and run["windows"] > 0
     assert run["maxrss_bytes"] > 0 and "growth_bytes" in run
     assert run["has_events"] is False
+
+
+CHECKER = ROOT / "benchmarks" / "bench_checker.py"
+CHECKER_CASES = ("seed --jobs 1", "seed --jobs 2", "hardened --jobs 1", "hardened --jobs 2")
+SPLIT = ("simulation", "event_log", "baseline", "rerun", "baseline_views", "log_columns")
+
+
+def test_bench_checker_quick(tmp_path):
+    """benchmarks/bench_checker.py --quick runs and reports every figure (no timing asserted)."""
+    out_json = tmp_path / "checker.json"
+    proc = subprocess.run(
+        [sys.executable, str(CHECKER), "--quick", "--json", str(out_json)],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out_json.read_text())
+    assert res["quick"] is True and res["settings"]["rounds"] == 1
+    invariants = res["settings"]["invariants"]
+    assert invariants and "determinism" not in invariants
+    for word in (*CHECKER_CASES, *SPLIT, *invariants, "invariants total", "examples/min"):
+        assert word in proc.stdout, (word, proc.stdout)
+    for case in CHECKER_CASES:
+        c = res["throughput"][case]
+        assert c["examples"] == res["settings"]["examples"] and c["simulations"] >= c["examples"]
+        assert c["median_per_minute"] > 0 and c["median_per_cpu_minute"] > 0
+        assert c["reruns"] >= 1  # at least the baselines are re-run for determinism
+    for profile in ("seed", "hardened"):
+        s = res["split"][profile]
+        assert s["example"]["faults"] >= 1 and s["deterministic"] is True
+        assert s["simulation"] > 0 and s["simulation_with_log"] > 0 and s["baseline"] > 0
+        assert set(s["invariants"]) == set(invariants)
+        assert s["invariants_total"] >= sum(s["invariants"].values())
+        assert s["invariants_share_of_simulation"] > 0

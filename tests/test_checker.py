@@ -130,3 +130,48 @@ def test_applicable_mechanisms_follow_the_policies():
     assert not seed["retry_made"] and hardened["retry_made"]  # seed makes one attempt
     assert seed["short_circuit"] and seed["token_fetched"] and seed["instance_deregistered"]
     assert not seed["autoscaled"] and not hardened["fallback_used"]  # nothing in the scenario
+
+
+# ------------------------------------------------------------------ determinism re-runs (issue 12)
+
+
+def test_rerun_sample_is_a_fixed_function_of_the_example():
+    from hailan_sim.properties.checker import Runner
+
+    sc = load_scenario(SMALL)
+    examples = [([], s) for s in range(2000)]
+    a, b = Runner(sc, ["conservation"], rerun_every=10), Runner(sc, ["conservation"], rerun_every=10)
+    picked = [e for e in examples if a.sampled(*e)]
+    # The same examples whatever the runner (and so whatever the order, jobs or invariants) ...
+    assert picked == [e for e in reversed(examples) if b.sampled(*e)][::-1]
+    # ... about one in k: binomial(2000, 0.1) has mean 200 and sd 13.4; 5 sd either side.
+    assert 200 - 67 <= len(picked) <= 200 + 67
+    assert all(Runner(sc, [], rerun_every=1).sampled(*e) for e in examples[:50])
+    assert not any(Runner(sc, [], rerun_every=0).sampled(*e) for e in examples[:50])
+
+
+def test_determinism_reruns_do_not_depend_on_jobs(small_reports):
+    one, two, _ = small_reports
+    assert one.determinism == two.determinism
+    d = one.determinism
+    assert d["every"] == 10 and d["mismatches"] == []
+    assert d["baselines"] == 2  # n_seeds=2: seed 0 (cover) and the search's other seed
+    # every counterexample is re-run before it is reported
+    assert d["counterexamples"] == sum(r.status == "violated" for r in one.invariants) > 0
+    assert d["reruns"] == d["baselines"] + d["counterexamples"] + d["examples"]
+    assert one.to_dict()["determinism"] == d
+
+
+def test_a_rerun_with_another_hash_violates_determinism(monkeypatch):
+    from hailan_sim.properties import checker
+
+    # A planted nondeterminism: every re-run "gets" another hash.
+    monkeypatch.setattr(checker, "_rerun_sha", lambda scenario: "0" * 64)
+    sc = _check_scenario(load_scenario(SMALL))
+    report = check(sc, invariants=["bounded_redelivery"], max_examples=1, max_faults=1, n_seeds=1,
+                   cover=False, jobs=1, rerun_every=0)
+    det = next(r for r in report.invariants if r.name == "determinism")
+    assert det.status == "violated" and not report.ok
+    assert "not deterministic" in det.explanation and "baseline" in det.explanation
+    assert report.determinism["baselines"] == 1 and report.determinism["examples"] == 0
+    assert report.determinism["mismatches"][0]["got"] == "0" * 64

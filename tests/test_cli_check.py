@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from hailan_sim import __version__
@@ -56,6 +57,11 @@ def test_check_json_reports_every_invariant_and_exits_accordingly(tmp_path, caps
     assert d["settings"]["max_examples"] == 2 and d["settings"]["kinds"] == ["crash_instance"]
     assert d["settings"]["out"] == str(tmp_path / "cx")
     assert json.loads((tmp_path / "cx" / "report.json").read_text()) == d
+    # Determinism re-runs (issue 12): every baseline and counterexample, a sample of the rest.
+    det = d["determinism"]
+    assert d["settings"]["rerun_every"] == 10 and det["every"] == 10 and det["mismatches"] == []
+    assert det["baselines"] >= 1
+    assert det["counterexamples"] == sum(r["status"] == "violated" for r in d["invariants"].values())
 
 
 def test_replay_reproduces_the_verdict_and_hash_and_plots(tmp_path, capsys):
@@ -96,3 +102,7 @@ def test_bad_check_options_exit_2(capsys):
     assert "unknown invariant 'nonsense'" in capsys.readouterr().err
     assert main(["check", str(SMALL), "--kinds", "meteor"]) == 2
     assert "unknown fault kind 'meteor'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["check", str(SMALL), "--rerun-every", "-1"])
+    assert exc.value.code == 2
+    assert "--rerun-every: must be 0 or more, got -1" in capsys.readouterr().err

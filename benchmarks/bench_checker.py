@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Checker throughput benchmark (not a test: nothing here is asserted in CI).
+
+Two parts, both on the built-in default scenario as ``hailan-sim check --profile P`` runs it
+(warm-up 10 s, duration ``check_duration``: 10 s + 40 s of faults + the recovery time):
+
+  throughput  examples judged per minute by the checker's loop (``checker.Runner``, what
+              ``check`` runs), for ``--profile seed`` and ``--profile hardened``, with
+              ``--jobs 1`` and ``--jobs 2``. Each case judges the same fixed budget: the first
+              ``--examples`` fault schedules the default check's search generates (search
+              seed 0, up to 2 faults, simulation seeds 0-2), plus the fault-free baseline of
+              each simulation seed they use, on a fresh Runner (nothing cached). The rate is
+              examples / wall time of the whole loop (baselines, simulations, event logs,
+              invariants, determinism re-runs, worker start-up). Shrinking is not included: its
+              length depends on what is found, not on the budget.
+  split       where one example's time goes, on the first generated schedule of each profile:
+              simulation (no event log), event-log building (with it, minus without), the
+              fault-free baseline (events kept, as the checker keeps them; once per seed), a
+              determinism re-run (hash only), what the invariants derive from the baseline
+              (once per seed: the first record of a seed minus a later one), the run's log
+              columns, and each invariant in the order ``evaluate`` runs them on a later record
+              of the seed (the first to use a shared view pays for it), plus the invariants'
+              per-example total (log columns included) as a share of the simulation with its
+              event log. The split is
+              in CPU seconds of this process (wall time on a shared machine measures the
+              neighbours); throughput is given per wall minute and per CPU minute (this
+              process and its workers).
+
+Cases are interleaved over ``--rounds`` rounds (order rotated each round) and medians
+reported, as in bench_engine.py: this 2-core machine is shared and drifts by 50%.
+
+Usage: python benchmarks/bench_checker.py [--quick] [--json FILE] [--rounds N] [--examples N]
+       [--no-throughput] [--label TEXT]    (see benchmarks/README.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+PROFILES = ("seed", "hardened")
+JOBS = (1, 2)
+TARGET_PER_MINUTE = 30.0  # issue 12: the default check at 30 examples a minute with --jobs 2
+
+
+def check_scenario(profile: str, quick: bool = False):
+    """The default scenario as ``hailan-sim check --profile PROFILE`` runs it; ``quick``: 8 s
+    simulated (1 s warm-up), too short for the check's recovery window, only for the smoke run."""
+    from hailan_sim.models import default_scenario
+    from hailan_sim.properties.checker import check_duration
+
+    sc = default_scenario().with_profile(profile)
+    if quick:
+        return sc.with_run(warmup_s=1.0, duration_s=8.0)
+    sc = sc.with_run(warmup_s=min(sc.run.warmup_s, 10.0))
+    return sc.with_run(duration_s=check_duration(sc))
+
+
+def generated(sc, n: int, quick: bool = False) -> list:
+    """The first ``n`` ``(faults, seed)`` the default check's search generates (seed 0);
+    ``quick``: faults between 1 and 4 s."""
+    from hypothesis import HealthCheck, Phase, settings
+    from hypothesis import strategies as st
+
+    from hailan_sim.properties.checker import _generated, fault_horizon
+    from hailan_sim.properties.strategies import fault_schedules
+
+    strategy = st.tuples(fault_schedules(sc, max_faults=2, min_faults=0,
+                                                 horizon=(1.0, 4.0) if quick else fault_horizon(sc)),
+                         st.integers(0, 2))
+    search = settings(max_examples=n, derandomize=False, database=None, deadline=None,
+                      phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck))
+    return _generated(strategy, search, 0)[:n]
+
+
+def names() -> list[str]:
+    from hailan_sim.properties import invariants as inv
+
+    return [n for n in inv.INVARIANTS if n != "determinism"]  # what check judges by default
+
+
+def run_throughput(sc, examples: list, jobs: int) -> dict:
+    from hailan_sim.properties.checker import Runner
+
+    runner = Runner(sc, names(), None, jobs)
+    k0 = _children_cpu()
+    c0, t0 = time.process_time(), time.perf_counter()
+    runner.prefetch(examples)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    cpu += _children_cpu() - k0  # the forked workers' CPU (reaped when their pool shut down)
+    judged = len({runner.key(f, s) for f, s in examples})
+    return {"examples": judged, "simulations": runner.simulations, "wall_s": wall, "cpu_s": cpu,
+            "per_minute": judged / wall * 60.0, "per_cpu_minute": judged / cpu * 60.0,
+            "reruns": runner.determinism.reruns}
+
+
+def _children_cpu() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _t(fn):
+    """``fn()`` and the CPU seconds it took in this process (steadier than wall time on a
+    shared machine, and the split runs in this process only)."""
+    t0 = time.process_time()
+    out = fn()
+    return out, time.process_time() - t0
+
+
+def run_split(sc, example) -> dict:
+    """One example's time, part by part (seconds)."""
+    from hailan_sim.properties import invariants as inv
+    from hailan_sim.properties.strategies import with_faults
+    from hailan_sim.sim import simulate
+
+    faults, seed = example
+    s = with_faults(sc, faults).with_run(seed=seed)
+    _, plain = _t(lambda: simulate(s))
+    result, with_log = _t(lambda: simulate(s, keep_events=True))
+    baseline, base = _t(lambda: simulate(inv.without_faults(s), keep_events=True))
+    again, rerun = _t(lambda: simulate(s).event_log_sha256)
+    from hailan_sim.properties import record as rec_mod
+
+    # First a record as the first example of a seed sees it (the baseline's log and what the
+    # invariants derive from it not built yet), then a second record of the same run and
+    # baseline, as every later example of that seed sees it: the checker shares a seed's
+    # baseline (and, from issue 12, what is derived from it) across its examples.
+    cold = inv.Record(scenario=s, result=result, baseline=baseline)
+    _, first = _t(lambda: (cold.log, cold.baseline_log, inv.evaluate(cold, names())))
+    rec_mod._LOGS.pop(id(result), None)  # the run's own log is built again for each example
+    record = inv.Record(scenario=s, result=result, baseline=baseline)
+    _, columns = _t(lambda: record.log)
+    per = {}
+    for n in names():
+        _, per[n] = _t(lambda n=n: inv.get(n)(record))
+    total = columns + sum(per.values())
+    return {"simulation": plain, "event_log": with_log - plain, "simulation_with_log": with_log,
+            "baseline": base, "rerun": rerun, "log_columns": columns, "invariants": per,
+            "baseline_views": max(0.0, first - total),
+            "invariants_total": total, "invariants_share_of_simulation": total / with_log,
+            "deterministic": again == result.event_log_sha256, "faults": len(faults), "seed": seed}
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def code_info() -> dict:
+    def git(*a):
+        try:
+            p = subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return p.stdout.strip() if p.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--", "sim", "models", "properties") if commit else None
+    mod = sys.modules.get("hailan_sim.properties")
+    return {"root": str(ROOT), "properties_imported_from": getattr(mod, "__file__", None), "commit": commit,
+            "dirty_files": dirty.splitlines() if dirty else ([] if commit else None)}
+
+
+def machine_info() -> dict:
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "load_avg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def run_benchmark(quick: bool, rounds: int | None, n_examples: int | None, throughput: bool = True) -> dict:
+    machine = machine_info()
+    rounds = rounds or (1 if quick else 2)
+    n_examples = n_examples or (2 if quick else 8)
+    scenarios = {p: check_scenario(p, quick) for p in PROFILES}
+    budgets = {p: generated(scenarios[p], n_examples, quick) for p in PROFILES}
+    # The split's example: the first generated schedule with a fault in it.
+    split_example = {p: next((e for e in budgets[p] if e[0]), budgets[p][0]) for p in PROFILES}
+    cases = ([("throughput", p, j) for p in PROFILES for j in JOBS] if throughput else []) + \
+        [("split", p, None) for p in PROFILES]
+    raw: dict[str, list] = {}
+    t_start = time.perf_counter()
+    for r in range(rounds):
+        order = cases[r % len(cases):] + cases[:r % len(cases)]
+        for kind, p, j in order:
+            key = f"{p} --jobs {j}" if kind == "throughput" else f"split {p}"
+            print(f"round {r + 1}/{rounds}: {key}", file=sys.stderr, flush=True)
+            if kind == "throughput":
+                raw.setdefault(key, []).append(run_throughput(scenarios[p], budgets[p], j))
+            else:
+                raw.setdefault(key, []).append(run_split(scenarios[p], split_example[p]))
+    res = {"quick": quick, "machine": machine, "code": code_info(),
+           "settings": {"rounds": rounds, "examples": n_examples,
+                        "duration_s": {p: scenarios[p].run.duration_s for p in PROFILES},
+                        "invariants": names()},
+           "wall_s": time.perf_counter() - t_start, "throughput": {}, "split": {}}
+    res["machine"]["load_avg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    for p in PROFILES:
+        for j in JOBS if throughput else ():
+            runs = raw[f"{p} --jobs {j}"]
+            res["throughput"][f"{p} --jobs {j}"] = {
+                "profile": p, "jobs": j, "examples": runs[0]["examples"],
+                "simulations": runs[0]["simulations"], "reruns": runs[0]["reruns"],
+                "median_per_minute": statistics.median(x["per_minute"] for x in runs),
+                "per_minute": [x["per_minute"] for x in runs], "wall_s": [x["wall_s"] for x in runs],
+                "median_per_cpu_minute": statistics.median(x["per_cpu_minute"] for x in runs),
+                "cpu_s": [x["cpu_s"] for x in runs],
+                "target_per_minute": TARGET_PER_MINUTE if j == 2 else None,
+            }
+        runs = raw[f"split {p}"]
+        med = {k: statistics.median(x[k] for x in runs)
+               for k in ("simulation", "event_log", "simulation_with_log", "baseline", "rerun",
+                         "log_columns", "baseline_views", "invariants_total",
+                         "invariants_share_of_simulation")}
+        med["invariants"] = {n: statistics.median(x["invariants"][n] for x in runs) for n in names()}
+        med["deterministic"] = all(x["deterministic"] for x in runs)
+        med["example"] = {"faults": runs[0]["faults"], "seed": runs[0]["seed"]}
+        res["split"][p] = med
+    return res
+
+
+def format_report(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"checker benchmark{' (QUICK: figures meaningless)' if res['quick'] else ''}: "
+             f"{res['settings']['examples']} examples per case, {res['settings']['rounds']} round(s), "
+             f"{m['cpu_count']} CPUs, load {m['load_avg_at_start']} -> {m['load_avg_at_end']}",
+             "", f"{'throughput':<22}{'examples/min':>14}{'/CPU-min':>10}{'sims':>7}{'re-runs':>9}   per round"]
+    for key, c in res["throughput"].items():
+        target = f"  (target {c['target_per_minute']:g})" if c["target_per_minute"] else ""
+        lines.append(f"{key:<22}{c['median_per_minute']:>14.1f}{c['median_per_cpu_minute']:>10.1f}"
+                     f"{c['simulations']:>7}{c['reruns']:>9}   "
+                     + " ".join(f"{x:.1f}" for x in c["per_minute"]) + target)
+    for p, s in res["split"].items():
+        lines += ["", f"split of one example, --profile {p} ({s['example']['faults']} fault(s), seed "
+                      f"{s['example']['seed']}; {res['settings']['duration_s'][p]:g} s simulated), median CPU s:"]
+        for k in ("simulation", "event_log", "baseline", "rerun", "baseline_views", "log_columns"):
+            lines.append(f"  {k:<32}{s[k]:>8.3f}" + ("   (once per seed)" if k in ("baseline", "baseline_views") else ""))
+        for n, v in s["invariants"].items():
+            lines.append(f"  invariant {n:<22}{v:>8.3f}")
+        lines.append(f"  {'invariants total':<32}{s['invariants_total']:>8.3f}   = "
+                     f"{100 * s['invariants_share_of_simulation']:.1f}% of the simulation with its log (target 15%)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: 8 s runs, 2 examples, one round")
+    ap.add_argument("--json", metavar="FILE", help="also write every figure as JSON to FILE")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 2; 1 with --quick)")
+    ap.add_argument("--examples", type=int, help="examples per throughput case (default 8; 2 with --quick)")
+    ap.add_argument("--no-throughput", dest="throughput", action="store_false",
+                    help="only the split of one example's time (minutes instead of tens of minutes)")
+    ap.add_argument("--label", help="free text kept with the figures (e.g. 'before', a commit)")
+    args = ap.parse_args(argv)
+    res = run_benchmark(args.quick, args.rounds, args.examples, args.throughput)
+    res["command"] = shlex.join([Path(sys.executable).name, *sys.argv])
+    res["label"] = args.label
+    print(format_report(res))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
