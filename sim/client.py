@@ -17,7 +17,7 @@ from hailan_sim.models.breakers import OutlierDetector, make_breaker
 from hailan_sim.models.policies import EDGE_FIELDS
 from hailan_sim.models.registry import make_view
 from hailan_sim.models.retry import NoBudget
-from hailan_sim.models.tokens import KeySet, RefreshAheadCache, SpecTokenCache, issue, verify
+from hailan_sim.models.tokens import KeySet, RefreshAheadCache, SpecTokenCache, held_token, issue, verify
 from hailan_sim.sim.clock import at as _at
 from hailan_sim.sim.clock import at_first as _at_first
 from hailan_sim.sim.metrics import OUTCOME_INDEX
@@ -35,6 +35,24 @@ class ClientMixin:
         """Tokens are signed with key k<n>, n = rotations that have happened by ``now`` (by
         every caller with signing: local, by the issuer with signing: issuer)."""
         return f"k{bisect.bisect_right(self._rotations, now)}"
+
+    def _hold_token(self, cl, parent) -> None:
+        """tokens.first_token: steady_state. The token ``cl``'s instance held before the run
+        (models.tokens.held_token: its age uniform over the cache's refresh period, drawn
+        from the instance's own stream ``token-age/<instance>``), signed at time 0 on the
+        signer's configured clock (the caller's with signing: local, the issuer's first
+        instance's with signing: issuer) with the key in force before the run (k0). Logged
+        as ``token_held`` (operation = key id, outcome = exp; instance = the signer) so that
+        checks of the log know what the caller's calls carry until it gets a new one."""
+        tp = self.tokens
+        inst = cl.inst
+        signer = inst if self._issuer_op is None else self._issuer_op.svc.instances[0]
+        u = self.streams.uniform(f"token-age/{inst.name}").next()
+        token = held_token(self._skew[signer.node], u, tp.ttl_s,
+                           tp.refresh_margin_s if tp.cache == "refresh_ahead" else 0.0, "k0")
+        cl.token_cache.token = token
+        self._rec((self.env.now, "token_held", parent.req.id, None, parent.id, inst.name,
+                   inst.svc.name, signer.name, token.kid, str(token.exp)))
 
     def _published_kids(self, now: float) -> list[str]:
         return [f"k{i}" for i in range(bisect.bisect_right(self._rotations, now) + 1)]
@@ -337,6 +355,8 @@ class _Logical:
         if cl.token_cache is None:
             cl.token_cache = (RefreshAheadCache(tp.refresh_margin_s, tp.single_flight)
                               if tp.cache == "refresh_ahead" else SpecTokenCache())
+            if tp.first_token == "steady_state" and cl.inst.name in eng._held_at_start:
+                eng._hold_token(cl, self.parent)
         cache = cl.token_cache
         clock = eng.env.now + cl.inst.skew
         token = cache.get(clock)
