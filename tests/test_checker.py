@@ -130,3 +130,30 @@ def test_applicable_mechanisms_follow_the_policies():
     assert not seed["retry_made"] and hardened["retry_made"]  # seed makes one attempt
     assert seed["short_circuit"] and seed["token_fetched"] and seed["instance_deregistered"]
     assert not seed["autoscaled"] and not hardened["fallback_used"]  # nothing in the scenario
+
+
+def test_fault_windows_reach_past_the_policies_longest_timer():
+    """Issue 10 item 6: cover faults and searched faults may last past the longest timer of
+    the policies under test, so what happens when it expires with the fault still on is
+    seen. Seed: Consul reaps a dead instance 15 + 60 + 30 = 105 s after it dies (detection,
+    the 60 s clamp, the 30 s reaper), longer than the spec breaker's 60 s."""
+    from hailan_sim.properties.checker import default_fault_window_s
+    from hailan_sim.properties.reach import longest_timer_s
+    from hailan_sim.properties.strategies import with_policies
+
+    seed = _check_scenario(default_scenario().with_profile("seed"))
+    assert longest_timer_s(seed) == 105.0
+    assert default_fault_window_s(seed) == 120.0
+    lo, hi = fault_horizon(seed)
+    assert hi - lo == 120.0
+    covers = cover_faults(seed, (lo, hi))
+    assert all(f.duration_s > longest_timer_s(seed) for f in covers if f.duration_s is not None)
+    # The run still holds, after the window, the recovery objective, the longest restart and
+    # 20 s to judge them in.
+    startup = max(s.startup_s for s in seed.services)
+    assert seed.run.duration_s == 10 + 120 + seed.objectives.rto_s + startup + 20
+    # A breaker that waits longer than the reaper sets the window; no registry, no reaping.
+    slow = with_policies(seed, breaker={"kind": "spec", "timeout_s": 200.0})
+    assert longest_timer_s(slow) == 200.0 and default_fault_window_s(slow) == 215.0
+    small = load_scenario(SMALL)
+    assert default_fault_window_s(small) == max(40.0, longest_timer_s(small) + 15.0)
