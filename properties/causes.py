@@ -100,7 +100,11 @@ class _Faults:
         self.sc = sc
         self.scopes = fault_scopes(sc)
         end = record.result.end_s
-        self.on = [(f["index"], f["start_s"], end if f["end_s"] is None else f["end_s"])
+        # A key rotation acts for good: the issuer never signs with the old key again, so
+        # tokens signed after it (at each caller's next renewal, which with steady-state
+        # tokens can come long after its nominal end) are its direct cost.
+        self.on = [(f["index"], f["start_s"],
+                    end if f["end_s"] is None or f["kind"] == "key_rotation" else f["end_s"])
                    for f in record.faults_fired]
         self.states = record.instance_states
         self.registry_out = record.registry_unreachable
