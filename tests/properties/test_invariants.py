@@ -696,7 +696,8 @@ def test_amplification_no_retry_after_the_callers_deadline():
              "start_s": 30, "duration_s": 10}]
     with_deadlines = _record(mini("hardened", loss, duration_s=45, policies={"retry_budget": {"kind": "none"}}))
     v = _holds(get("bounded_retry_amplification")(with_deadlines))
-    assert v.details["worst"]["target"] == "stock" and v.details["worst"]["calls"] <= 3
+    # Each attempt of catalog.list calls db, then stock: the two tie for the worst.
+    assert v.details["worst"]["target"] in ("stock", "db") and v.details["worst"]["calls"] <= 3
     without = _record(mini("hardened", loss, duration_s=45,
                            policies={"retry_budget": {"kind": "none"}, "deadline_propagation": False}))
     v = _fails(get("bounded_retry_amplification")(without))
