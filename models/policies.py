@@ -63,6 +63,17 @@ class TokenPolicy(Frozen):
         description="with signing: issuer, the operation a caller calls to get a token",
     )
     ttl_s: Annotated[int, Field(ge=1)] = Field(3600, description="expiresIn (spec: '1h')")
+    first_token: Literal["fresh", "steady_state"] = Field(
+        "fresh",
+        description=(
+            "the token each caller instance holds when the run starts. fresh: none, the first "
+            "call obtains one (every token issued at t = 0, none expires within an hour); "
+            "steady_state: a token issued before the run, its age uniform over the cache's "
+            "refresh period (ttl_s, minus refresh_margin_s with refresh_ahead) from the caller's "
+            "own random stream, as on a platform that has been running for a while, so "
+            "expiries fall inside ordinary runs"
+        ),
+    )
     cache: Literal["spec", "refresh_ahead"] = Field(
         "spec", description="spec: reuse while exp*1000 > Date.now(); refresh_ahead: refresh margin_s early"
     )

@@ -7,6 +7,8 @@ tolerance. Every clock here is a float of simulated seconds on *some* host's clo
 engine passes the issuer's, the caller's or the verifier's (skew = their difference).
 
 - ``issue``: jsonwebtoken's claims (``iat = floor(Date.now()/1000)``, ``exp = iat + ttl``).
+- ``held_token``: the token a long-running caller already holds when a run starts (its age
+  drawn uniformly over the cache's refresh period: the steady state, see its docstring).
 - ``SpecTokenCache``: the spec's reuse rule; ``RefreshAheadCache``: refresh ``margin``
   before exp with an optional single flight (google-auth style).
 - ``verify``: PyJWT 2.15.1's or jsonwebtoken's exact boundaries, plus an unknown-key check.
@@ -57,6 +59,35 @@ def issue(now_issuer: float, ttl_s: int = 3600, kid: str = "k1", not_before_s: i
     iat = js_clock_timestamp(now_issuer)
     nbf = None if not_before_s is None else iat + not_before_s
     return Token(kid=kid, iat=iat, exp=iat + ttl_s, nbf=nbf)
+
+
+def refresh_period_s(ttl_s: float, refresh_margin_s: float = 0.0) -> float:
+    """How long a cached token is used before the cache replaces it: ``ttl_s`` for the
+    spec's cache (reuse until exp), ``ttl_s - margin`` for a refresh-ahead cache (never
+    negative)."""
+    return max(0.0, float(ttl_s) - float(refresh_margin_s))
+
+
+def held_token(now_signer: float, u: float, ttl_s: int = 3600, refresh_margin_s: float = 0.0,
+               kid: str = "k0") -> Token:
+    """The token a caller of a long-running platform holds at run time 0: issued ``age``
+    seconds before ``now_signer`` (the signer's clock at time 0), ``age = u * period``
+    with ``u`` uniform in [0, 1) from the caller's own stream and ``period`` the cache's
+    :func:`refresh_period_s`.
+
+    Why uniform: a cache replaced every ``period`` seconds is a renewal process with a
+    fixed inter-renewal time, and the age of a renewal process observed at a time
+    unrelated to it is distributed with density ``(1 - F(x)) / mean`` (the limiting
+    age/"backward recurrence time" distribution: Ross, *Stochastic Processes*, 2nd ed.,
+    1996, Sec. 3.4, "limiting distribution of the age"; Feller vol. II, Sec. XI.4), which
+    for a constant ``period`` is uniform on ``[0, period)``. The spec's cache is renewed
+    lazily (by the first call after exp), so its true period is ``ttl`` plus the wait for
+    that call: about ``ttl`` for any caller that calls more than once a minute.
+    """
+    if not 0.0 <= u < 1.0:
+        raise ValueError(f"u={u!r} must be in [0, 1)")
+    age = u * refresh_period_s(ttl_s, refresh_margin_s)
+    return issue(now_signer - age, int(ttl_s), kid)
 
 
 # --------------------------------------------------------------------------- verification

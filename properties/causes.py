@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from hailan_sim.models.scenario import Scenario, split_target
+from hailan_sim.models.scenario import Scenario
 from hailan_sim.properties.reach import (
     _caller_service,
     _components_on_nodes,
@@ -30,6 +30,7 @@ from hailan_sim.properties.reach import (
     _registry_name,
     _service_of,
     faulted_components,
+    token_issuer,
 )
 from hailan_sim.properties.record import Record
 
@@ -49,7 +50,8 @@ def fault_scopes(scenario: Scenario) -> dict[int, dict]:
     component), ``links`` (pairs of sides, a component or an instance), ``registry`` and
     ``tokens`` (True when the fault takes them out), ``endpoint`` (a load spike's)."""
     pol = scenario.effective_policies()
-    issuer = split_target(pol.tokens.issuer)[0] if pol.tokens.enabled else None
+    issuer = token_issuer(scenario)
+    issuer_nodes = {p.node for p in scenario.placements() if _service_of(scenario, p.instance) == issuer}
     comps = faulted_components(scenario)
     services = {s.name for s in scenario.services}
     out: dict[int, dict] = {}
@@ -75,10 +77,12 @@ def fault_scopes(scenario: Scenario) -> dict[int, dict]:
             s["registry"] = True
             s["components"] = [_registry_name(scenario)]
         elif k == "clock_skew":
+            # Tokens signed or checked on the node fail (the ``nodes`` rule); every token
+            # only when the issuer signs on it (signing: issuer).
             s["nodes"] = [f.node]
-            s["tokens"] = issuer is not None
+            s["tokens"] = f.node in issuer_nodes
         elif k == "key_rotation":
-            s["tokens"] = issuer is not None
+            s["tokens"] = pol.tokens.enabled
         elif k == "load_spike":
             s["endpoint"] = f.endpoint
             s["components"] = list(comps.get(i, []))
@@ -96,7 +100,11 @@ class _Faults:
         self.sc = sc
         self.scopes = fault_scopes(sc)
         end = record.result.end_s
-        self.on = [(f["index"], f["start_s"], end if f["end_s"] is None else f["end_s"])
+        # A key rotation acts for good: the issuer never signs with the old key again, so
+        # tokens signed after it (at each caller's next renewal, which with steady-state
+        # tokens can come long after its nominal end) are its direct cost.
+        self.on = [(f["index"], f["start_s"],
+                    end if f["end_s"] is None or f["kind"] == "key_rotation" else f["end_s"])
                    for f in record.faults_fired]
         self.states = record.instance_states
         self.registry_out = record.registry_unreachable

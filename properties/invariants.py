@@ -713,9 +713,13 @@ def _skews(scenario: Scenario, log: _Log):
 def token_safety(record: Record) -> Verdict:
     """Safety: no service-to-service call is accepted with a token that had expired, in
     true time, by more than the verifier's leeway when the call was sent, or that was
-    signed with a key the issuer had not published. Liveness: no call fails authentication
-    (``auth_401``) while the issuer is reachable (an instance up, no registry outage, no
-    partition between caller and issuer) and the clocks involved (caller, verifier, and
+    signed with a key the issuer had not published; an expired token accepted while the
+    clocks involved (true time, the caller's, the verifier's, the signer's when it signed)
+    are further apart than ``objectives.max_clock_skew_s`` is outside the objective and
+    excused (counted, and named in the verdict). Liveness: no call fails authentication
+    (``auth_401``) while the issuer is reachable (with ``signing: issuer``: an instance up,
+    no registry outage, no partition between caller and issuer; with ``signing: local``
+    there is nothing to reach) and the clocks involved (caller, verifier, and
     the issuer when it signed) are within ``objectives.max_clock_skew_s`` of each other
     (not the verifier's configured leeway: a 401 the caller could not avoid is a liveness
     failure whatever leeway the verifier has) -- unless a later
@@ -760,6 +764,15 @@ def token_safety(record: Record) -> Verdict:
     # time and the issuer's clock. signing: local: the caller's own ``token_signed`` rows,
     # which carry the key id (operation) and exp (outcome) of the token it signed.
     fetches: dict[str, list[tuple[int, dict]]] = {}
+    # tokens.first_token: steady_state: the token each caller held from before the run
+    # (``token_held``: signer in instance, key id in operation, exp in outcome; signed
+    # before time 0, so on the signer's configured clock: issued_s = -inf for ``skew``).
+    for r in log.rows("token_held").tolist():
+        kid = str(log.operation[r])
+        exp = float(log.outcome[r])
+        fetches.setdefault(log.source[r], []).append(
+            (r, {"exp": exp, "kid": int(kid[1:]) if kid[1:].isdigit() else 0,
+                 "issued_s": -math.inf, "issuer": log.instance[r]}))
     if local:
         for r in log.rows("token_signed").tolist():
             t = float(log.t[r])
@@ -805,6 +818,7 @@ def token_safety(record: Record) -> Verdict:
     cand, cand_src = cs[keep], src_cs[keep]
     rot = np.asarray(rotations, dtype=float)
     found: list[tuple[int, dict]] = []
+    unsafe_excused = 0  # expired tokens accepted with clocks beyond the objective's skew
     checked = 0
     for src in dict.fromkeys(cand_src.tolist()):
         v = fetches.get(src)
@@ -824,6 +838,19 @@ def token_safety(record: Record) -> Verdict:
             r = int(rows_src[j])
             c = int(log.call[r])
             e = end_row.get(c)
+            if kid[j] <= published[j]:
+                # Expired, not an unpublished key: outside the objective when the clocks
+                # involved (true time included: exp is an absolute time; the caller's, the
+                # verifier's, the signer's when it signed) are further apart than
+                # objectives.max_clock_skew_s. No verifier can tell true time better.
+                tk = claims[int(i[j])]
+                ts = float(t[j])
+                clocks = [0.0, skew(node_of(src), ts), skew(node_of(tk["issuer"]), tk["issued_s"])]
+                if e is not None and log.instance[e] is not None:
+                    clocks.append(skew(node_of(log.instance[e]), ts))
+                if max(clocks) - min(clocks) > skew_ok:
+                    unsafe_excused += 1
+                    continue
             found.append((r, {"call": c, "caller": src, "callee": log.instance[e] if e is not None else None,
                               "sent_s": float(t[j]), "exp": float(exp[j]), "expired_by_s": float(t[j] - exp[j]),
                               "kid": int(kid[j]), "published": int(published[j])}))
@@ -854,9 +881,10 @@ def token_safety(record: Record) -> Verdict:
         if any(x > r for x in rescue):
             excused["rescued"] += 1
             continue
-        # Issuer reachable?
-        up = False
-        for inst in issuer_insts:
+        # Issuer reachable? With signing: local the caller signs its own tokens (3.7.1):
+        # nothing on the network to reach, so no 401 is excused as "issuer unreachable".
+        up = local
+        for inst in ([] if local else issuer_insts):
             rows, ts, ss = states[inst]
             k = int(np.searchsorted(rows, r, side="right")) - 1
             if ss[k] == "up":
@@ -866,7 +894,7 @@ def token_safety(record: Record) -> Verdict:
         cut = any(a <= t < b and {f.a, f.b} & {src, caller_svc} and
                   {f.a, f.b} & {issuer_svc, *issuer_insts}
                   for a, b, f in partitions)
-        if not up or cut or any(a <= t < b for a, b in outages):
+        if not local and (not up or cut or any(a <= t < b for a, b in outages)):
             excused["issuer_unreachable"] += 1
             continue
         tk = token_for(src, sr if sr is not None else r)
@@ -881,7 +909,8 @@ def token_safety(record: Record) -> Verdict:
         unlive.append({"call": c, "caller": src, "verifier": verifier, "t": t,
                        "verdict": log.outcome[r], "skews": clocks})
     details = {"calls_checked": checked, "auth_401": int(len(a401)), "unsafe": unsafe[:20],
-               "unsafe_count": len(unsafe), "failed_auth": unlive[:20], "failed_auth_count": len(unlive),
+               "unsafe_count": len(unsafe), "unsafe_excused_clocks_apart": unsafe_excused,
+               "failed_auth": unlive[:20], "failed_auth_count": len(unlive),
                "excused_401": excused, "checked": checked + int(len(a401)), "vacuous": checked == 0}
     problems = []
     window = None
@@ -900,12 +929,15 @@ def token_safety(record: Record) -> Verdict:
         window = window or (u["t"], u["t"])
         if len(unlive) > 1:
             window = (min(window[0], unlive[0]["t"]), max(window[1], unlive[-1]["t"]))
+    beyond = (f"; clocks further apart than the objective's {skew_ok:g} s tolerated skew "
+              f"(outside the objective, excused): {unsafe_excused} expired token(s) accepted, "
+              f"{excused['clocks_apart']} 401(s)") if unsafe_excused or excused["clocks_apart"] else ""
     if problems:
-        return Verdict("", False, "; ".join(problems), window, details)
-    return Verdict("", True, f"{checked} accepted call(s) carried valid tokens; {len(a401)} 401(s), "
-                             f"each excused ({excused})" if len(a401) else
-                   f"{checked} accepted call(s) carried valid tokens; no call failed authentication",
-                   None, details)
+        return Verdict("", False, "; ".join(problems) + beyond, window, details)
+    return Verdict("", True, (f"{checked} accepted call(s) carried valid tokens; {len(a401)} 401(s), "
+                              f"each excused ({excused})" if len(a401) else
+                              f"{checked} accepted call(s) carried valid tokens; no call failed authentication")
+                   + beyond, None, details)
 
 
 # --------------------------------------------------------------------------- 7. retry amplification

@@ -18,14 +18,23 @@ from hailan_sim.models.registry import CHECK_REAP_INTERVAL_S
 from hailan_sim.models.scenario import CallNode, Infrastructure, PublishNode, Scenario, split_target
 from hailan_sim.models.topology import walk_tree
 
-#: The pseudo-component "service tokens" (the issuer's keys and every verifier's checks):
+#: The pseudo-component "service tokens" (the signing keys and every verifier's checks):
 #: reached by every service-to-service call when tokens are enabled; faulted by a key
-#: rotation, or by a clock skew on a node the issuer runs on. Parenthesised so it can never
-#: collide with a component's name.
+#: rotation, or (``signing: issuer``) by a clock skew on a node the issuer runs on. With
+#: ``signing: local`` every caller signs on its own clock, so a skewed node faults only what
+#: runs there. Parenthesised so it can never collide with a component's name.
 TOKENS = "(tokens)"
 
 
 # --------------------------------------------------------------------------- topology helpers
+
+
+def token_issuer(scenario: Scenario) -> Optional[str]:
+    """The service callers fetch tokens from: ``tokens.issuer``'s service with tokens
+    enabled and ``signing: issuer``; None otherwise (``signing: local``: each caller signs its
+    own, the spec's ServiceAuth.generateToken, 3.7.1, so no service is on the token path)."""
+    tok = scenario.effective_policies().tokens
+    return split_target(tok.issuer)[0] if tok.enabled and tok.signing == "issuer" else None
 
 
 def _registry_name(scenario: Scenario) -> Optional[str]:
@@ -162,14 +171,15 @@ def faulted_components(scenario: Scenario) -> dict[int, list[str]]:
     component with an instance there; ``slow``/``error_rate``: the target's service;
     ``partition``/``link_latency``: both sides; ``registry_outage``: the registry;
     ``infra_outage``: the component; ``clock_skew``: what runs on the node, plus
-    :data:`TOKENS` if the token issuer does; ``key_rotation``: the issuer and
-    :data:`TOKENS`; ``load_spike``: everything the spiked endpoint's requests touch
+    :data:`TOKENS` if the token issuer does (``signing: issuer``); ``key_rotation``:
+    :data:`TOKENS` and, with ``signing: issuer``, the issuer (with ``signing: local`` every
+    caller signs its own tokens: auth-service is on no token's path); ``load_spike``: everything the spiked endpoint's requests touch
     (through fallbacks and message consumers too: the extra load goes everywhere), except
     the gateway and the registry, which are shared by design and must absorb it.
     """
     out: dict[int, list[str]] = {}
     pol = scenario.effective_policies()
-    issuer = split_target(pol.tokens.issuer)[0] if pol.tokens.enabled else None
+    issuer = token_issuer(scenario)
     for i, f in enumerate(scenario.faults):
         k = f.kind
         if k in ("crash_instance", "hang", "drain_instance"):
@@ -193,7 +203,7 @@ def faulted_components(scenario: Scenario) -> dict[int, list[str]]:
             if issuer is not None and issuer in comps:
                 comps.append(TOKENS)
         elif k == "key_rotation":
-            comps = [issuer, TOKENS] if issuer is not None else []
+            comps = [issuer, TOKENS] if pol.tokens.enabled else []
         elif k == "load_spike":
             ep = next(e for e in scenario.workload.endpoints if e.name == f.endpoint)
             shared = {_gateway_name(scenario), _registry_name(scenario)}
@@ -212,8 +222,7 @@ def faulted_components(scenario: Scenario) -> dict[int, list[str]]:
 def _edges(scenario: Scenario) -> list[tuple[str, str]]:
     """(caller, callee) service pairs that calls can use, in document order (token
     fetches to the issuer included)."""
-    pol = scenario.effective_policies()
-    issuer = split_target(pol.tokens.issuer)[0] if pol.tokens.enabled else None
+    issuer = token_issuer(scenario)
     out: list[tuple[str, str]] = []
     for s in scenario.services:
         for op in s.operations.values():
@@ -247,6 +256,49 @@ def _staleness_s(discovery) -> float:
     return 0.0
 
 
+def _removal_s(hc) -> Optional[float]:
+    """From critical to deregistered: the effective deregistration timeout (Consul clamps
+    it to >= 60 s) plus, with Consul timing, the 30 s reaper's period (agent.go
+    reapServicesInternal runs every CheckReapInterval); None: never reaped."""
+    after = hc.effective_deregister_after_s()
+    if after is None:
+        return None
+    return after + (CHECK_REAP_INTERVAL_S if hc.deregister_timing == "consul" else 0.0)
+
+
+def _breaker_wait_s(edge: dict) -> float:
+    """The longest an edge's breaker (spec: ``timeout_s``; sliding window:
+    ``wait_in_open_s + max_wait_in_half_open_s``) or outlier ejection
+    (``base_ejection_s + interval_s``) keeps calls off a callee before trying it again."""
+    wait = 0.0
+    br = edge["breaker"]
+    if br is not None:
+        wait = br.timeout_s if br.kind == "spec" else br.wait_in_open_s + br.max_wait_in_half_open_s
+    if edge["outlier"] is not None:
+        wait = max(wait, edge["outlier"].base_ejection_s + edge["outlier"].interval_s)
+    return wait
+
+
+def longest_timer_s(scenario: Scenario) -> float:
+    """The longest timer of the policies under test that a fault still on when it expires
+    can meet: a breaker's or outlier ejection's wait on any edge (:func:`_breaker_wait_s`;
+    seed: the spec breaker's 60 s) and, with a registry, the time from an instance's death
+    to its deregistration (detection ``max(1, failures_before_critical) x (interval +
+    timeout)`` then :func:`_removal_s`; seed: 15 + 60 + 30 = 105 s, Consul's reaping).
+    Fault durations must reach past it (issue 10 item 6) so that what happens when such a
+    timer expires with the fault still on is seen. The verifiers' key-cache TTL (300 s) is
+    left out: it only matters around a key rotation, and a window past it would make every
+    check run five minutes longer."""
+    pol = scenario.effective_policies()
+    longest = max([_breaker_wait_s(_edge_policy(scenario, a, b)) for a, b in _edges(scenario)] or [0.0])
+    if _registry_name(scenario) is not None:
+        hc = pol.health_check
+        removal = _removal_s(hc)
+        if removal is not None:
+            longest = max(longest, max(1, hc.failures_before_critical) * (hc.interval_s + hc.timeout_s) + removal)
+    return float(longest)
+
+
 def dead_instance_bound_s(scenario: Scenario, caller: Optional[str] = None,
                           callee: Optional[str] = None) -> float:
     """How long after an instance dies its callers may still send it calls, by the
@@ -272,10 +324,9 @@ def dead_instance_bound_s(scenario: Scenario, caller: Optional[str] = None,
     for a, b in edges:
         disc = _edge_policy(scenario, a, b)["discovery"]
         if disc.path == "agent_list":
-            after = hc.effective_deregister_after_s()
-            if after is None:
+            removal = _removal_s(hc)
+            if removal is None:
                 return math.inf
-            removal = after + (CHECK_REAP_INTERVAL_S if hc.deregister_timing == "consul" else 0.0)
             b_s = detect + removal + _staleness_s(disc)
         else:
             b_s = detect + _staleness_s(disc)
@@ -322,14 +373,7 @@ def default_recovery_s(scenario: Scenario, *, slack_s: float = 10.0) -> float:
     for a, b in _edges(scenario) or [("", "")]:
         e = _edge_policy(scenario, a, b)
         stale = max(stale, _staleness_s(e["discovery"]))
-        br = e["breaker"]
-        if br is not None:
-            if br.kind == "spec":
-                breaker = max(breaker, br.timeout_s)
-            else:
-                breaker = max(breaker, br.wait_in_open_s + br.max_wait_in_half_open_s)
-        if e["outlier"] is not None:
-            breaker = max(breaker, e["outlier"].base_ejection_s + e["outlier"].interval_s)
+        breaker = max(breaker, _breaker_wait_s(e))
     keys = 0.0
     tok = pol.tokens
     if tok.enabled and not tok.refetch_on_unknown_kid and (

@@ -178,6 +178,11 @@ class _Plan:
     min_ms: int
     max_ms: int
     allow_permanent: bool
+    # Token renewals inside the window (sim.client.token_renewals_s) and the kinds that may
+    # be placed around them: clock skew and key rotation, and with signing: issuer every
+    # kind (any of them can cut callers off the issuer).
+    anchors: tuple[float, ...] = ()
+    anchored: frozenset = frozenset()
 
 
 def _candidates(scenario: Scenario) -> dict[str, Any]:
@@ -419,7 +424,16 @@ def _plan(
                 raise ValueError(f"{kinds=} contains {k!r}, which cannot be generated here: {why}")
         chosen = [k for k in KINDS_SIMPLEST_FIRST if k in given]  # our order, for shrinking
 
+    anchors: tuple[float, ...] = ()
+    tok = scenario.effective_policies().tokens
+    if tok.enabled and tok.first_token == "steady_state":
+        from hailan_sim.sim.client import token_renewals_s
+
+        anchors = tuple(dict.fromkeys(t for t in token_renewals_s(scenario) if lo <= t < hi))
+    anchored = frozenset(chosen if tok.signing == "issuer" else ("clock_skew", "key_rotation"))
     return _Plan(
+        anchors=anchors,
+        anchored=anchored,
         kinds=tuple(chosen),
         params={k: params[k] for k in chosen},
         lo=lo,
@@ -475,6 +489,8 @@ def _fault(plan: _Plan) -> SearchStrategy:
     index_s = {
         p.size: st.integers(0, p.size - 1) for params in plan.params.values() for p in params
     }
+    anchor_s = st.integers(0, len(plan.anchors))  # 0: no anchor, what shrinking reaches
+    lead_s = st.integers(0, 1000)  # thousandths of the duration before the anchor
 
     @st.composite
     def fault(draw):
@@ -484,7 +500,17 @@ def _fault(plan: _Plan) -> SearchStrategy:
         # Drawn as the gap between the fault's end and the horizon's end, so that shrinking
         # (towards 0) makes the fault end exactly at the horizon: the latest start it allows.
         gap_ms = draw(st.integers(0, span_ms - d_ms))
-        start, duration = _place(plan, plan.hi_ms - gap_ms - d_ms, d_ms)
+        start_ms = plan.hi_ms - gap_ms - d_ms
+        if plan.anchors:
+            # Drawn for every kind (so a kind change never changes how many choices a fault
+            # takes, see _SLOTS), used by the token-related ones: the fault covers a token
+            # renewal, starting up to its whole duration before it (a key rotation, which
+            # acts at its start, comes before the renewal that first signs with the new key).
+            a, lead = draw(anchor_s), draw(lead_s)
+            if a and kind in plan.anchored:
+                at_ms = _ms_at_least(plan.anchors[a - 1])
+                start_ms = min(max(at_ms - (lead * d_ms) // 1000, plan.lo_ms), plan.hi_ms - d_ms)
+        start, duration = _place(plan, start_ms, d_ms)
         params = plan.params[kind]
         fields = _fields(params, [draw(index_s[p.size]) for p in params])
         return _FAULT.validate_python(
@@ -541,6 +567,14 @@ def fault_schedules(
         Default False: every fault has a duration and ends inside the horizon, so a property
         can watch the system recover. True: a fault may also be permanent
         (``duration_s=None``), still starting in the horizon.
+
+    Token renewals: with ``tokens.first_token: steady_state`` every caller's held token
+    falls due at a time computed from the scenario and its ``run.seed`` without simulating
+    (``sim.client.token_renewals_s``; about 1.4 inside a 240 s run of the default scenario).
+    A clock skew or key rotation (with ``signing: issuer``, any fault: each can cut callers
+    off the issuer) may be placed to cover one of those inside the horizon, starting up to
+    its whole duration before it, so that expiries meet skewed clocks, rotated keys and
+    issuer outages in ordinary runs (issue 10 item 5). Shrinks to the unanchored placement.
 
     Parameters stay in sensible ranges: slow factor 2-100, error fraction 0.05-1, added
     latency 10-2000 ms with loss 0-0.5, clock skew 1 s-2 h either way, load spike factor

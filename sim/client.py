@@ -17,13 +17,54 @@ from hailan_sim.models.breakers import OutlierDetector, make_breaker
 from hailan_sim.models.policies import EDGE_FIELDS
 from hailan_sim.models.registry import make_view
 from hailan_sim.models.retry import NoBudget
-from hailan_sim.models.tokens import KeySet, RefreshAheadCache, SpecTokenCache, issue, verify
+from hailan_sim.models.tokens import KeySet, RefreshAheadCache, SpecTokenCache, held_token, issue, verify
 from hailan_sim.sim.clock import at as _at
 from hailan_sim.sim.clock import at_first as _at_first
 from hailan_sim.sim.metrics import OUTCOME_INDEX
 from hailan_sim.sim.state import _Call, _Instance, _Op
 
-__all__ = ["ClientMixin"]
+__all__ = ["ClientMixin", "held_tokens", "token_renewals_s"]
+
+
+def _held(tp, u: float, signer_skew_s: float):
+    """The token held at time 0 (tokens.first_token: steady_state), signed on the signer's
+    configured clock (its node's ``clock_skew_s``) with the key in force before the run."""
+    margin = tp.refresh_margin_s if tp.cache == "refresh_ahead" else 0.0
+    return held_token(signer_skew_s, u, tp.ttl_s, margin, "k0")
+
+
+def held_tokens(scenario, seed: Optional[int] = None) -> dict:
+    """Per service instance running at time 0, the token it holds from before the run
+    under ``tokens.first_token: steady_state`` (empty otherwise): exactly what the engine
+    gives it (the same stream ``token-age/<instance>``, the same signer clock), computed
+    without simulating. ``seed``: the run's (default ``scenario.run.seed``)."""
+    from hailan_sim.sim.rng import Streams
+
+    tp = scenario.effective_policies().tokens
+    if not tp.enabled or tp.first_token != "steady_state":
+        return {}
+    streams = Streams(scenario.run.seed if seed is None else seed)
+    skew = {n.name: n.clock_skew_s for n in scenario.nodes}
+    node = {p.instance: p.node for p in scenario.placements()}
+    issuer = tp.issuer.partition(".")[0] if tp.signing == "issuer" else None
+    out = {}
+    for inst, n in node.items():
+        signer = n if issuer is None else node.get(f"{issuer}-0", n)
+        out[inst] = _held(tp, streams.uniform(f"token-age/{inst}").next(), skew[signer])
+    return out
+
+
+def token_renewals_s(scenario, seed: Optional[int] = None) -> list[float]:
+    """When (true time, sorted) each instance's held token falls due on its own clock
+    (:func:`held_tokens`): at ``exp`` with the spec's cache, ``exp - refresh_margin_s``
+    with refresh-ahead, less the caller node's configured skew. The first calls after
+    these instants sign or fetch a new token: where clock skew, issuer outages and key
+    rotations can hurt (properties.strategies places faults around them)."""
+    tp = scenario.effective_policies().tokens
+    margin = tp.refresh_margin_s if tp.cache == "refresh_ahead" else 0.0
+    skew = {n.name: n.clock_skew_s for n in scenario.nodes}
+    node = {p.instance: p.node for p in scenario.placements()}
+    return sorted(float(t.exp) - margin - skew[node[i]] for i, t in held_tokens(scenario, seed).items())
 
 
 class ClientMixin:
@@ -35,6 +76,22 @@ class ClientMixin:
         """Tokens are signed with key k<n>, n = rotations that have happened by ``now`` (by
         every caller with signing: local, by the issuer with signing: issuer)."""
         return f"k{bisect.bisect_right(self._rotations, now)}"
+
+    def _hold_token(self, cl, parent) -> None:
+        """tokens.first_token: steady_state. The token ``cl``'s instance held before the run
+        (models.tokens.held_token: its age uniform over the cache's refresh period, drawn
+        from the instance's own stream ``token-age/<instance>``), signed at time 0 on the
+        signer's configured clock (the caller's with signing: local, the issuer's first
+        instance's with signing: issuer) with the key in force before the run (k0). Logged
+        as ``token_held`` (operation = key id, outcome = exp; instance = the signer) so that
+        checks of the log know what the caller's calls carry until it gets a new one."""
+        tp = self.tokens
+        inst = cl.inst
+        signer = inst if self._issuer_op is None else self._issuer_op.svc.instances[0]
+        token = _held(tp, self.streams.uniform(f"token-age/{inst.name}").next(), self._skew[signer.node])
+        cl.token_cache.token = token
+        self._rec((self.env.now, "token_held", parent.req.id, None, parent.id, inst.name,
+                   inst.svc.name, signer.name, token.kid, str(token.exp)))
 
     def _published_kids(self, now: float) -> list[str]:
         return [f"k{i}" for i in range(bisect.bisect_right(self._rotations, now) + 1)]
@@ -337,6 +394,8 @@ class _Logical:
         if cl.token_cache is None:
             cl.token_cache = (RefreshAheadCache(tp.refresh_margin_s, tp.single_flight)
                               if tp.cache == "refresh_ahead" else SpecTokenCache())
+            if tp.first_token == "steady_state" and cl.inst.name in eng._held_at_start:
+                eng._hold_token(cl, self.parent)
         cache = cl.token_cache
         clock = eng.env.now + cl.inst.skew
         token = cache.get(clock)

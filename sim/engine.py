@@ -171,6 +171,9 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
                     raise ValueError(f"policies.tokens.issuer: {tokens.issuer!r} is not an operation of a service")
                 self._issuer_op = self.services[issuer].ops[issuer_op]
             self._rotations = sorted([*tokens.key_rotations_s, *self._rotations_extra])
+            # The instances running when the run starts hold a token from before it
+            # (tokens.first_token: steady_state); those started later begin without one.
+            self._held_at_start = frozenset(self.instance_by_name)
         self.call_rec = Recorder(list(self.services), self.window)
         self._call_done = self.call_rec.buf.extend
 

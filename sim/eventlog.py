@@ -68,6 +68,8 @@ EVENTS = {
     "fault_end": "a scheduled fault ended",
     "token_signed": "a caller signed a new service token itself (tokens.signing: local; "
                     "operation = key id, outcome = exp)",
+    "token_held": "a caller's first call found the service token it held from before the run "
+                  "(tokens.first_token: steady_state; instance = signer, operation = key id, outcome = exp)",
 }
 
 _CHUNK = 4096

@@ -175,3 +175,51 @@ def test_a_rerun_with_another_hash_violates_determinism(monkeypatch):
     assert "not deterministic" in det.explanation and "baseline" in det.explanation
     assert report.determinism["baselines"] == 1 and report.determinism["examples"] == 0
     assert report.determinism["mismatches"][0]["got"] == "0" * 64
+
+
+def test_fault_windows_reach_past_the_policies_longest_timer():
+    """Issue 10 item 6: cover faults and searched faults may last past the longest timer of
+    the policies under test, so what happens when it expires with the fault still on is
+    seen. Seed: Consul reaps a dead instance 15 + 60 + 30 = 105 s after it dies (detection,
+    the 60 s clamp, the 30 s reaper), longer than the spec breaker's 60 s."""
+    from hailan_sim.properties.checker import default_fault_window_s
+    from hailan_sim.properties.reach import longest_timer_s
+    from hailan_sim.properties.strategies import with_policies
+
+    seed = _check_scenario(default_scenario().with_profile("seed"))
+    assert longest_timer_s(seed) == 105.0
+    assert default_fault_window_s(seed) == 120.0
+    lo, hi = fault_horizon(seed)
+    assert hi - lo == 120.0
+    covers = cover_faults(seed, (lo, hi))
+    assert all(f.duration_s > longest_timer_s(seed) for f in covers if f.duration_s is not None)
+    # The run still holds, after the window, the recovery objective, the longest restart and
+    # 20 s to judge them in.
+    startup = max(s.startup_s for s in seed.services)
+    assert seed.run.duration_s == 10 + 120 + seed.objectives.rto_s + startup + 20
+    # A breaker that waits longer than the reaper sets the window; no registry, no reaping.
+    slow = with_policies(seed, breaker={"kind": "spec", "timeout_s": 200.0})
+    assert longest_timer_s(slow) == 200.0 and default_fault_window_s(slow) == 215.0
+    small = load_scenario(SMALL)
+    assert default_fault_window_s(small) == max(40.0, longest_timer_s(small) + 15.0)
+
+
+@pytest.mark.slow
+def test_a_default_length_seed_check_finds_a_token_weakness():
+    """Issue 10 item 5: with steady-state first tokens, expiries fall inside a default-length
+    check run, so the seed's token weaknesses are found: the cover phase's key rotation (at
+    the window's start) meets the first renewals (simulation seed 0: 177 and 228 s), whose
+    tokens carry the new key that the spec's verifiers, holding one static key, refuse with
+    every clock right and the issuer (each caller itself) up. With every token fresh at t = 0
+    (first_token: fresh, the old behaviour) no token is renewed within the run and the same
+    check holds. Several minutes on the shared 2-core machine: slow."""
+    from hailan_sim.properties.strategies import with_policies
+
+    sc = _check_scenario(default_scenario().with_profile("seed"))
+    kw = dict(invariants=["token_safety"], kinds=["key_rotation", "clock_skew"], max_examples=1, jobs=2)
+    (found,) = check(sc, **kw).invariants
+    assert found.status == "violated" and found.found_by == "cover", found
+    assert "unknown_key" in found.explanation and "issuer was reachable" in found.explanation
+    fresh = with_policies(sc, tokens={"first_token": "fresh"})
+    (held,) = check(fresh, **kw).invariants
+    assert held.status == "held", held

@@ -183,6 +183,71 @@ def test_spec_token_cache_with_a_slow_caller_clock_gets_401s_then_refresh_ahead_
     assert hardened.requests["ok"] == 600
 
 
+def _held(first_token: str, *, instances: int = 1, ttl_s: int = 20, signing: str = "local", arrivals=None,
+          duration_s: float = 30, **tokens):
+    """client -> a.op -> b.op with tokens; ``a`` has ``instances`` instances, each called."""
+    n = arrivals or [i * 0.1 for i in range(int(duration_s * 10))]
+    s = build(
+        [
+            svc("a", 3001, {"op": op(1, {"call": "b.op"})}, depends_on=["b", "auth"], instances=instances,
+                workers=8),
+            svc("b", 3002, {"op": op(1)}, workers=64),
+            svc("auth", 3003, {"issue_token": op(1)}),
+        ],
+        [endpoint("a.op", trace(*n))],
+        policies={"tokens": {"enabled": True, "signing": signing, "issuer": "auth.issue_token", "ttl_s": ttl_s,
+                             "first_token": first_token, **tokens}},
+        duration_s=duration_s,
+    )
+    return simulate(s, keep_events=True).events()
+
+
+def test_fresh_first_tokens_are_issued_at_the_first_call_and_hold_no_expiry_in_the_run():
+    ev = _held("fresh")
+    assert (ev.event == "token_held").sum() == 0
+    signed = ev[ev.event == "token_signed"]
+    # one token at the first call, then one per 20 s lifetime: exps 20, 40 (then past the run)
+    assert [int(x) for x in signed.outcome] == [20, 40]
+
+
+@pytest.mark.parametrize("signing", ["local", "issuer"])
+def test_steady_state_first_tokens_are_held_from_before_the_run_and_expire_inside_it(signing):
+    """first_token: steady_state: the first call finds a token issued before the run, which
+    the caller uses until it expires (spec cache) and then replaces: the first new token
+    comes at the held one's exp, not at the first call."""
+    ev = _held("steady_state", signing=signing)
+    held = ev[ev.event == "token_held"]
+    assert len(held) == 1 and held.iloc[0].source == "a-0" and held.iloc[0].operation == "k0"
+    assert held.iloc[0].instance == ("a-0" if signing == "local" else "auth-0")
+    exp = int(held.iloc[0].outcome)
+    assert 0 <= exp <= 20
+    if signing == "local":
+        first_new = ev[ev.event == "token_signed"].t.min()
+    else:
+        first_new = ev[(ev.event == "call_start") & (ev.target == "auth")].t.min()
+    assert exp <= first_new < exp + 0.1 + 1e-9  # the first call at or after exp (every 0.1 s)
+    # The held token is what the calls before carried: none was refused.
+    assert (ev.event == "auth_401").sum() == 0
+
+
+def test_steady_state_token_ages_are_uniform_over_the_refresh_period():
+    """Across 200 caller instances (each drawing from its own stream), the held tokens' exps
+    are uniform over [0, period): Kolmogorov-Smirnov at the 0.1% level (D < 1.95 / sqrt(n)),
+    for the spec cache (period = ttl) and refresh-ahead (period = ttl - margin, so exp is
+    uniform over [margin, ttl))."""
+    n = 200
+    arrivals = [i * 0.001 for i in range(20 * n)]  # the gateway spreads them over a-0 .. a-199
+    for tokens, lo, hi in (({}, 0.0, 3600.0),
+                           ({"cache": "refresh_ahead", "refresh_margin_s": 600}, 600.0, 3600.0)):
+        ev = _held("steady_state", instances=n, ttl_s=3600, arrivals=arrivals, duration_s=5, **tokens)
+        held = ev[ev.event == "token_held"]
+        assert held.source.nunique() == len(held) >= 0.95 * n
+        x = sorted((float(e) - lo) / (hi - lo) for e in held.outcome)
+        m = len(x)
+        d = max(max((i + 1) / m - v, v - i / m) for i, v in enumerate(x))
+        assert d < 1.95 / math.sqrt(m), (tokens, d)
+
+
 def test_key_rotation_fails_calls_until_verifiers_refetch_keys():
     """The issuer rotates to k1 at 15 s; the first k1 token is fetched at 20 s (tokens last
     10 s). The verifier cached [k0] at ~0 s for 100 s, so a k1 token is unknown to it: with
@@ -220,9 +285,11 @@ def test_profiles_run_the_default_deterministically(profile):
     from hailan_sim.models import default_scenario
 
     s = default_scenario().with_profile(profile).with_run(duration_s=20, warmup_s=2)
-    a, b = simulate(s), simulate(s)
+    a, b = simulate(s, keep_events=True), simulate(s)
     assert a.event_log_sha256 == b.event_log_sha256
-    assert a.requests["ok"] > 0 and a.mechanisms["token_fetches"] > 0
+    # Tokens are in use: held from before the run (first_token: steady_state), or fetched.
+    held = (a.events().event == "token_held").sum()
+    assert a.requests["ok"] > 0 and held + a.mechanisms["token_fetches"] > 0
     assert s.effective_policies().tokens.enabled
 
 

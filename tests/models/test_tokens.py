@@ -29,8 +29,10 @@ from hailan_sim.models.tokens import (
     RefreshAheadCache,
     SpecTokenCache,
     Token,
+    held_token,
     issue,
     js_clock_timestamp,
+    refresh_period_s,
     verify,
 )
 
@@ -396,3 +398,22 @@ def test_keyset_rotation_golden():
     assert not nf.known(600.002, "k1", issuer.current)
     issuer.up = True
     assert nf.known(601.0, "k1", issuer.current)
+
+
+# --------------------------------------------------------------------------- steady state
+
+
+def test_held_token_age_is_u_times_the_refresh_period():
+    # spec cache: period = ttl; issued u * ttl before now on the signer's clock (floored).
+    t = held_token(1000.0, 0.25, ttl_s=3600)
+    assert (t.iat, t.exp, t.kid) == (100, 3700, "k0")
+    # refresh-ahead: period = ttl - margin (a refresh replaces the token margin before exp)
+    t = held_token(1000.0, 0.5, ttl_s=3600, refresh_margin_s=300)
+    assert (t.iat, t.exp) == (1000 - 1650, 1000 - 1650 + 3600)
+    assert refresh_period_s(3600, 300) == 3300 and refresh_period_s(10, 30) == 0
+    assert held_token(5.0, 0.999, ttl_s=10, refresh_margin_s=30).iat == 5  # no period: fresh
+    # u = 0: just issued; u -> 1: about to expire (or be refreshed) at 0
+    assert held_token(0.0, 0.0, ttl_s=60).exp == 60
+    assert held_token(0.0, 0.9999, ttl_s=60).exp == 0  # iat = floor(-59.994) = -60
+    with pytest.raises(ValueError, match="must be in"):
+        held_token(0.0, 1.0)

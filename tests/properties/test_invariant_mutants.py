@@ -166,17 +166,23 @@ def test_windows_take_requests_started_before_the_end_only():
 
 def test_tokens_401s_while_the_registry_is_unreachable_are_excused():
     # seed: after a key rotation every verifier refuses new tokens with the issuer up (a
-    # liveness failure); the same 401s while the registry is unreachable are excused.
-    pol = {"tokens": {"ttl_s": 20}}
-    record = _record(mini("seed", [{"kind": "key_rotation", "start_s": 40, "duration_s": 1}],
-                          duration_s=50, policies=pol))
-    v = _fails(get("token_safety")(record))
-    n = v.details["failed_auth_count"]
-    assert n > 0
-    out = Record(record.scenario, record.result, record.baseline)
-    out.__dict__["registry_unreachable"] = [(0.0, math.inf)]  # as if the registry were out all along
-    v = _holds(get("token_safety")(out))
-    assert v.details["excused_401"]["issuer_unreachable"] >= n
+    # liveness failure); the same 401s while the registry is unreachable are excused when
+    # callers fetch tokens from an issuer they must discover (signing: issuer). With
+    # signing: local (seed's own) there is no issuer to reach: not excused.
+    for signing in ("issuer", "local"):
+        pol = {"tokens": {"ttl_s": 10, "signing": signing}}
+        record = _record(mini("seed", [{"kind": "key_rotation", "start_s": 40, "duration_s": 1}],
+                              duration_s=50, policies=pol))
+        v = _fails(get("token_safety")(record))
+        n = v.details["failed_auth_count"]
+        assert n > 0
+        out = Record(record.scenario, record.result, record.baseline)
+        out.__dict__["registry_unreachable"] = [(0.0, math.inf)]  # as if the registry were out all along
+        v = get("token_safety")(out)
+        if signing == "issuer":
+            assert v.holds and v.details["excused_401"]["issuer_unreachable"] >= n
+        else:
+            assert not v.holds and v.details["failed_auth_count"] == n
 
 
 def test_redelivery_counts_the_first_delivery():

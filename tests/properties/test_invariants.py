@@ -26,6 +26,7 @@ import hailan_sim.sim.engine as engine_mod
 from hailan_sim.models import breakers as B
 from hailan_sim.models import default_scenario
 from hailan_sim.models.scenario import Scenario
+from hailan_sim.properties.causes import fault_scopes
 from hailan_sim.properties.invariants import (
     INVARIANTS,
     TOKENS,
@@ -292,11 +293,26 @@ def test_faulted_components_per_kind():
     assert fc[2] == ["front", "catalog"]
     assert fc[3] == ["consul"]
     assert fc[4] == ["db"]
-    assert fc[5][-1] == TOKENS  # auth-service-0 (the issuer) runs on n1
-    assert fc[6] == ["auth-service", TOKENS]
+    # seed signs locally (3.7.1): a skewed node faults what runs on it, not every token,
+    # and a key rotation faults the tokens but not auth-service, which signs nothing.
+    assert TOKENS not in fc[5] and "auth-service" in fc[5]
+    assert fc[6] == [TOKENS]
     # The spiked endpoint's whole tree, its consumer included; not the gateway or registry.
     assert fc[7] == ["front", "catalog", "db", "stock", "mq", "worker", TOKENS]
     assert fc[8] == ["stock"]
+    # hardened fetches tokens from auth-service: skewing n1, where auth-service-0 signs,
+    # faults every token; a rotation faults the issuer too.
+    hard = faulted_components(mini("hardened", faults))
+    assert hard[5][-1] == TOKENS
+    assert hard[6] == ["auth-service", TOKENS]
+    scopes = fault_scopes(mini("hardened", faults))
+    assert scopes[5]["tokens"] and scopes[6]["tokens"]
+    # An issuer with one instance (worker-0, on n1): a skew of n2 faults only n2's tokens.
+    skews = [{"kind": "clock_skew", "node": n, "skew_s": 5, "start_s": 1, "duration_s": 1} for n in ("n1", "n2")]
+    one = fault_scopes(mini("hardened", skews, policies={"tokens": {"issuer": "worker.job"}}))
+    assert one[0]["tokens"] and not one[1]["tokens"] and one[1]["nodes"] == ["n2"]
+    seed_scopes = fault_scopes(mini("seed", faults))
+    assert not seed_scopes[5]["tokens"] and seed_scopes[5]["nodes"] == ["n1"] and seed_scopes[6]["tokens"]
 
 
 def test_defaults_derive_from_the_policies():
@@ -564,6 +580,23 @@ def test_tokens_seed_rotation_refuses_new_keys_with_the_issuer_up():
 
 
 @pytest.mark.parametrize("signing", ["local", "issuer"])
+def test_tokens_401s_with_auth_service_down_are_not_excused_when_callers_sign(signing):
+    # The spec's verifier knows one key: after the rotation at 40 s every new token is
+    # refused; auth-service is down from 35 s (no breaker, so its loss stays on login).
+    # With signing: local (seed: callers sign their own tokens, 3.7.1) auth-service is on
+    # no token's path: the 401s are liveness failures, none excused as "issuer
+    # unreachable". With signing: issuer no new token can be had: token errors, no 401.
+    faults = [*ROTATION, {"kind": "crash_service", "service": "auth-service", "start_s": 35, "duration_s": 14}]
+    pol = {"breaker": None, "tokens": {"ttl_s": 10, "signing": signing}}  # every caller signs anew in 40-50 s
+    v = get("token_safety")(_record(mini("seed", faults, duration_s=50, policies=pol)))
+    if signing == "local":
+        _fails(v)
+        assert v.details["failed_auth_count"] > 100 and v.details["excused_401"]["issuer_unreachable"] == 0
+    else:
+        assert v.holds and v.details["auth_401"] == 0
+
+
+@pytest.mark.parametrize("signing", ["local", "issuer"])
 def test_tokens_seed_skewed_clocks_accept_expired_tokens(signing):
     # Caller and verifier on n2 both 30 s behind: the caller sends a token past its exp and
     # the verifier, with no leeway, accepts it (a safety violation); verifiers on n1 refuse
@@ -587,6 +620,10 @@ def test_tokens_seed_skewed_clocks_accept_expired_tokens(signing):
     tight = sc.model_copy(update={"objectives": sc.objectives.model_copy(update={"max_clock_skew_s": 10.0})})
     v = get("token_safety")(Record(tight, record.result, record.baseline))
     assert v.details["failed_auth_count"] == 0 and v.details["excused_401"]["clocks_apart"] > 0
+    # ... and the expired tokens n2 accepted: n2's clock is 30 s off true time, beyond a
+    # 10 s objective, so no verifier could have known (outside the objective, said so).
+    assert v.details["unsafe_count"] == 0 and v.details["unsafe_excused_clocks_apart"] > 0
+    assert v.holds and "outside the objective" in v.explanation
 
 
 def test_tokens_local_signing_checks_every_accepted_call():
@@ -595,13 +632,41 @@ def test_tokens_local_signing_checks_every_accepted_call():
     # calls to auth-service included, since under local signing they carry tokens too.
     record = _record(mini("seed", duration_s=30, policies={"tokens": {"ttl_s": 20}}))
     v = _holds(get("token_safety")(record))
+    assert v.details["calls_checked"] == len(_accepted_s2s(record)) > 0
+
+
+def _accepted_s2s(record) -> list:
+    """The call_start rows of service-to-service calls the callee served and answered ok."""
     log = record.log
     served = log.rows("work_end", "orphan_end")
     ok = set(log.call[served[log.outcome[served] == "ok"]].tolist())
     cs = log.rows("call_start")
-    s2s = [r for r in cs.tolist() if int(log.call[r]) in ok and log.target[r] in {s.name for s in record.scenario.services}
-           and inv._caller_service(record.scenario, log.source[r]) is not None]
-    assert v.details["calls_checked"] == len(s2s) > 0
+    return [r for r in cs.tolist() if int(log.call[r]) in ok and log.target[r] in {s.name for s in record.scenario.services}
+            and inv._caller_service(record.scenario, log.source[r]) is not None]
+
+
+@pytest.mark.parametrize("signing", ["local", "issuer"])
+def test_tokens_held_from_before_the_run_are_checked(signing):
+    # first_token: steady_state (both profiles): each caller's first calls carry a token
+    # issued before the run (token_held rows). Tokens last 100 s, so every held one expires
+    # in the run; n2's clock runs 30 s slow from 12 s: its callers send their held tokens up
+    # to 30 s past exp and n2's verifiers accept them. token_safety finds that only by
+    # reading token_held (before the first new token there is no token_signed or issuer call).
+    skew = [{"kind": "clock_skew", "node": "n2", "skew_s": -30, "start_s": 12, "duration_s": 100}]
+    pol = {"tokens": {"ttl_s": 100, "signing": signing, "first_token": "steady_state"}}
+    record = _record(mini("seed", skew, duration_s=120, policies=pol))
+    log = record.log
+    held = {log.source[r]: float(log.outcome[r]) for r in log.rows("token_held").tolist()}
+    assert len(held) >= 4
+    v = _fails(get("token_safety")(record))
+    u = v.details["unsafe"][0]
+    assert u["exp"] == held[u["caller"]] and u["sent_s"] > u["exp"]
+    # Tokens lasting an hour, no fault: no caller gets a new token in 30 s, and every
+    # accepted service-to-service call is checked against the token it held.
+    no_fault = _record(mini("seed", duration_s=30, policies={"tokens": {"ttl_s": 3600, "signing": signing,
+                                                                        "first_token": "steady_state"}}))
+    v = _holds(get("token_safety")(no_fault))
+    assert v.details["calls_checked"] == len(_accepted_s2s(no_fault)) > 0
 
 
 # --------------------------------------------------------------------------- 7. retry amplification
@@ -645,7 +710,8 @@ def test_amplification_no_retry_after_the_callers_deadline():
              "start_s": 30, "duration_s": 10}]
     with_deadlines = _record(mini("hardened", loss, duration_s=45, policies={"retry_budget": {"kind": "none"}}))
     v = _holds(get("bounded_retry_amplification")(with_deadlines))
-    assert v.details["worst"]["target"] == "stock" and v.details["worst"]["calls"] <= 3
+    # Each attempt of catalog.list calls db, then stock: the two tie for the worst.
+    assert v.details["worst"]["target"] in ("stock", "db") and v.details["worst"]["calls"] <= 3
     without = _record(mini("hardened", loss, duration_s=45,
                            policies={"retry_budget": {"kind": "none"}, "deadline_propagation": False}))
     v = _fails(get("bounded_retry_amplification")(without))

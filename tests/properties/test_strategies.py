@@ -462,3 +462,56 @@ def test_public_functions_are_documented_and_strategies_say_what_they_shrink_tow
     assert doc
     if name not in ("with_faults", "with_policies"):
         assert doc.split("\n\n")[-1].startswith("Shrinks towards"), name
+
+
+# --------------------------------------------------------------------------- token renewals
+
+
+def test_token_renewals_are_what_the_engine_does():
+    """sim.client.held_tokens / token_renewals_s compute, without simulating, the tokens the
+    engine gives each caller at its first call (token_held rows): same exp, same signer."""
+    from hailan_sim.sim import simulate
+    from hailan_sim.sim.client import held_tokens, token_renewals_s
+
+    for profile in ("seed", "hardened"):
+        sc = default_scenario().with_profile(profile).with_run(duration_s=4, warmup_s=1, seed=3)
+        ev = simulate(sc, keep_events=True).events()
+        rows = ev[ev.event == "token_held"]
+        held = held_tokens(sc)
+        assert len(rows) > 5
+        for src, exp in zip(rows.source, rows.outcome):
+            assert held[src].exp == int(exp), (profile, src)
+        margin = 300 if profile == "hardened" else 0
+        assert token_renewals_s(sc) == sorted(float(t.exp) - margin for t in held.values())
+    # fresh first tokens: nothing held, nothing to place faults around
+    fresh = strategies.with_policies(default_scenario().with_profile("seed"), tokens={"first_token": "fresh"})
+    assert held_tokens(fresh) == {} and token_renewals_s(fresh) == []
+
+
+def test_token_faults_are_placed_around_token_renewals():
+    """Under seed (steady-state tokens), generated clock skews and key rotations start at or
+    up to their duration before a renewal inside the horizon; other kinds are not moved."""
+    from hailan_sim.sim.client import token_renewals_s
+
+    sc = default_scenario().with_profile("seed").with_run(duration_s=240, warmup_s=10, seed=1)
+    horizon = (10.0, 130.0)
+    renewals = [t for t in token_renewals_s(sc) if horizon[0] <= t < horizon[1]]
+    assert renewals, "seed 1 has renewals at 21 and 77 s"
+    seen = {"covering": 0, "exact": 0, "token_kinds": 0}
+
+    @settings(max_examples=80, database=None, derandomize=True)
+    @given(fault_schedules(sc, max_faults=2, kinds=["clock_skew", "key_rotation", "crash_instance"], horizon=horizon))
+    def run(faults):
+        for f in faults:
+            if f.kind == "crash_instance":
+                continue
+            seen["token_kinds"] += 1
+            end = f.start_s + f.duration_s
+            seen["covering"] += any(f.start_s <= t <= end for t in renewals)
+            seen["exact"] += any(abs(f.start_s - t) < 1e-3 for t in renewals)
+
+    run()
+    assert seen["token_kinds"] > 20
+    # Placed on a renewal (lead 0) exactly: a chance placement on the 1 ms grid never is.
+    assert seen["exact"] >= 3, seen
+    assert seen["covering"] >= 0.4 * seen["token_kinds"], seen
