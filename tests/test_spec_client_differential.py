@@ -23,11 +23,13 @@ order, and must take the same decision for every call:
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import pytest
 
 from hailan_sim.sim import simulate
 from hailan_sim.sim import client as client_mod
+from hailan_sim.sim.client import held_tokens
 from hailan_sim.models import balancers as balancers_mod
 from tests._build import build, const, endpoint, op, svc, trace
 
@@ -211,15 +213,23 @@ class Observer:
 # --------------------------------------------------------------------------- side by side
 
 
-def replay(stream, breaker_cfg, ttl_s: int) -> int:
+def replay(stream, breaker_cfg, ttl_s: int, held: Optional[dict] = None) -> int:
     """Drive the transcription with the engine's environment; assert every decision agrees.
-    Returns the number of calls compared."""
+    Returns the number of calls compared. ``held``: instance -> the token its ServiceAuth
+    cache holds when the run starts (``tokens.first_token: steady_state``: the process has
+    been running; ``sim.client.held_tokens``), empty for a process that starts with the run."""
+    held = held or {}
     procs: dict[str, SpecProcess] = {}
     sent_tokens: dict[str, int] = {}  # caller -> exp of the token the engine last sent
     n = 0
     for item in stream:
         rec = item[1]
-        p = procs.setdefault(rec["caller"], SpecProcess(breaker_cfg, ttl_s))
+        p = procs.get(rec["caller"])
+        if p is None:
+            p = procs[rec["caller"]] = SpecProcess(breaker_cfg, ttl_s)
+            tok = held.get(rec["caller"])
+            if tok is not None:  # ServiceAuth.tokenCache: `${serviceName}-${serviceId}`
+                p.tokenCache[f"{rec['caller_svc']}-{rec['caller']}"] = {"iat": tok.iat, "exp": tok.exp}
         grpc = rec["protocol"] == "grpc"
         where = f"call {n} at {rec['t']:.6f}s {rec['caller']} -> {rec['callee']} ({rec['protocol']})"
         cache_key = f"{rec['callee']}-svc"  # getClient's `${serviceName}-${serviceNameInProto}`
@@ -314,8 +324,10 @@ KNOBS = {"fault_free": (7, 60), "errors_open_the_breaker": (3600, 1.5), "crashes
 def test_seed_client_takes_the_spec_clients_decision_on_every_call(case, monkeypatch):
     obs = Observer(monkeypatch)
     ttl_s, breaker_timeout_s = KNOBS[case]
-    simulate(_scenario(CASES[case], ttl_s, breaker_timeout_s), progress=False)
-    n = replay(obs.stream, (*SEED_BREAKER[:2], breaker_timeout_s * 1000), ttl_s)
+    sc = _scenario(CASES[case], ttl_s, breaker_timeout_s)
+    assert sc.effective_policies().tokens.first_token == "steady_state"  # seed's: a running platform
+    simulate(sc, progress=False)
+    n = replay(obs.stream, (*SEED_BREAKER[:2], breaker_timeout_s * 1000), ttl_s, held_tokens(sc))
     assert n >= 1500  # every request's first call at least (a failed b.op stops the seq)
 
 
