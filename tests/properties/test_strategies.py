@@ -512,6 +512,16 @@ def test_token_faults_are_placed_around_token_renewals():
 
     run()
     assert seen["token_kinds"] > 20
-    # Placed on a renewal (lead 0) exactly: a chance placement on the 1 ms grid never is.
-    assert seen["exact"] >= 3, seen
     assert seen["covering"] >= 0.4 * seen["token_kinds"], seen
+    # Placed on a renewal exactly (lead 0) is reachable; a chance placement on the 1 ms grid
+    # practically never is. Searched for rather than counted among the 80 examples above:
+    # which of those land exactly depends on Hypothesis' generation, and that differs with
+    # how hailan_sim is installed (Hypothesis mines constants from source outside
+    # site-packages, so an editable install and the wheel draw differently).
+    exact = find(
+        fault_schedules(sc, max_faults=2, kinds=["clock_skew", "key_rotation", "crash_instance"], horizon=horizon),
+        lambda fs: any(f.kind != "crash_instance" and any(abs(f.start_s - t) < 1e-3 for t in renewals)
+                       for f in fs),
+        settings=settings(max_examples=500, database=None, derandomize=True),
+    )
+    assert exact
