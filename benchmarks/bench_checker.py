@@ -41,13 +41,14 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+
+from bench_engine import code_info  # noqa: E402  (benchmarks/ is on sys.path: run as a script)
 
 PROFILES = ("seed", "hardened")
 JOBS = (1, 2)
@@ -157,21 +158,6 @@ def run_split(sc, example) -> dict:
 # --------------------------------------------------------------------------- driver
 
 
-def code_info() -> dict:
-    def git(*a):
-        try:
-            p = subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return p.stdout.strip() if p.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--", "sim", "models", "properties") if commit else None
-    mod = sys.modules.get("hailan_sim.properties")
-    return {"root": str(ROOT), "properties_imported_from": getattr(mod, "__file__", None), "commit": commit,
-            "dirty_files": dirty.splitlines() if dirty else ([] if commit else None)}
-
-
 def machine_info() -> dict:
     return {"python": sys.version.split()[0], "platform": platform.platform(), "cpu_count": os.cpu_count(),
             "load_avg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
@@ -198,7 +184,7 @@ def run_benchmark(quick: bool, rounds: int | None, n_examples: int | None, throu
                 raw.setdefault(key, []).append(run_throughput(scenarios[p], budgets[p], j))
             else:
                 raw.setdefault(key, []).append(run_split(scenarios[p], split_example[p]))
-    res = {"quick": quick, "machine": machine, "code": code_info(),
+    res = {"quick": quick, "machine": machine, "code": code_info(("sim", "models", "properties"), "hailan_sim.properties"),
            "settings": {"rounds": rounds, "examples": n_examples,
                         "duration_s": {p: scenarios[p].run.duration_s for p in PROFILES},
                         "invariants": names()},

@@ -291,8 +291,9 @@ def measure_child(mode: str, requests: int = 0, window_s: float = 1.0) -> dict:
 # --------------------------------------------------------------------------- driver
 
 
-def code_info() -> dict:
-    """The commit benchmarked and whether the engine/model sources differ from it."""
+def code_info(folders: tuple[str, ...] = ("sim", "models"), module: str = "hailan_sim.sim") -> dict:
+    """The commit benchmarked, which of ``folders`` differ from it, and where ``module`` was
+    imported from (``<last part of module>_imported_from``). bench_checker.py calls it too."""
     def git(*a):
         try:
             p = subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True, timeout=20)
@@ -301,10 +302,10 @@ def code_info() -> dict:
         return p.stdout.strip() if p.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--", "sim", "models") if commit else None
-    mod = sys.modules.get("hailan_sim.sim")
-    return {"root": str(ROOT), "sim_imported_from": getattr(mod, "__file__", None), "commit": commit,
-            "dirty_engine_files": dirty.splitlines() if dirty else ([] if commit else None)}
+    dirty = git("status", "--porcelain", "--", *folders) if commit else None
+    mod = sys.modules.get(module)
+    return {"root": str(ROOT), f"{module.rsplit('.', 1)[-1]}_imported_from": getattr(mod, "__file__", None),
+            "commit": commit, "dirty_files": dirty.splitlines() if dirty else ([] if commit else None)}
 
 
 def machine_info() -> dict:
@@ -488,8 +489,8 @@ def format_report(res: dict) -> str:
         f"hailan-sim engine benchmark{' (--quick: smoke sizes, figures not meaningful)' if res['quick'] else ''}",
         f"python {m['python']} ({m['implementation']}), {m['cpu_count']} CPUs, {m['platform']}",
         f"code: {res['code']['root']} at {res['code']['commit'] or 'unknown commit (not a git checkout)'}"
-        + (f" with uncommitted changes in {len(res['code']['dirty_engine_files'])} sim/models file(s)"
-           if res["code"]["dirty_engine_files"] else "")
+        + (f" with uncommitted changes in {len(res['code']['dirty_files'])} sim/models file(s)"
+           if res["code"]["dirty_files"] else "")
         + (f"; label: {res['label']}" if res.get("label") else ""),
         f"load average at start {', '.join(f'{x:.2f}' for x in m['load_avg_at_start'] or [])}; "
         f"at end {', '.join(f'{x:.2f}' for x in res['load_avg_at_end'] or [])}; BLAS thread settings left as is",
