@@ -1,30 +1,47 @@
 """Sweep throughput: runs per minute with 1 and 2 local workers and a 2-worker Dask
 LocalCluster, and the per-run overhead of a sweep over a bare ``simulate`` call.
 
-    python benchmarks/bench_sweep.py --runs 12 --duration 60 [--json bench-sweep.json]
+    python benchmarks/bench_sweep.py --runs 12 --duration 60 --rounds 5 [--json bench-sweep.json]
+    python benchmarks/bench_sweep.py --quick      # smoke run: figures meaningless
 
 Every case runs the same ``--runs`` runs: the default scenario with the ``seed`` profile,
 ``--duration`` simulated seconds, seeds derived by the sweep (one point, ``--runs``
 replications, no faults). ``bare`` simulates them one after another in this process (what a
 hand-written loop does); ``local-1`` is the sweep with one worker (in process: the overhead
-is building each run's scenario, measuring it and writing it to Parquet); ``lean-1`` is the same
-with only availability, p99, recovery and cost (no sweep metric but `invariants` keeps
+is building each run's scenario, measuring it and writing it to Parquet); ``lean-1`` is the
+same with only availability, p99, recovery and cost (no sweep metric but `invariants` keeps
 the event log any more: retry amplification and breaker trips come from counts the engine
-keeps);
-``local-2`` and ``dask-2`` use two worker processes. Wall-clock times: on a shared machine, compare ratios
-measured in one invocation, and say what else was running.
+keeps); ``local-2`` and ``dask-2`` use two worker processes.
+
+Method (the same as bench_engine.py's, for the same reason: this shared machine drifts by
+50% from minute to minute): ``--rounds`` interleaved rounds, each running every case once,
+the order rotated every round (round 1 ``A B C D E``, round 2 ``B C D E A``, ...), after one
+small untimed warm-up of every case (imports, Dask's first start, first-use caches);
+``gc.collect()`` before each timed case. Each figure is the **median over rounds**, and
+each comparison is also given **per round** (two cases measured minutes apart at most), so
+the spread shows how far the machine's moods reach. The overhead of ``local-1`` and
+``lean-1`` is judged on this process's CPU time too: they run in this process like
+``bare``, so their CPU times compare even when other processes take the cores; wall time
+does not. Exit 1 if any case's runs give other event-log hashes than ``bare``'s.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
 
 import yaml
+
+#: Issue 11 item 8's targets.
+SPEEDUP_TARGET = 1.8
+OVERHEAD_TARGET = 0.05
+CASES = ("bare", "local-1", "lean-1", "local-2", "dask-2")
 
 
 def _plan(runs: int, duration: float, metrics: list[str]):
@@ -41,61 +58,127 @@ def _plan(runs: int, duration: float, metrics: list[str]):
     return parse_sweep(yaml.safe_dump(spec), "<bench>")
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=12)
-    ap.add_argument("--duration", type=float, default=60.0)
-    ap.add_argument("--cases", nargs="+", default=["bare", "local-1", "lean-1", "local-2", "dask-2"],
-                    help="lean-1: one worker, only the metrics "
-                         "(availability, p99, recovery, cost)")
-    ap.add_argument("--json", metavar="FILE")
-    args = ap.parse_args(argv)
-
+def _case(case: str, plans: dict, scenarios: list) -> list[str]:
+    """Run one case; the event-log hashes of its runs, in run order."""
     from hailan_sim import simulate
     from hailan_sim.sweeps import run_sweep
+
+    if case == "bare":
+        return [simulate(s).event_log_sha256 for s in scenarios]
+    kind, workers = case.split("-")
+    with tempfile.TemporaryDirectory() as d:
+        table = run_sweep(plans["lean" if kind == "lean" else "full"], d, workers=int(workers),
+                          executor="dask" if kind == "dask" else "local")
+    return table.sort_values("run")["event_log_sha256"].tolist()
+
+
+def _ratios(a: list[float], b: list[float]) -> list[float]:
+    return [x / y for x, y in zip(a, b)]
+
+
+def _summary(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 4), "min": round(min(values), 4),
+            "max": round(max(values), 4), "per_round": [round(v, 4) for v in values]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=12, help="runs per case and round")
+    ap.add_argument("--duration", type=float, default=60.0, help="simulated seconds per run")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians over them)")
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES,
+                    help="lean-1: one worker, only the metrics availability, p99, recovery, cost")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 runs of 4 s, 1 round")
+    ap.add_argument("--json", metavar="FILE")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.runs, args.duration, args.rounds = 2, 4.0, 1
+
+    from hailan_sim import simulate
     from hailan_sim.sweeps.spec import DEFAULT_METRICS
 
-    plan = _plan(args.runs, args.duration, list(DEFAULT_METRICS))
-    lean = _plan(args.runs, args.duration, ["availability", "p99", "recovery", "cost"])
-    scenarios = [plan.scenario(r) for r in plan.runs]
-    simulate(scenarios[0].with_run(duration_s=2, warmup_s=0))  # warm imports and caches
-    out: dict = {"runs": args.runs, "duration_s": args.duration, "cpus": os.cpu_count(),
-                 "loadavg_before": os.getloadavg(), "cases": {}}
-    hashes = {}
-    for case in args.cases:
-        t0, c0 = time.perf_counter(), time.process_time()
-        if case == "bare":
-            hashes[case] = [simulate(s).event_log_sha256 for s in scenarios]
-        else:
-            kind, workers = case.split("-")
-            with tempfile.TemporaryDirectory() as d:
-                table = run_sweep(lean if kind == "lean" else plan, d, workers=int(workers),
-                                  executor="dask" if kind == "dask" else "local")
-            hashes[case] = table["event_log_sha256"].tolist()
-        wall = time.perf_counter() - t0
-        cpu = time.process_time() - c0
-        out["cases"][case] = {"wall_s": round(wall, 2), "runs_per_min": round(args.runs / wall * 60, 2),
-                              "s_per_run": round(wall / args.runs, 3), "cpu_s_this_process": round(cpu, 2)}
-        print(f"{case:>8}: {wall:7.1f} s wall, {args.runs / wall * 60:6.1f} runs/min", file=sys.stderr)
-    ref = next(iter(hashes.values()))
-    out["same_hashes"] = all(h == ref for h in hashes.values())
-    c = out["cases"]
-    # local-1 and lean-1 run in this process, so their CPU time is comparable with bare's
-    # even when other processes share the machine; wall time is not.
+    plans = {"full": _plan(args.runs, args.duration, list(DEFAULT_METRICS)),
+             "lean": _plan(args.runs, args.duration, ["availability", "p99", "recovery", "cost"])}
+    scenarios = [plans["full"].scenario(r) for r in plans["full"].runs]
+    cases = list(dict.fromkeys(args.cases))
+
+    # Untimed warm-up of every case: imports (Dask's above all), first-use caches.
+    warm = {"full": _plan(1, 2.0, list(DEFAULT_METRICS)), "lean": _plan(1, 2.0, ["availability"])}
+    warm_scenarios = [warm["full"].scenario(r) for r in warm["full"].runs]
+    for case in cases:
+        _case(case, warm, warm_scenarios)
+    simulate(scenarios[0].with_run(duration_s=2, warmup_s=0))
+
+    out: dict = {"settings": {"runs": args.runs, "duration_s": args.duration, "rounds": args.rounds,
+                              "cases": cases, "quick": args.quick},
+                 "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                             "loadavg_before": os.getloadavg()},
+                 "cases": {}}
+    wall: dict[str, list[float]] = {c: [] for c in cases}
+    cpu: dict[str, list[float]] = {c: [] for c in cases}
+    hashes: dict[str, list[str]] = {}
+    for r in range(args.rounds):
+        order = cases[r % len(cases):] + cases[:r % len(cases)]
+        for case in order:
+            gc.collect()
+            t0, c0 = time.perf_counter(), time.process_time()
+            got = _case(case, plans, scenarios)
+            wall[case].append(time.perf_counter() - t0)
+            cpu[case].append(time.process_time() - c0)
+            hashes.setdefault(case, got)
+            if got != hashes[case]:
+                hashes[case] = []  # not even the same case agrees with itself
+            print(f"round {r + 1}/{args.rounds} {case:>8}: {wall[case][-1]:7.1f} s wall, "
+                  f"{args.runs / wall[case][-1] * 60:6.1f} runs/min", file=sys.stderr)
+
+    for case in cases:
+        med = statistics.median(wall[case])
+        out["cases"][case] = {"wall_s": [round(w, 3) for w in wall[case]],
+                              "cpu_s_this_process": [round(c, 3) for c in cpu[case]],
+                              "median_wall_s": round(med, 3),
+                              "runs_per_min": round(args.runs / med * 60, 2),
+                              "spread": round((max(wall[case]) - min(wall[case])) / med, 3)}
+    ref = hashes[cases[0]]
+    out["same_hashes"] = bool(ref) and all(h == ref for h in hashes.values())
+
+    # Overheads: a sweep run against a bare simulate() of the same scenario. In process, so
+    # CPU time compares too. 1 - ratio would be a saving; figures below the noise show as such.
+    ratios: dict = {}
     for case in ("local-1", "lean-1"):
-        if "bare" in c and case in c:
-            out[f"overhead_{case}_wall"] = round(c[case]["wall_s"] / c["bare"]["wall_s"] - 1, 4)
-            out[f"overhead_{case}_cpu"] = round(c[case]["cpu_s_this_process"] / c["bare"]["cpu_s_this_process"] - 1, 4)
-    if "local-1" in c and "local-2" in c:
-        out["speedup_local_2"] = round(c["local-1"]["wall_s"] / c["local-2"]["wall_s"], 3)
-    if "local-1" in c and "dask-2" in c:
-        out["speedup_dask_2"] = round(c["local-1"]["wall_s"] / c["dask-2"]["wall_s"], 3)
-    out["loadavg_after"] = os.getloadavg()
-    text = json.dumps(out, indent=2)
-    print(text)
+        if "bare" in wall and case in wall:
+            ratios[f"overhead_{case}"] = {
+                "wall": _summary([x - 1 for x in _ratios(wall[case], wall["bare"])]),
+                "cpu": _summary([x - 1 for x in _ratios(cpu[case], cpu["bare"])]),
+                "target": OVERHEAD_TARGET}
+    for case in ("local-2", "dask-2"):
+        if "local-1" in wall and case in wall:
+            ratios[f"speedup_{case}"] = {**_summary(_ratios(wall["local-1"], wall[case])),
+                                         "target": SPEEDUP_TARGET}
+    for name, v in ratios.items():
+        if name.startswith("overhead"):
+            v["pass"] = v["cpu"]["median"] < OVERHEAD_TARGET
+        else:
+            v["pass"] = v["median"] >= SPEEDUP_TARGET
+    out["ratios"] = ratios
+    out["machine"]["loadavg_after"] = os.getloadavg()
+
+    print(f"{args.runs} runs x {args.duration:g} simulated s, {args.rounds} interleaved rounds; "
+          f"load average {out['machine']['loadavg_before'][0]:.1f} -> {out['machine']['loadavg_after'][0]:.1f}")
+    print(f"{'case':>8} {'runs/min (median)':>18} {'spread':>7}")
+    for case in cases:
+        c = out["cases"][case]
+        print(f"{case:>8} {c['runs_per_min']:18.1f} {c['spread']:7.2f}")
+    for name, v in ratios.items():
+        if name.startswith("overhead"):
+            print(f"{name}: cpu {v['cpu']['median']:+.1%} (rounds {', '.join(f'{x:+.1%}' for x in v['cpu']['per_round'])}),"
+                  f" wall {v['wall']['median']:+.1%}; target < {OVERHEAD_TARGET:.0%}: {'met' if v['pass'] else 'not met'}")
+        else:
+            print(f"{name}: {v['median']:.2f}x (rounds {', '.join(f'{x:.2f}' for x in v['per_round'])});"
+                  f" target >= {SPEEDUP_TARGET}x: {'met' if v['pass'] else 'not met'}")
+    print(f"same event-log hashes in every case and round: {out['same_hashes']}")
     if args.json:
         with open(args.json, "w") as f:
-            f.write(text)
+            f.write(json.dumps(out, indent=2))
     return 0 if out["same_hashes"] else 1
 
 

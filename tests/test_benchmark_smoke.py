@@ -87,3 +87,26 @@ def test_bench_checker_quick(tmp_path):
         assert set(s["invariants"]) == set(invariants)
         assert s["invariants_total"] >= sum(s["invariants"].values())
         assert s["invariants_share_of_simulation"] > 0
+
+
+SWEEP = ROOT / "benchmarks" / "bench_sweep.py"
+
+
+def test_bench_sweep_quick(tmp_path):
+    """bench_sweep.py --quick runs every case in interleaved rounds and reports the two
+    targets of issue 11 item 8 (figures meaningless at this size; never asserted)."""
+    out_json = tmp_path / "sweep.json"
+    proc = subprocess.run([sys.executable, str(SWEEP), "--quick", "--cases", "bare", "local-1", "local-2",
+                           "--json", str(out_json)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out_json.read_text())
+    assert res["same_hashes"] is True
+    assert set(res["cases"]) == {"bare", "local-1", "local-2"}
+    for case in res["cases"].values():
+        assert len(case["wall_s"]) == res["settings"]["rounds"] and case["runs_per_min"] > 0
+    assert res["ratios"]["speedup_local-2"]["target"] == 1.8
+    assert res["ratios"]["overhead_local-1"]["target"] == 0.05
+    assert isinstance(res["ratios"]["overhead_local-1"]["pass"], bool)
+    for word in ("speedup_local-2", "overhead_local-1", "same event-log hashes"):
+        assert word in proc.stdout
