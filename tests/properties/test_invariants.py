@@ -337,6 +337,9 @@ def test_defaults_derive_from_the_policies():
     assert default_recovery_s(gone) == 2 + 105 + 60 + 10
     assert default_amplification_factor(seed) == 2.0  # no retries: the floor
     assert default_amplification_factor(hard) == 4.0  # 3 attempts + one 401 refresh-retry
+    # The gateway's retries at an entry service count too (policies.gateway).
+    gw = mini("seed", policies={"gateway": {"retry": {"num_retries": 4}}})
+    assert default_amplification_factor(gw) == 5.0
 
 
 # --------------------------------------------------------------------------- 1. no cascading failure
