@@ -809,6 +809,12 @@ class OutlierDetector:
     def num_ejections(self, host: str) -> int:
         return self._hosts[host].num_ejections
 
+    def ejection_s(self, host: str) -> float:
+        """How long the host's current (or last) ejection lasts at least: ``min(base *
+        backoff, max) + jitter`` (it ends at the first sweep after that, checkHostForUneject)."""
+        m = self._hosts[host]
+        return min(self.config.base_ejection_s * m.backoff, self.config.max_ejection_s) + m.jitter
+
     def consecutive_5xx(self, host: str) -> int:
         """The host's current run of 5xx results."""
         return self._hosts[host].consecutive_5xx

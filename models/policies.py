@@ -22,6 +22,7 @@ from hailan_sim.models import yaml12
 from hailan_sim.models._base import Frozen
 from hailan_sim.models.balancers import BalancerConfig, RandomConfig
 from hailan_sim.models.breakers import OutlierConfig, SlidingWindowConfig, SpecBreakerConfig
+from hailan_sim.models.gateway import GatewayPolicy
 from hailan_sim.models.registry import DiscoveryConfig, HealthCheckConfig
 from hailan_sim.models.retry import NoBudget, RetryBudgetConfig, RetryPolicy
 
@@ -141,6 +142,13 @@ class Policies(Frozen):
     )
     health_check: HealthCheckConfig = Field(default_factory=HealthCheckConfig)
     tokens: TokenPolicy = Field(default_factory=TokenPolicy)
+    gateway: Optional[GatewayPolicy] = Field(
+        None,
+        description=(
+            "the API gateway's retries and outlier ejection towards entry instances (models/gateway.py); "
+            "null: it routes each request once to an instance Consul's DNS returns, as the seed does"
+        ),
+    )
     edges: list[EdgePolicy] = Field(default_factory=list)
 
 

@@ -205,7 +205,11 @@ class _Faults:
             return -1
         if instance is not None and (self.dead(instance, row0) or self.dead(instance, row1)):
             return -1
-        if mechanism == "no_instance":
+        if mechanism == "no_instance" or (mechanism == "error" and instance is None):
+            # No instance to send to (the client's no_instance; or a call the engine failed
+            # at once because the component had none up, as at a crashed single-instance
+            # gateway): direct when every instance of the target was dead then, whether or
+            # not its fault is still on (a crash without restart outlives its fault).
             insts = [k for k in self.states if _service_of(sc, k) == target]
             if insts and all(self.dead(k, row0) for k in insts):
                 return -1

@@ -55,6 +55,7 @@ from hailan_sim.sim.clock import at_first as _at_first
 from hailan_sim.sim.control import ControlPlaneMixin
 from hailan_sim.sim.eventlog import EventLog
 from hailan_sim.sim.faults import FaultsMixin
+from hailan_sim.sim.gateway import GatewayRouter
 from hailan_sim.sim.messages import MessagingMixin
 from hailan_sim.sim.metrics import OUTCOME_INDEX, Recorder
 from hailan_sim.sim.rng import Streams
@@ -178,6 +179,9 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
         self._call_done = self.call_rec.buf.extend
 
         self.gateway = next((self.services[c.name] for c in sc.infrastructure if c.kind == "gateway"), None)
+        gp = self.policies.gateway
+        self._gw = (GatewayRouter(self, gp) if self.gateway is not None and gp is not None
+                    and (gp.retry is not None or gp.outlier is not None) else None)
         self.endpoints: list[_Endpoint] = []
         shares = sc.workload.shares()
         for ep in sc.workload.endpoints:
@@ -448,6 +452,9 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
         if outcome != "ok":
             self._request_done(req, outcome)
             return
+        if self._gw is not None:
+            self._gw.route(req)  # policies.gateway: retries and outlier ejection (sim/gateway.py)
+            return
         e = req.ep
         self._start_call(req, None, self.gateway.name, self.gateway, e.entry, e.timeout,
                          lambda out: self._request_done(req, out))
@@ -586,6 +593,7 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
         inst = c.inst
         c.t_arrive = now = self.env.now
         if not inst.up:
+            c.refused = True
             self._answer(c, "error")  # connection refused
             return
         if inst.hung:
@@ -768,7 +776,8 @@ _COMPACT_GROWTH = 2
 _COUNTERS = (
     "retries", "short_circuits", "bulkhead_rejections", "fallbacks", "discovery_errors",
     "token_fetches", "auth_401", "auth_refresh_retries", "deadline_drops", "shed",
-    "deregistrations", "scale_out", "scale_in",
+    "deregistrations", "scale_out", "scale_in", "gateway_retries", "gateway_retry_overflows",
+    "gateway_ejections",
 )
 
 # --------------------------------------------------------------------------- call-tree executors

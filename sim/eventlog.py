@@ -46,6 +46,8 @@ EVENTS = {
     "orphan_end": "the callee finished work its caller had already abandoned",
     "retry": "a caller's client will retry a call (outcome: what the failed attempt got)",
     "auth_401": "a callee refused a call's token (outcome: why)",
+    "gateway_retry": "the gateway will retry a request on another instance (outcome: connect-failure or reset)",
+    "gateway_retry_overflow": "the gateway would retry, but max_retries retries were waiting: not retried",
     # calls the caller's own client refused before sending (no call id)
     "discovery_error": "the caller could not list the callee's instances (registry unreachable)",
     "no_instance": "discovery listed no instance to send the call to",
@@ -63,6 +65,8 @@ EVENTS = {
     "instance_stop": "a draining instance finished its work and stopped",
     "registry": "the service registry changed an instance's state (operation: what; outcome: detail)",
     "breaker": "a circuit breaker changed state (operation: from; outcome: to)",
+    "gateway_eject": "the gateway's outlier detection ejected a host (outcome: for how many seconds)",
+    "gateway_uneject": "the gateway's outlier detection took an ejected host back",
     "autoscale": "the autoscaler changed a service's instance count (outcome: by how many)",
     "fault_start": "a scheduled fault began (operation: its kind; outcome: its index in faults)",
     "fault_end": "a scheduled fault ended",

@@ -54,8 +54,9 @@ class Result:
             ``retries``, ``short_circuits`` (calls an open breaker refused),
             ``bulkhead_rejections``, ``fallbacks``, ``discovery_errors``, ``token_fetches``,
             ``auth_401`` (calls a callee refused for their token), ``auth_refresh_retries``,
-            ``deadline_drops``, ``shed``, ``deregistrations``, and ``breaker_transitions``
-            by ``"from->to"``.
+            ``deadline_drops``, ``shed``, ``deregistrations``, ``gateway_retries``,
+            ``gateway_retry_overflows``, ``gateway_ejections`` (policies.gateway), and
+            ``breaker_transitions`` by ``"from->to"``.
         calls_started: calls sent over the whole run, every attempt of every call and
             every delivery of a message (the ``call_start`` records of the event log).
         breaker_trips: the time of every closed -> open transition of any breaker (the

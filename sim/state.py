@@ -102,7 +102,7 @@ class _Service:
 class _Call:
     __slots__ = ("id", "req", "source", "src_svc", "op", "inst", "t0", "k",
                  "finished", "t_abandon", "status", "track", "t_arrive", "deadline",
-                 "token", "auth_failed", "lost", "expires", "route", "pushback")
+                 "token", "auth_failed", "lost", "expires", "route", "pushback", "refused")
 
     def __init__(self, cid, req, source, src_svc, op, t0, k, track, route, token):
         self.id = cid
@@ -123,6 +123,7 @@ class _Call:
         self.lost = False  # the instance died or hung with this call: nothing more happens here
         self.route = route  # the network path between caller and callee (a _Route)
         self.pushback = False  # the callee's own retries failed: "don't retry" (RetryPolicy.pushback)
+        self.refused = False  # the instance was down when the call reached it (connection refused)
 
 
 _UNSET = object()  # a _Route's sampler not looked up yet

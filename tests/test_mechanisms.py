@@ -336,3 +336,35 @@ def test_weighted_random_reads_instance_weights_from_metadata():
     ev = simulate(s, keep_events=True).events()
     share = (ev[(ev.event == "call_end") & (ev.target == "b")]["instance"] == "b-1").mean()
     assert abs(share - 0.75) < 4.4 * math.sqrt(0.75 * 0.25 / n)
+
+
+def test_the_gateway_routes_around_a_dead_entry_instance_under_hardened_not_seed():
+    """The spec shows no gateway code: under seed the gateway routes each request once to an
+    instance Consul's DNS returns, so a dead entry instance (iot-service-0, crashed for good
+    at 5 s) fails every request sent to it until its health check fails. hardened's gateway
+    (policies.gateway: Envoy's retry on connect-failure with previous_hosts, and outlier
+    detection) retries those on iot-service-1 and ejects iot-service-0 after 5 failures."""
+    from hailan_sim.models import default_scenario
+    from hailan_sim.properties import with_faults
+
+    crash = [{"kind": "crash_instance", "instance": "iot-service-0", "start_s": 5.0, "restart": False}]
+    out = {}
+    for profile in ("seed", "hardened"):
+        s = with_faults(default_scenario().with_profile(profile).with_run(duration_s=25, warmup_s=2), crash)
+        ev = simulate(s, keep_events=True).events()
+        to_dead = ev[(ev.event == "call_end") & (ev.source == "api-gateway") & (ev.instance == "iot-service-0")
+                     & (ev.t >= 5.0)]
+        failed = set(ev[(ev.event == "request_end") & (ev.outcome != "ok")].request)
+        out[profile] = (ev, to_dead, failed)
+    ev, to_dead, failed = out["seed"]
+    assert s.effective_policies().gateway is not None
+    assert default_scenario().with_profile("seed").effective_policies().gateway is None
+    assert not ev.event.str.startswith("gateway_").any()
+    assert len(to_dead) > 20 and set(to_dead.request) <= failed  # each one a failed request
+    ev, to_dead, failed = out["hardened"]
+    ejected = ev[ev.event == "gateway_eject"]
+    assert list(ejected.instance) == ["iot-service-0"]
+    assert len(to_dead) == 5 and to_dead.t.max() == ejected.t.iloc[0]  # 5 connect failures, then out
+    retried = ev[ev.event == "gateway_retry"]
+    assert set(retried.call) == set(to_dead.call)
+    assert not set(to_dead.request) & failed  # every one retried on iot-service-1 and served

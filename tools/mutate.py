@@ -44,6 +44,7 @@ DEFAULT_TESTS = [
     "tests/test_seed_fidelity.py",
     "tests/test_spec_client_differential.py",
     "tests/test_mutants_killed.py",
+    "tests/test_gateway.py",
 ]
 DEFAULT_DESELECT = "not keep_runs_deterministic and not run_the_default_deterministically and not every_run_logs"
 

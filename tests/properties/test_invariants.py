@@ -337,6 +337,9 @@ def test_defaults_derive_from_the_policies():
     assert default_recovery_s(gone) == 2 + 105 + 60 + 10
     assert default_amplification_factor(seed) == 2.0  # no retries: the floor
     assert default_amplification_factor(hard) == 4.0  # 3 attempts + one 401 refresh-retry
+    # The gateway's retries at an entry service count too (policies.gateway).
+    gw = mini("seed", policies={"gateway": {"retry": {"num_retries": 4}}})
+    assert default_amplification_factor(gw) == 5.0
 
 
 # --------------------------------------------------------------------------- 1. no cascading failure
@@ -1060,3 +1063,19 @@ def test_window_test_false_alarm_rate_and_power():
     assert _null_family_alarms(rng, families, m, z, 0.0) / families <= alpha + 3 * 0.0022
     drop = pd.DataFrame({"n_0": [100] * 50, "ok_0": [99] * 50, "n_1": [100] * 50, "ok_1": [79] * 50})
     assert inv._ratio_drop(drop, inv._z(alpha, 50), 0.02).all()
+
+
+def test_failures_at_a_dead_single_instance_component_stay_direct_after_its_fault_ends():
+    """A crash without restart outlives its fault: n1 (the only gateway and the database)
+    crashes for good at 20 s, the fault ends at 25 s. Every request after that fails at the
+    dead gateway (the engine finds no instance up), which is where the fault left it: direct
+    (fault -1: a dead instance with no fault on), never collateral."""
+    from hailan_sim.properties.causes import failure_origins
+
+    sc = mini("seed", [{"kind": "crash_node", "node": "n1", "start_s": 20, "duration_s": 5, "restart": False}],
+              duration_s=40)
+    o = failure_origins(_record(sc))
+    late = o[(o["target"] == "gw") & (o["t"] > 25.0)]
+    assert len(late) > 100 and late["instance"].isna().all()
+    assert late["direct"].all() and (late["fault"] == -1).all()
+    assert o[o["t"] > 20.0]["direct"].all()
