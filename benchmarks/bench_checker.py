@@ -39,7 +39,8 @@ Cases are interleaved over ``--rounds`` rounds (order rotated each round) and me
 reported, as in bench_engine.py: this 2-core machine is shared and drifts by 50%.
 
 Usage: python benchmarks/bench_checker.py [--quick] [--json FILE] [--rounds N] [--examples N]
-       [--no-throughput] [--no-split] [--shrink] [--label TEXT]    (see benchmarks/README.md)
+       [--no-throughput] [--no-split] [--shrink [--shrink-kinds KIND ...] [--shrink-max-faults N]]
+       [--label TEXT]    (see benchmarks/README.md)
 """
 
 from __future__ import annotations
@@ -207,7 +208,7 @@ def machine_info() -> dict:
 
 
 def run_benchmark(quick: bool, rounds: int | None, n_examples: int | None, throughput: bool = True,
-                  split: bool = True, shrink: bool = False) -> dict:
+                  split: bool = True, shrink: bool = False, shrink_case: dict | None = None) -> dict:
     machine = machine_info()
     rounds = rounds or (1 if quick else 2)
     n_examples = n_examples or (2 if quick else 8)
@@ -218,7 +219,8 @@ def run_benchmark(quick: bool, rounds: int | None, n_examples: int | None, throu
     cases = ([("throughput", p, j) for p in PROFILES for j in JOBS] if throughput else []) + \
         ([("split", p, None) for p in PROFILES] if split else []) + \
         ([("shrink", "seed", j) for j in JOBS] if shrink else [])
-    shrink_case = dict(SHRINK_CASE, **({"max_examples": 2, "horizon": (1.0, 4.0)} if quick else {}))
+    shrink_case = dict(SHRINK_CASE, **(shrink_case or {}),
+                       **({"max_examples": 2, "horizon": (1.0, 4.0)} if quick else {}))
     raw: dict[str, list] = {}
     t_start = time.perf_counter()
     for r in range(rounds):
@@ -297,8 +299,10 @@ def format_report(res: dict) -> str:
         lines.append(f"  {'invariants total':<32}{s['invariants_total']:>8.3f}   = "
                      f"{100 * s['invariants_share_of_simulation']:.1f}% of the simulation with its log (target 15%)")
     if res["shrink"]:
-        lines += ["", f"shrink (check --invariant bounded_recovery --kinds crash_service, seed; median s; "
-                      f"same counterexample with --jobs 1 and 2: {res['shrink_same_counterexample']})",
+        case = next(iter(res["shrink"].values()))["case"]
+        lines += ["", f"shrink (check --profile seed --no-cover --invariant {' '.join(case['invariants'])} --kinds "
+                      f"{' '.join(case['kinds'])} --max-faults {case['max_faults']} --max-examples {case['max_examples']}; "
+                      f"median s; same counterexample with --jobs 1 and 2: {res['shrink_same_counterexample']})",
                   f"{'':<18}{'wall':>8}{'CPU':>8}{'shrink wall':>13}{'shrink CPU':>12}{'sims':>6}   speculation"]
         for key, c in res["shrink"].items():
             lines.append(f"{key:<18}{c['median_wall_s']:>8.1f}{c['median_cpu_s']:>8.1f}{c['median_shrink_wall_s']:>13.1f}"
@@ -317,9 +321,14 @@ def main(argv=None) -> int:
     ap.add_argument("--no-split", dest="split", action="store_false", help="leave out the split of one example")
     ap.add_argument("--shrink", action="store_true",
                     help="also time one check's shrink phase with --jobs 1 and 2 (issue 12 item 6)")
+    ap.add_argument("--shrink-kinds", nargs="+", metavar="KIND",
+                    help=f"fault kinds of the --shrink case (default {' '.join(SHRINK_CASE['kinds'])})")
+    ap.add_argument("--shrink-max-faults", type=int, metavar="N",
+                    help=f"faults per schedule in the --shrink case (default {SHRINK_CASE['max_faults']})")
     ap.add_argument("--label", help="free text kept with the figures (e.g. 'before', a commit)")
     args = ap.parse_args(argv)
-    res = run_benchmark(args.quick, args.rounds, args.examples, args.throughput, args.split, args.shrink)
+    case = {k: v for k, v in (("kinds", args.shrink_kinds), ("max_faults", args.shrink_max_faults)) if v}
+    res = run_benchmark(args.quick, args.rounds, args.examples, args.throughput, args.split, args.shrink, case)
     res["command"] = shlex.join([Path(sys.executable).name, *sys.argv])
     res["label"] = args.label
     print(format_report(res))

@@ -584,8 +584,10 @@ def check(
 
     ``seed`` fixes Hypothesis's search (derandomized, keyed by it), so the same command
     explores the same schedules. ``jobs`` > 1 simulates the cover phase, the baselines and
-    the schedules the search will generate in that many forked processes; shrinking is
-    sequential. The verdicts, counterexamples and hashes do not depend on ``jobs``.
+    the schedules the search will generate in that many forked processes, and while
+    shrinking judges ahead, in a forked copy, the request Hypothesis will probably make next
+    (:meth:`Runner.speculating`). The verdicts, counterexamples and hashes do not depend on
+    ``jobs`` (unless a shrink reaches Hypothesis's five-minute limit, which is wall time).
 
     Determinism is checked by re-running (:class:`Determinism`): every baseline, every
     counterexample before it is reported, and about one example in ``rerun_every`` (0: no
