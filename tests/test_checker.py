@@ -245,7 +245,10 @@ def test_shrinking_judged_ahead_in_a_forked_copy_finds_the_same_counterexample()
     Hypothesis on to the next request and judges it; the main process's Hypothesis sees the
     same answers in the same order, so it shrinks to the same counterexample, found after
     the same number of examples, with the same hash, as with jobs=1."""
+    before = _children()
     one, two = _planted_search(1), _planted_search(2)
+    # Every copy was stopped and reaped (none left running, none left a zombie).
+    assert _children() <= before, _children() - before
     (a,), (b,) = one.invariants, two.invariants
     assert a.status == "violated" and len(a.faults) >= 1
     assert a.to_dict() | {"seconds_to_find": None} == b.to_dict() | {"seconds_to_find": None}
@@ -258,6 +261,21 @@ def test_shrinking_judged_ahead_in_a_forked_copy_finds_the_same_counterexample()
     # What a copy judged reaches the report only when asked for: the counts are jobs=1's
     # but for the examples prefetch judged ahead of the generate phase.
     assert two.simulations - one.simulations <= BUDGET_EXTRA, (one.simulations, two.simulations)
+
+
+def _children() -> set:
+    """This process's child processes, zombies included (Linux /proc; empty elsewhere)."""
+    import os
+
+    me, out = str(os.getpid()), set()
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:  # state, ppid
+            out.add(d.name)
+    return out
 
 
 # prefetch judges the whole generate budget with jobs > 1, the search stops at the first
