@@ -240,6 +240,7 @@ def _planted_search(jobs: int):
         return check(case.scenario(), invariants=[case.invariant], kinds=case.kinds, **(BUDGET | {"jobs": jobs}))
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="the copies are forked")
 def test_shrinking_judged_ahead_in_a_forked_copy_finds_the_same_counterexample():
     """With jobs=2 a forked copy of the checker guesses each shrink request's answer, runs
     Hypothesis on to the next request and judges it; the main process's Hypothesis sees the
