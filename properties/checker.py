@@ -360,9 +360,7 @@ class _Speculation:
         self._out = None  # in a copy: the write end
 
     def fork(self, runner: Runner, key: str) -> Optional[bool]:
-        """Fork one copy per branch. In a copy: returns the answer it assumes; here: None."""
-        import pickle  # noqa: F401  (imported before forking: the copy pickles its answer)
-
+        """Fork the copies. In a copy: returns the answer it assumes; here: None."""
         for assumption in (self.last, not self.last)[:self.copies]:
             r, w = os.pipe()
             pid = os.fork()
