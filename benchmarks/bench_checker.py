@@ -26,11 +26,21 @@ Two parts, both on the built-in default scenario as ``hailan-sim check --profile
               neighbours); throughput is given per wall minute and per CPU minute (this
               process and its workers).
 
+  shrink      (``--shrink``) the wall and CPU time of one check that finds a violation early
+              and shrinks it (issue 12 item 6), with ``--jobs 1`` and ``--jobs 2``: the default
+              scenario under ``seed`` as ``check`` runs it, ``bounded_recovery`` searched over
+              crashes of whole services (``--kinds crash_service``, one fault, 4 examples, one
+              simulation seed, no cover phase). The shrink phase is timed from the first
+              violation the search finds (the end of the generate phase) to the report. With
+              ``--jobs 2`` a forked copy judges ahead the shrink request Hypothesis will
+              probably make next (``Runner.speculating``); the counterexample must be the same.
+
 Cases are interleaved over ``--rounds`` rounds (order rotated each round) and medians
 reported, as in bench_engine.py: this 2-core machine is shared and drifts by 50%.
 
 Usage: python benchmarks/bench_checker.py [--quick] [--json FILE] [--rounds N] [--examples N]
-       [--no-throughput] [--label TEXT]    (see benchmarks/README.md)
+       [--no-throughput] [--no-split] [--shrink [--shrink-kinds KIND ...] [--shrink-max-faults N]]
+       [--label TEXT]    (see benchmarks/README.md)
 """
 
 from __future__ import annotations
@@ -106,6 +116,40 @@ def run_throughput(sc, examples: list, jobs: int) -> dict:
             "reruns": runner.determinism.reruns}
 
 
+SHRINK_CASE = {"invariants": ["bounded_recovery"], "kinds": ["crash_service"], "max_faults": 1,
+               "max_examples": 4, "n_seeds": 1, "seed": 0, "cover": False}
+
+
+def run_shrink(sc, jobs: int, case: dict) -> dict:
+    """One ``check`` that finds and shrinks a violation; the shrink phase timed from the
+    first violating answer the main process gives (its search's last generated example)."""
+    from hailan_sim.properties import checker
+
+    marks: dict = {}
+    violates = checker.Runner.violates
+
+    def timed(self, name, faults, seed):  # the main process only: a copy never returns here twice
+        out = violates(self, name, faults, seed)
+        if out and "found" not in marks:
+            marks["found"] = (time.perf_counter(), time.process_time(), _children_cpu())
+        return out
+
+    checker.Runner.violates = timed
+    try:
+        k0 = _children_cpu()
+        c0, t0 = time.process_time(), time.perf_counter()
+        report = checker.check(sc, jobs=jobs, **case)
+        t1, c1, k1 = time.perf_counter(), time.process_time(), _children_cpu()
+    finally:
+        checker.Runner.violates = violates
+    (r,) = report.invariants
+    tf, cf, kf = marks.get("found", (t1, c1, k1))
+    return {"status": r.status, "faults": [f.model_dump(mode="json") for f in r.faults], "seed": r.seed,
+            "event_log_sha256": r.replay_hash, "examples": r.examples, "simulations": report.simulations,
+            "speculation": report.speculation, "wall_s": t1 - t0, "cpu_s": (c1 - c0) + (k1 - k0),
+            "shrink_wall_s": t1 - tf, "shrink_cpu_s": (c1 - cf) + (k1 - kf)}
+
+
 def _children_cpu() -> float:
     import resource
 
@@ -163,7 +207,8 @@ def machine_info() -> dict:
             "load_avg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
-def run_benchmark(quick: bool, rounds: int | None, n_examples: int | None, throughput: bool = True) -> dict:
+def run_benchmark(quick: bool, rounds: int | None, n_examples: int | None, throughput: bool = True,
+                  split: bool = True, shrink: bool = False, shrink_case: dict | None = None) -> dict:
     machine = machine_info()
     rounds = rounds or (1 if quick else 2)
     n_examples = n_examples or (2 if quick else 8)
@@ -172,23 +217,28 @@ def run_benchmark(quick: bool, rounds: int | None, n_examples: int | None, throu
     # The split's example: the first generated schedule with a fault in it.
     split_example = {p: next((e for e in budgets[p] if e[0]), budgets[p][0]) for p in PROFILES}
     cases = ([("throughput", p, j) for p in PROFILES for j in JOBS] if throughput else []) + \
-        [("split", p, None) for p in PROFILES]
+        ([("split", p, None) for p in PROFILES] if split else []) + \
+        ([("shrink", "seed", j) for j in JOBS] if shrink else [])
+    shrink_case = dict(SHRINK_CASE, **(shrink_case or {}),
+                       **({"max_examples": 2, "horizon": (1.0, 4.0)} if quick else {}))
     raw: dict[str, list] = {}
     t_start = time.perf_counter()
     for r in range(rounds):
         order = cases[r % len(cases):] + cases[:r % len(cases)]
         for kind, p, j in order:
-            key = f"{p} --jobs {j}" if kind == "throughput" else f"split {p}"
+            key = {"throughput": f"{p} --jobs {j}", "split": f"split {p}", "shrink": f"shrink {p} --jobs {j}"}[kind]
             print(f"round {r + 1}/{rounds}: {key}", file=sys.stderr, flush=True)
             if kind == "throughput":
                 raw.setdefault(key, []).append(run_throughput(scenarios[p], budgets[p], j))
+            elif kind == "shrink":
+                raw.setdefault(key, []).append(run_shrink(scenarios[p], j, shrink_case))
             else:
                 raw.setdefault(key, []).append(run_split(scenarios[p], split_example[p]))
     res = {"quick": quick, "machine": machine, "code": code_info(("sim", "models", "properties"), "hailan_sim.properties"),
            "settings": {"rounds": rounds, "examples": n_examples,
                         "duration_s": {p: scenarios[p].run.duration_s for p in PROFILES},
                         "invariants": names()},
-           "wall_s": time.perf_counter() - t_start, "throughput": {}, "split": {}}
+           "wall_s": time.perf_counter() - t_start, "throughput": {}, "split": {}, "shrink": {}}
     res["machine"]["load_avg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     for p in PROFILES:
         for j in JOBS if throughput else ():
@@ -202,6 +252,8 @@ def run_benchmark(quick: bool, rounds: int | None, n_examples: int | None, throu
                 "cpu_s": [x["cpu_s"] for x in runs],
                 "target_per_minute": TARGET_PER_MINUTE if j == 2 else None,
             }
+        if not split:
+            continue
         runs = raw[f"split {p}"]
         med = {k: statistics.median(x[k] for x in runs)
                for k in ("simulation", "event_log", "simulation_with_log", "baseline", "rerun",
@@ -211,6 +263,18 @@ def run_benchmark(quick: bool, rounds: int | None, n_examples: int | None, throu
         med["deterministic"] = all(x["deterministic"] for x in runs)
         med["example"] = {"faults": runs[0]["faults"], "seed": runs[0]["seed"]}
         res["split"][p] = med
+    for j in JOBS if shrink else ():
+        runs = raw[f"shrink seed --jobs {j}"]
+        res["shrink"][f"seed --jobs {j}"] = {
+            "jobs": j, "case": shrink_case, "runs": runs,
+            **{f"median_{k}": statistics.median(x[k] for x in runs)
+               for k in ("wall_s", "cpu_s", "shrink_wall_s", "shrink_cpu_s")},
+        }
+    if shrink:
+        a, b = (res["shrink"][f"seed --jobs {j}"]["runs"] for j in JOBS)
+        same = ("status", "faults", "seed", "event_log_sha256", "examples")
+        res["shrink_same_counterexample"] = all({k: x[k] for k in same} == {k: y[k] for k in same}
+                                                for x in a for y in b)
     return res
 
 
@@ -234,6 +298,15 @@ def format_report(res: dict) -> str:
             lines.append(f"  invariant {n:<22}{v:>8.3f}")
         lines.append(f"  {'invariants total':<32}{s['invariants_total']:>8.3f}   = "
                      f"{100 * s['invariants_share_of_simulation']:.1f}% of the simulation with its log (target 15%)")
+    if res["shrink"]:
+        case = next(iter(res["shrink"].values()))["case"]
+        lines += ["", f"shrink (check --profile seed --no-cover --invariant {' '.join(case['invariants'])} --kinds "
+                      f"{' '.join(case['kinds'])} --max-faults {case['max_faults']} --max-examples {case['max_examples']}; "
+                      f"median s; same counterexample with --jobs 1 and 2: {res['shrink_same_counterexample']})",
+                  f"{'':<18}{'wall':>8}{'CPU':>8}{'shrink wall':>13}{'shrink CPU':>12}{'sims':>6}   speculation"]
+        for key, c in res["shrink"].items():
+            lines.append(f"{key:<18}{c['median_wall_s']:>8.1f}{c['median_cpu_s']:>8.1f}{c['median_shrink_wall_s']:>13.1f}"
+                         f"{c['median_shrink_cpu_s']:>12.1f}{c['runs'][0]['simulations']:>6}   {c['runs'][0]['speculation']}")
     return "\n".join(lines)
 
 
@@ -245,9 +318,17 @@ def main(argv=None) -> int:
     ap.add_argument("--examples", type=int, help="examples per throughput case (default 8; 2 with --quick)")
     ap.add_argument("--no-throughput", dest="throughput", action="store_false",
                     help="only the split of one example's time (minutes instead of tens of minutes)")
+    ap.add_argument("--no-split", dest="split", action="store_false", help="leave out the split of one example")
+    ap.add_argument("--shrink", action="store_true",
+                    help="also time one check's shrink phase with --jobs 1 and 2 (issue 12 item 6)")
+    ap.add_argument("--shrink-kinds", nargs="+", metavar="KIND",
+                    help=f"fault kinds of the --shrink case (default {' '.join(SHRINK_CASE['kinds'])})")
+    ap.add_argument("--shrink-max-faults", type=int, metavar="N",
+                    help=f"faults per schedule in the --shrink case (default {SHRINK_CASE['max_faults']})")
     ap.add_argument("--label", help="free text kept with the figures (e.g. 'before', a commit)")
     args = ap.parse_args(argv)
-    res = run_benchmark(args.quick, args.rounds, args.examples, args.throughput)
+    case = {k: v for k, v in (("kinds", args.shrink_kinds), ("max_faults", args.shrink_max_faults)) if v}
+    res = run_benchmark(args.quick, args.rounds, args.examples, args.throughput, args.split, args.shrink, case)
     res["command"] = shlex.join([Path(sys.executable).name, *sys.argv])
     res["label"] = args.label
     print(format_report(res))

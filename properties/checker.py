@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -80,6 +81,9 @@ class CheckReport:
     not_applicable: list[str] = field(default_factory=list)  # cannot happen in this scenario
     interrupted: bool = False  # stopped early (Ctrl-C): what was checked so far
     determinism: dict = field(default_factory=dict)  # Determinism.to_dict(): the re-runs made
+    # Runner.speculation: shrink requests judged ahead in forked copies (jobs > 1): forked,
+    # used, wasted. Depends on jobs, as simulations and wall_s do; no verdict does.
+    speculation: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -100,6 +104,7 @@ class CheckReport:
             "not_witnessed": self.not_witnessed,
             "not_applicable": self.not_applicable,
             "determinism": self.determinism,
+            "speculation": self.speculation,
             "invariants": {r.name: r.to_dict() for r in self.invariants},
         }
 
@@ -160,6 +165,10 @@ class Runner:
         self.simulations = 0
         self.fault_kinds_fired: dict[str, int] = {}
         self.witnessed: dict[str, int] = {}
+        self._spec: Optional[_Speculation] = None  # set inside speculating()
+        # Speculative judgements (:meth:`speculating`): forked, used (the next request was the
+        # one guessed), wasted (killed or discarded: the guess was wrong).
+        self.speculation = {"forked": 0, "used": 0, "wasted": 0}
 
     def scenario_for(self, faults: list, seed: int) -> Scenario:
         return with_faults(self.scenario, faults).with_run(seed=seed)
@@ -222,6 +231,54 @@ class Runner:
         self._store(faults, seed, out, inv.witnessed(record), sha, again)
         return out
 
+    def violates(self, name: str, faults: list, seed: int) -> bool:
+        """Whether this example violates ``name``: what :func:`check`'s searches ask.
+
+        Inside :meth:`speculating`, an example not yet cached is judged here while a forked
+        copy of this process (Hypothesis's state included) takes it to hold, runs
+        Hypothesis on to the next example it asks for and judges that one. The copy takes
+        the answer to be the last one given (shrink candidates come in runs that reproduce the
+        failure and runs that do not); with ``jobs`` >= 3 a second copy takes the other. If the guess was right, that next request is
+        answered from what the copy found. Either way Hypothesis here sees the same answers
+        in the same order as without the copies (each verdict is a pure function of schedule
+        and seed), so it asks for the same examples and shrinks to the same counterexample."""
+        key = self.key(faults, seed)
+        spec = self._spec
+        if spec is not None and key not in self._verdicts:
+            if spec.assumed is not None:  # in a speculative copy
+                if key in spec.assumed:
+                    return spec.assumed[key]
+                spec.judge_and_exit(self, faults, seed)  # does not return
+            spec.collect(self, faults, seed)
+            if key not in self._verdicts:
+                assumption = spec.fork(self, key)
+                if assumption is not None:  # the copy: go on as if the verdict were known
+                    return assumption
+        answer = not self.verdicts(faults, seed)[name].holds
+        if spec is not None:
+            spec.last = answer
+        return answer
+
+    @contextmanager
+    def speculating(self):
+        """Within this block :meth:`violates` judges ahead in a forked copy of this process
+        what Hypothesis will probably ask next (``jobs`` > 1 and ``fork`` available; otherwise
+        nothing changes). Used around each search's ``find``: its shrink phase asks for one
+        example at a time, each depending on the verdict before, so it cannot be listed ahead
+        as the generate phase is (issue 12 item 6). A copy leaves the block by exiting."""
+        if self.jobs < 2 or _fork_context() is None:
+            yield self
+            return
+        spec = self._spec = _Speculation(self.jobs - 1)
+        try:
+            yield self
+        finally:
+            self._spec = None
+            if spec.assumed is not None:
+                # A copy whose Hypothesis finished (or raised) before asking for anything new.
+                os._exit(0)
+            spec.drop(self)
+
     def event_log_sha256(self, faults: list, seed: int) -> Optional[str]:
         """The event-log hash of a schedule's run (None if it was not run)."""
         return self._hashes.get(self.key(faults, seed))
@@ -277,6 +334,138 @@ class Runner:
                         self.progress()
         finally:
             _WORKER = None
+
+
+class _Speculation:
+    """The forked copies of :meth:`Runner.speculating` (branch prediction for Hypothesis's
+    shrinker, issue 12 item 6).
+
+    At each example the main process has not judged yet, ``copies`` copies (at most two) are
+    forked: the first takes the example's answer to be the last answer given here (at first:
+    holds), the second the other; each lets Hypothesis run on to its next
+    uncached request, sends the request's key on a pipe, judges it (the same work as a
+    :meth:`Runner.prefetch` worker) and sends the verdicts, then exits. At the main process's
+    next uncached request it reads each copy's key: the copy that guessed this request is
+    waited for and its verdicts stored as if judged here (counted, re-run sample included);
+    the others are killed. A copy that sends nothing (its search ended, the example needs a
+    baseline not yet simulated, it failed) only costs the time it ran: the request is judged
+    here as before. Nothing a copy does reaches the cache unless asked for, so the report's
+    counts are those of ``jobs=1``."""
+
+    def __init__(self, copies: int) -> None:
+        self.copies = min(2, copies)
+        self.last = False  # the last answer given here: what the first copy assumes
+        self.children: list = []  # (pid, read end as a binary file)
+        self.assumed: Optional[dict] = None  # in a copy: {key: the answer it took}
+        self._out = None  # in a copy: the write end
+
+    def fork(self, runner: Runner, key: str) -> Optional[bool]:
+        """Fork the copies. In a copy: returns the answer it assumes; here: None."""
+        for assumption in (self.last, not self.last)[:self.copies]:
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the copy
+                os.close(r)
+                for _, f in self.children:
+                    f.close()
+                self.children = []
+                self.assumed = {key: assumption}
+                self._out = os.fdopen(w, "wb")
+                _quiet_child()
+                runner.progress = None
+                return assumption
+            os.close(w)
+            self.children.append((pid, os.fdopen(r, "rb")))
+            runner.speculation["forked"] += 1
+        return None
+
+    def judge_and_exit(self, runner: Runner, faults: list, seed: int) -> None:
+        """In a copy, at its first uncached request: send its key, judge it, send the verdicts,
+        exit. Never returns."""
+        import pickle
+
+        try:
+            out = self._out
+            pickle.dump(runner.key(faults, seed), out)
+            out.flush()
+            if seed in runner._baselines:  # a new baseline is left to the main process
+                pickle.dump(_judge(runner, faults, seed), out)
+                out.flush()
+        finally:
+            os._exit(0)
+
+    def collect(self, runner: Runner, faults: list, seed: int) -> None:
+        """At an uncached request here: store the verdicts of the copy that guessed it (if
+        one did; waiting for it to finish), stop the others."""
+        import pickle
+
+        key = runner.key(faults, seed)
+        children, self.children = self.children, []
+        right = judged = None
+        try:
+            for pid, f in children:
+                try:
+                    guessed = pickle.load(f)
+                except Exception:  # EOF: the copy exited without asking for anything
+                    guessed = None
+                if guessed == key and right is None:
+                    right = (pid, f)
+                else:
+                    _stop(pid, f)
+                    runner.speculation["wasted"] += 1
+            if right is None:
+                return
+            try:
+                judged = pickle.load(right[1])
+            except Exception:  # no verdicts: a new baseline, or the copy failed
+                judged = None
+        finally:
+            # Interrupted (Ctrl-C) or done: no copy outlives this call.
+            for pid, f in children:
+                if not f.closed:
+                    _stop(pid, f)
+        if judged is None:
+            runner.speculation["wasted"] += 1
+            return
+        runner.speculation["used"] += 1
+        out, seen, sha, again = judged
+        runner.simulations += 1
+        runner._store(faults, seed, out, seen, sha, again)
+        if runner.progress is not None:
+            runner.progress()
+
+    def drop(self, runner: Runner) -> None:
+        for pid, f in self.children:
+            _stop(pid, f)
+            runner.speculation["wasted"] += 1
+        self.children = []
+
+
+def _stop(pid: int, f) -> None:
+    """Kill a copy (if still running) and reap it."""
+    import signal
+
+    f.close()
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _quiet_child() -> None:
+    """In a speculative copy: Ctrl-C is the main process's to handle, and nothing the copy's
+    Hypothesis or simulation would print reaches the terminal or a captured stream."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 class _Pool:
@@ -352,9 +541,15 @@ def _baseline_in_worker(seed: int):
 def _example_in_worker(example: tuple[list, int]) -> tuple[dict, dict, str, Optional[str]]:
     faults, seed = example
     # Every example's baseline is simulated (and inherited) before the workers are forked.
-    record = _WORKER._record(faults, seed, _WORKER._baselines[seed])
-    again = _rerun_sha(record.scenario) if _WORKER.sampled(faults, seed) else None
-    return ({v.name: v for v in inv.evaluate(record, _WORKER.names)}, inv.witnessed(record),
+    return _judge(_WORKER, faults, seed)
+
+
+def _judge(runner: Runner, faults: list, seed: int) -> tuple[dict, dict, str, Optional[str]]:
+    """Simulate and judge an example whose seed's baseline ``runner`` holds: its verdicts,
+    what it witnessed, its event-log hash and (if sampled) its determinism re-run's hash."""
+    record = runner._record(faults, seed, runner._baselines[seed])
+    again = _rerun_sha(record.scenario) if runner.sampled(faults, seed) else None
+    return ({v.name: v for v in inv.evaluate(record, runner.names)}, inv.witnessed(record),
             record.result.event_log_sha256, again)
 
 
@@ -387,8 +582,10 @@ def check(
 
     ``seed`` fixes Hypothesis's search (derandomized, keyed by it), so the same command
     explores the same schedules. ``jobs`` > 1 simulates the cover phase, the baselines and
-    the schedules the search will generate in that many forked processes; shrinking is
-    sequential. The verdicts, counterexamples and hashes do not depend on ``jobs``.
+    the schedules the search will generate in that many forked processes, and while
+    shrinking judges ahead, in a forked copy, the request Hypothesis will probably make next
+    (:meth:`Runner.speculating`). The verdicts, counterexamples and hashes do not depend on
+    ``jobs`` (unless a shrink reaches Hypothesis's five-minute limit, which is wall time).
 
     Determinism is checked by re-running (:class:`Determinism`): every baseline, every
     counterexample before it is reported, and about one example in ``rerun_every`` (0: no
@@ -471,12 +668,14 @@ def check(
             def violates(example, name=name, seen=seen) -> bool:
                 seen["n"] += 1
                 faults, sim_seed = example
-                return not runner.verdicts(faults, sim_seed)[name].holds
+                return runner.violates(name, faults, sim_seed)
 
             # Reproducible: no example database, and the search seeded from ``seed``
-            # (``find`` turns ``random`` into ``@seed``).
+            # (``find`` turns ``random`` into ``@seed``). With jobs > 1 a forked copy judges
+            # ahead what the shrinker will probably ask next (Runner.speculating).
             try:
-                faults, sim_seed = find(strategy, violates, settings=search, random=_Random(seed))
+                with runner.speculating():
+                    faults, sim_seed = find(strategy, violates, settings=search, random=_Random(seed))
             except NoSuchExample:
                 searched[name] = seen["n"]
                 continue
@@ -515,6 +714,7 @@ def check(
         not_applicable=[k for k, ok in can.items() if not ok],
         interrupted=interrupted,
         determinism=det.to_dict(),
+        speculation=dict(runner.speculation),
     )
 
 

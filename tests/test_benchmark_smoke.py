@@ -65,7 +65,7 @@ def test_bench_checker_quick(tmp_path):
     """benchmarks/bench_checker.py --quick runs and reports every figure (no timing asserted)."""
     out_json = tmp_path / "checker.json"
     proc = subprocess.run(
-        [sys.executable, str(CHECKER), "--quick", "--json", str(out_json)],
+        [sys.executable, str(CHECKER), "--quick", "--shrink", "--json", str(out_json)],
         capture_output=True, text=True, cwd=ROOT, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
@@ -87,6 +87,12 @@ def test_bench_checker_quick(tmp_path):
         assert set(s["invariants"]) == set(invariants)
         assert s["invariants_total"] >= sum(s["invariants"].values())
         assert s["invariants_share_of_simulation"] > 0
+    # --shrink: one check per --jobs, the same report either way (issue 12 item 6).
+    assert "shrink wall" in proc.stdout and res["shrink_same_counterexample"] is True
+    for jobs in (1, 2):
+        c = res["shrink"][f"seed --jobs {jobs}"]
+        assert c["median_wall_s"] > 0 and c["median_cpu_s"] > 0 and c["median_shrink_wall_s"] >= 0
+        assert set(c["runs"][0]["speculation"]) == {"forked", "used", "wasted"}
 
 
 SWEEP = ROOT / "benchmarks" / "bench_sweep.py"

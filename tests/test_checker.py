@@ -223,3 +223,62 @@ def test_a_default_length_seed_check_finds_a_token_weakness():
     fresh = with_policies(sc, tokens={"first_token": "fresh"})
     (held,) = check(fresh, **kw).invariants
     assert held.status == "held", held
+
+
+# ------------------------------------------------------ shrinking judged ahead (issue 12 item 6)
+
+
+def _planted_search(jobs: int):
+    """The quality tests' search for the retry loop without backoff (a violation found in
+    the generate phase, then about sixty shrink requests, each a 70 s simulation of two
+    services), with ``jobs`` processes."""
+    from tests.quality.test_planted_bugs import BUDGET, BUGS
+
+    case = BUGS["retry_loop_without_backoff"]
+    with pytest.MonkeyPatch.context() as mp:
+        case.plant(mp)  # forked copies inherit the planted bug, as prefetch's workers do
+        return check(case.scenario(), invariants=[case.invariant], kinds=case.kinds, **(BUDGET | {"jobs": jobs}))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="the copies are forked")
+def test_shrinking_judged_ahead_in_a_forked_copy_finds_the_same_counterexample():
+    """With jobs=2 a forked copy of the checker guesses each shrink request's answer, runs
+    Hypothesis on to the next request and judges it; the main process's Hypothesis sees the
+    same answers in the same order, so it shrinks to the same counterexample, found after
+    the same number of examples, with the same hash, as with jobs=1."""
+    before = _children()
+    one, two = _planted_search(1), _planted_search(2)
+    # Every copy was stopped and reaped (none left running, none left a zombie).
+    assert _children() <= before, _children() - before
+    (a,), (b,) = one.invariants, two.invariants
+    assert a.status == "violated" and len(a.faults) >= 1
+    assert a.to_dict() | {"seconds_to_find": None} == b.to_dict() | {"seconds_to_find": None}
+    assert one.speculation == {"forked": 0, "used": 0, "wasted": 0}  # jobs=1: nothing forked
+    # The copies worked through the shrink, and most of their guesses were what was asked
+    # next (the guess: the last answer again; shrink answers come in runs). Every copy is
+    # accounted for: used, or stopped and wasted.
+    s = two.speculation
+    assert s["forked"] == s["used"] + s["wasted"] and s["used"] > s["wasted"] > 0, s
+    # What a copy judged reaches the report only when asked for: the counts are jobs=1's
+    # but for the examples prefetch judged ahead of the generate phase.
+    assert two.simulations - one.simulations <= BUDGET_EXTRA, (one.simulations, two.simulations)
+
+
+def _children() -> set:
+    """This process's child processes, zombies included (Linux /proc; empty elsewhere)."""
+    import os
+
+    me, out = str(os.getpid()), set()
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:  # state, ppid
+            out.add(d.name)
+    return out
+
+
+# prefetch judges the whole generate budget with jobs > 1, the search stops at the first
+# violation: at most the budget's examples more (tests/quality: max_examples 10).
+BUDGET_EXTRA = 10
