@@ -177,17 +177,32 @@ def summarise(rows: list[dict], options: Optional[dict] = None) -> list[dict]:
 
 
 def measure(scenarios: list[str], profiles: list[str], examples: int, *, first_seed: int = 1,
-            duration_s: float = 90.0, target: Optional[str] = None, jobs: int = 1,
-            options: Optional[dict] = None, nulls: tuple = tuple(NULLS)) -> dict:
+            duration_s: float = 75.0, target: Optional[str] = None, jobs: int = 1,
+            options: Optional[dict] = None, nulls: tuple = tuple(NULLS), progress: bool = False,
+            partial: Optional[str] = None) -> dict:
     jobs_ = [(Path(s).name if s not in (None, "default") else "default", s, p, first_seed + i, duration_s,
               target, options, nulls)
-             for s in scenarios for p in profiles for i in range(examples)]
+             for i in range(examples) for s in scenarios for p in profiles]
     t0, c0 = time.time(), time.process_time()
+    parts = []
+
+    def done(part: list[dict]) -> None:
+        parts.append(part)
+        if partial:  # what is done so far, so that a run cut short still reports
+            rows_ = [r for p in parts for r in p]
+            Path(partial).write_text(json.dumps({"examples_done": len(parts), "summary": summarise(rows_, options)},
+                                                indent=1) + "\n")
+        if progress and part:
+            print(f"  {len(parts)}/{len(jobs_)} {part[0]['scenario']} {part[0]['profile']} seed {part[0]['seed']}: "
+                  f"{sum(not r['holds'] for r in part)} alarm(s), {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+
     if jobs > 1:
         with mp.get_context("fork").Pool(jobs) as pool:
-            parts = pool.map(one_example, jobs_, chunksize=1)
+            for part in pool.imap(one_example, jobs_, chunksize=1):
+                done(part)
     else:
-        parts = [one_example(j) for j in jobs_]
+        for j in jobs_:
+            done(one_example(j))
     rows = [r for p in parts for r in p]
     return {"examples": examples, "first_seed": first_seed, "duration_s": duration_s,
             "fault": {"start_s": FAULT_START_S, "duration_s": FAULT_S}, "unpaired_offset": UNPAIRED_OFFSET,
@@ -204,7 +219,7 @@ def main(argv=None) -> int:
                     help="repeatable (default: both)")
     ap.add_argument("--examples", type=int, default=20, help="seeds per scenario and profile (default 20)")
     ap.add_argument("--first-seed", type=int, default=1)
-    ap.add_argument("--duration", type=float, default=90.0, help="simulated seconds per run (default 90)")
+    ap.add_argument("--duration", type=float, default=75.0, help="simulated seconds per run (default 75)")
     ap.add_argument("--target", default=None, help="the null faults' instance (default: see above)")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", default=None, help="write the JSON here (default: stdout)")
@@ -215,7 +230,8 @@ def main(argv=None) -> int:
               f"{FAULT_START_S + FAULT_S:g} s", file=sys.stderr)
         return 2
     res = measure(a.scenario or ["default"], a.profile or ["seed", "hardened"], a.examples,
-                  first_seed=a.first_seed, duration_s=a.duration, target=a.target, jobs=a.jobs)
+                  first_seed=a.first_seed, duration_s=a.duration, target=a.target, jobs=a.jobs,
+                  progress=True, partial=a.out and a.out + ".partial")
     if not a.rows:
         res.pop("rows")
     text = json.dumps(res, indent=1)
