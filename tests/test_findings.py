@@ -1,7 +1,8 @@
 """The committed findings (docs/findings.md) still reproduce: each counterexample file in
-findings/counterexamples/ violates the invariants the document says it violates under the
-spec's `seed` profile, and replays to the same event-log hash. (Under `hardened` they all
-hold; that replay is the slow test below.)"""
+findings/counterexamples/ belongs to one of the four findings, the files of a finding are the
+same scenario, and one file of each finding violates exactly the invariants the document
+says under the spec's `seed` profile, and replays to the same event-log hash. Under
+`hardened` (the slow test) each finding's verdicts are the ones the document records."""
 
 from __future__ import annotations
 
@@ -10,50 +11,70 @@ from pathlib import Path
 import pytest
 
 from hailan_sim.models.loader import load_scenario
-from hailan_sim.properties.invariants import Record, evaluate
+from hailan_sim.properties.invariants import INVARIANTS, Record, evaluate
 
 FINDINGS = Path(__file__).parent.parent / "findings" / "counterexamples"
 
-# file -> the invariants it violates under the objectives (issue 10; the others hold). The
-# files predate issue 10 and will be regenerated (item 8); what changed, by design: every
-# one is now also a cascade (every endpoint is checked, request by request), recovery is
-# judged against rto_s (30 s), the dead-instance bound is the 20 s objective, the spec
-# breaker's declared half-open limit is checked (bounded_recovery.yaml's breaker admits
-# more), and the pay request's redeliveries are no longer counted as retry amplification.
-# Since issue 9 (the spec's gRPC client has no breaker, so HTTP calls alone drive the
-# client-wide breaker) conservation.yaml's breaker also admits more than its declared
-# half-open limit (5 calls against 3 at 191.6 s).
-VIOLATES = {
-    "conservation.yaml": {"conservation", "no_traffic_to_dead_instances", "bounded_recovery",
-                          "no_cascading_failure", "breaker_legality"},
-    "bounded_recovery.yaml": {"bounded_recovery", "breaker_legality", "no_cascading_failure"},
-    "registry_outage.yaml": {"bounded_recovery", "no_cascading_failure"},
+# Regenerated for issue 10 (item 8) by `hailan-sim check --profile seed --jobs 2` (default
+# budget): one file per violated invariant, four distinct minimal schedules.
+FILES = {
+    "A": ["no_cascading_failure.yaml", "bounded_recovery.yaml", "breaker_legality.yaml",
+          "no_traffic_to_dead_instances.yaml", "redundancy.yaml", "endpoint_objectives.yaml"],
+    "B": ["conservation.yaml", "bounded_redelivery.yaml"],
+    "C": ["token_safety.yaml"],
+    "D": ["static_stability.yaml"],
 }
-CHECKED = ["no_cascading_failure", "bounded_recovery", "conservation", "breaker_legality",
-           "no_traffic_to_dead_instances", "token_safety", "bounded_retry_amplification"]
+# finding -> the invariants its schedule violates under seed (the others hold).
+VIOLATES = {
+    "A": {"no_cascading_failure", "bounded_recovery", "breaker_legality", "no_traffic_to_dead_instances",
+          "redundancy", "endpoint_objectives"},
+    "B": {"no_cascading_failure", "bounded_recovery", "conservation", "breaker_legality",
+          "no_traffic_to_dead_instances", "bounded_redelivery", "endpoint_objectives"},
+    "C": {"token_safety"},
+    "D": {"static_stability"},
+}
+# finding -> the invariants its schedule still violates under hardened, as of this branch
+# (docs/findings.md, last column).
+# B: node-a1 also hosts ai-service-0; ai-service has no N+1 capacity (NOT_MET_YET in
+# tests/properties/test_hardened_holds.py, being changed on branch h10k).
+HARDENED_VIOLATES = {"A": set(), "B": {"endpoint_objectives"}, "C": set(), "D": set()}
+CHECKED = [n for n in INVARIANTS if n != "determinism"]
 
 
-def test_every_committed_counterexample_is_listed_here():
+def _header_invariant(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        if line.startswith("# invariant:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"{path.name}: no '# invariant:' header")
+
+
+def test_every_committed_counterexample_belongs_to_a_finding():
     files = {p.name for p in FINDINGS.glob("*.yaml")}
-    # The three files of finding A are one schedule, found by three invariants.
-    assert files == set(VIOLATES) | {"no_traffic_to_dead_instances.yaml", "bounded_retry_amplification.yaml"}
-    same = {load_scenario(FINDINGS / n).faults[0] for n in
-            ("conservation.yaml", "no_traffic_to_dead_instances.yaml", "bounded_retry_amplification.yaml")}
-    assert len(same) == 1
+    assert files == {f for fs in FILES.values() for f in fs}
+    for finding, names in FILES.items():
+        scenarios = [load_scenario(FINDINGS / n) for n in names]
+        assert all(s == scenarios[0] for s in scenarios), finding  # one schedule per finding
+        for n in names:
+            # Each file is the counterexample of the invariant it is named after, and that
+            # invariant is among those its finding violates.
+            assert _header_invariant(FINDINGS / n) == n.removesuffix(".yaml")
+            assert n.removesuffix(".yaml") in VIOLATES[finding]
+            assert f"hailan-sim replay findings/counterexamples/{n}" in (FINDINGS / n).read_text().splitlines()[0]
 
 
-@pytest.mark.parametrize("name", sorted(VIOLATES))
-def test_finding_reproduces_under_seed(name):
-    scenario = load_scenario(FINDINGS / name)
+@pytest.mark.parametrize("finding", sorted(FILES))
+def test_finding_reproduces_under_seed(finding):
+    scenario = load_scenario(FINDINGS / FILES[finding][0])
     assert scenario.profile == "seed"
     record = Record.from_scenario(scenario, rerun=True)
     broken = {v.name for v in evaluate(record, [*CHECKED, "determinism"]) if not v.holds}
-    assert broken == VIOLATES[name]  # determinism held: a re-run gave the same hash
+    assert broken == VIOLATES[finding]  # determinism held: a re-run gave the same hash
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(VIOLATES))
-def test_finding_is_prevented_by_hardened(name):
-    scenario = load_scenario(FINDINGS / name).with_profile("hardened")
+@pytest.mark.parametrize("finding", sorted(FILES))
+def test_finding_under_hardened(finding):
+    scenario = load_scenario(FINDINGS / FILES[finding][0]).with_profile("hardened")
     record = Record.from_scenario(scenario, rerun=False)
-    assert all(v.holds for v in evaluate(record, CHECKED)), [str(v) for v in evaluate(record, CHECKED)]
+    verdicts = evaluate(record, CHECKED)
+    assert {v.name for v in verdicts if not v.holds} == HARDENED_VIOLATES[finding], [str(v) for v in verdicts]
