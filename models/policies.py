@@ -151,6 +151,15 @@ class Policies(Frozen):
     )
     health_check: HealthCheckConfig = Field(default_factory=HealthCheckConfig)
     tokens: TokenPolicy = Field(default_factory=TokenPolicy)
+    min_instances: Optional[dict[Name, Annotated[int, Field(ge=1, le=10_000)]]] = Field(
+        None,
+        description=(
+            "capacity: the named services run at least this many instances (a service's own "
+            "`instances` is raised to it, placed like the others), so that losing one instance, "
+            "node or zone leaves enough (N+1: AWS Builders' Library, 'Static stability using "
+            "Availability Zones'; Google SRE book, 'Addressing Cascading Failures'); docs/profiles.md"
+        ),
+    )
     edges: list[EdgePolicy] = Field(default_factory=list)
 
 
