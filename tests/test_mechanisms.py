@@ -369,3 +369,28 @@ def test_weighted_random_reads_instance_weights_from_metadata():
     ev = simulate(s, keep_events=True).events()
     share = (ev[(ev.event == "call_end") & (ev.target == "b")]["instance"] == "b-1").mean()
     assert abs(share - 0.75) < 4.4 * math.sqrt(0.75 * 0.25 / n)
+
+
+def test_hardened_rotation_refuses_no_token_because_keys_are_published_ahead():
+    """docs/profiles.md's measured case, shortened: the default scenario under hardened,
+    seed 1, a key rotation at 18.075 s. With keys published when first used (0 s ahead)
+    verifiers that fetched the key set within PyJWKClient's 30 s cooldown refuse the new
+    key's tokens (unknown_key, issuer up, clocks right); with hardened's 300 s ahead, none."""
+    from hailan_sim.models import default_scenario
+    from hailan_sim.models.scenario import Scenario
+
+    base = default_scenario().with_profile("hardened").with_run(duration_s=30, warmup_s=5, seed=1)
+    assert base.effective_policies().tokens.key_publish_ahead_s >= base.effective_policies().tokens.key_cache_ttl_s
+
+    def run(ahead=None):
+        d = base.model_dump(mode="python", exclude_unset=True)
+        d["faults"] = [{"kind": "key_rotation", "start_s": 18.075}]
+        if ahead is not None:
+            d.setdefault("policies", {}).setdefault("tokens", {})["key_publish_ahead_s"] = ahead
+        return simulate(Scenario.model_validate(d), keep_events=True)
+
+    before, after = run(0.0), run()
+    refused = before.events()
+    refused = refused[refused.event == "auth_401"]
+    assert len(refused) > 20 and set(refused.outcome) == {"unknown_key"}
+    assert after.mechanisms["auth_401"] == 0
