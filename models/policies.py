@@ -94,6 +94,16 @@ class TokenPolicy(Frozen):
     key_rotations_s: list[NonNegativeFloat] = Field(
         default_factory=list, description="times at which the issuer starts signing with a new key"
     )
+    key_publish_ahead_s: NonNegativeFloat = Field(
+        0.0,
+        description=(
+            "how long before a rotation (key_rotations_s, key_rotation faults: the time the issuer "
+            "starts signing with the new key) its public key is in the published key set (JWKS). "
+            "0: published when first used, as in the spec, which has no key set at all; at least "
+            "key_cache_ttl_s: every verifier's cached set holds the key before any token carries it "
+            "(RFC 7517 4.5 key rollover; OpenID Connect Core 1.0 10.1.1; docs/mechanisms/tokens.md)"
+        ),
+    )
 
 
 class Policies(Frozen):
@@ -147,6 +157,15 @@ class Policies(Frozen):
         description=(
             "the API gateway's retries and outlier ejection towards entry instances (models/gateway.py); "
             "null: it routes each request once to an instance Consul's DNS returns, as the seed does"
+        ),
+    )
+    min_instances: Optional[dict[Name, Annotated[int, Field(ge=1, le=10_000)]]] = Field(
+        None,
+        description=(
+            "capacity: the named services run at least this many instances (a service's own "
+            "`instances` is raised to it, placed like the others), so that losing one instance, "
+            "node or zone leaves enough (N+1: AWS Builders' Library, 'Static stability using "
+            "Availability Zones'; Google SRE book, 'Addressing Cascading Failures'); docs/profiles.md"
         ),
     )
     edges: list[EdgePolicy] = Field(default_factory=list)

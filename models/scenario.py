@@ -527,6 +527,45 @@ class Placement(Frozen):
     zone: str
 
 
+def _raise_to_min_instances(data: dict, named: Optional[dict] = None) -> tuple[dict, dict]:
+    """``policies.min_instances`` applied: each named service's ``instances`` raised to at
+    least its minimum (never lowered), before validation, so that every reader of
+    ``instances`` (placements, the engine, capacity) sees the count that runs. A dump of the
+    scenario writes the count it set itself (returned: index -> that count). Names are checked
+    here: an unknown service, or a minimum above the service's autoscaling maximum, is a
+    one-line error; with a profile only the names in ``named`` (the scenario's own
+    ``policies.min_instances``) must exist, a profile's are skipped where absent."""
+    pol = data.get("policies")
+    mins = pol.get("min_instances") if isinstance(pol, dict) else getattr(pol, "min_instances", None)
+    services = data.get("services")
+    if not mins or not isinstance(mins, dict) or not isinstance(services, list):
+        return data, {}
+    names = [s.get("name") if isinstance(s, dict) else getattr(s, "name", None) for s in services]
+    for name in (mins if named is None else named):
+        if name not in names:
+            raise ValueError(f"policies.min_instances.{name}: no such service; services are "
+                             f"{', '.join(str(n) for n in names)}")
+    out, raised = [], {}
+    for i, s in enumerate(services):
+        n = mins.get(names[i])
+        if not isinstance(n, int) or isinstance(n, bool):
+            out.append(s)  # not named, or not a count: validation reports it
+            continue
+        fields = s if isinstance(s, dict) else s.model_dump(mode="python", exclude_unset=True)
+        have = fields.get("instances")
+        if not isinstance(have, int) or have >= n:
+            out.append(s)
+            continue
+        auto = fields.get("autoscaling")
+        top = auto.get("max_instances") if isinstance(auto, dict) else getattr(auto, "max_instances", None)
+        if isinstance(top, int) and n > top:
+            raise ValueError(f"policies.min_instances.{names[i]}: {n} is above services[{i}].autoscaling."
+                             f"max_instances ({top}); raise that maximum or lower the minimum")
+        out.append({**fields, "instances": n})
+        raised[i] = have
+    return {**data, "services": out}, raised
+
+
 class Scenario(Frozen):
     """A complete, self-contained description of one simulated system and run."""
 
@@ -555,6 +594,7 @@ class Scenario(Frozen):
         description="what the checker judges the run by (models/objectives.py; docs/invariants.md)",
     )
     _own_policies: Optional[dict] = PrivateAttr(default=None)
+    _own_instances: Optional[dict] = PrivateAttr(default=None)  # index -> count before min_instances
 
     @model_validator(mode="wrap")
     @classmethod
@@ -575,10 +615,29 @@ class Scenario(Frozen):
                 )
             if isinstance(own, dict):
                 data = {**data, "policies": merge_policies(profile_policies(data["profile"]), own)}
+        raised: dict = {}
+        if isinstance(data, dict):
+            # A profile's minimums name the default scenario's services: on a scenario
+            # without one, that name is skipped; the scenario's own names must exist.
+            named = (own.get("min_instances") or {}) if isinstance(own, dict) else None
+            data, raised = _raise_to_min_instances(data, named)
         scenario = handler(data)
         if own is not None:
             scenario._own_policies = own
+        if raised:
+            scenario._own_instances = raised
         return scenario
+
+    @field_serializer("services", mode="wrap")
+    def _serialise_services(self, value: list, handler, info: SerializationInfo):
+        """Dumps write the instance counts the scenario set itself, not those raised by
+        ``policies.min_instances`` (which loading applies again), so that a dump taken under
+        one profile and loaded under another runs the other's counts."""
+        out = handler(value)
+        for i, n in (self._own_instances or {}).items():
+            if isinstance(out[i], dict) and "instances" in out[i]:
+                out[i]["instances"] = n
+        return out
 
     @field_serializer("policies", mode="wrap")
     def _serialise_policies(self, value: Policies, handler, info: SerializationInfo):

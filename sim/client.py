@@ -94,7 +94,11 @@ class ClientMixin:
                    inst.svc.name, signer.name, token.kid, str(token.exp)))
 
     def _published_kids(self, now: float) -> list[str]:
-        return [f"k{i}" for i in range(bisect.bisect_right(self._rotations, now) + 1)]
+        """The issuer's key set (JWKS) at ``now``: every key it has signed with, and with
+        ``tokens.key_publish_ahead_s`` > 0 the keys of the rotations due within that time
+        (published ahead: RFC 7517 4.5, OpenID Connect Core 1.0 10.1.1). Rotations before
+        the run began publish before time 0: a verifier's first fetch already holds them."""
+        return [f"k{i}" for i in range(bisect.bisect_right(self._rotations, now + self._publish_ahead) + 1)]
 
     def _verify(self, c: _Call, inst: _Instance) -> bool:
         """The callee checks the caller's token on its own clock; False: it answered 401."""

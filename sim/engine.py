@@ -172,6 +172,7 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
                     raise ValueError(f"policies.tokens.issuer: {tokens.issuer!r} is not an operation of a service")
                 self._issuer_op = self.services[issuer].ops[issuer_op]
             self._rotations = sorted([*tokens.key_rotations_s, *self._rotations_extra])
+            self._publish_ahead = tokens.key_publish_ahead_s
             # The instances running when the run starts hold a token from before it
             # (tokens.first_token: steady_state); those started later begin without one.
             self._held_at_start = frozenset(self.instance_by_name)

@@ -280,6 +280,39 @@ def test_key_rotation_fails_calls_until_verifiers_refetch_keys():
     assert 195 <= without.mechanisms["auth_401"] <= 205
 
 
+def test_a_key_published_a_cache_lifetime_ahead_is_known_when_first_used():
+    """The same rotation at 15 s, verifiers without refetch-on-unknown-kid and a 100 s key
+    cache. With the key published 100 s ahead (tokens.key_publish_ahead_s >= the cache's
+    lifetime: at -85 s, before the verifier's first fetch) no k1 token is refused; published
+    14 s ahead (at 1 s, after the verifier fetched [k0] at ~0 s) it is refused until the run
+    ends, as without pre-publication: publishing ahead by less than the verifiers' cache
+    lifetime does not reach the caches that were already filled."""
+
+    def run(ahead: float):
+        s = build(
+            [
+                svc("a", 3001, {"op": op(1, {"call": "b.op"})}, depends_on=["b", "auth"]),
+                svc("b", 3002, {"op": op(1)}, workers=8),
+                svc("auth", 3003, {"issue_token": op(1)}),
+            ],
+            [endpoint("a.op", trace(*[i * 0.1 for i in range(400)]))],
+            policies={"tokens": {"enabled": True, "signing": "issuer", "issuer": "auth.issue_token", "ttl_s": 10,
+                                 "key_rotations_s": [15.0], "refetch_on_unknown_kid": False,
+                                 "key_cache_ttl_s": 100, "key_publish_ahead_s": ahead}},
+            duration_s=40,
+        )
+        return simulate(s, keep_events=True)
+
+    ahead, short, none = run(100.0), run(14.0), run(0.0)
+    assert ahead.mechanisms["auth_401"] == 0
+    ev = ahead.events()
+    b_ok = ev[(ev.event == "work_end") & (ev.target == "b") & (ev.t > 21.0)]
+    assert len(b_ok) >= 150 and set(b_ok.outcome) == {"ok"}  # k1 tokens, accepted
+    for r in (short, none):
+        assert 195 <= r.mechanisms["auth_401"] <= 205
+    assert short.event_log_sha256 == none.event_log_sha256  # nothing reached the caches
+
+
 @pytest.mark.parametrize("profile", ["seed", "hardened"])
 def test_profiles_run_the_default_deterministically(profile):
     from hailan_sim.models import default_scenario
@@ -368,3 +401,28 @@ def test_the_gateway_routes_around_a_dead_entry_instance_under_hardened_not_seed
     retried = ev[ev.event == "gateway_retry"]
     assert set(retried.call) == set(to_dead.call)
     assert not set(to_dead.request) & failed  # every one retried on iot-service-1 and served
+
+
+def test_hardened_rotation_refuses_no_token_because_keys_are_published_ahead():
+    """docs/profiles.md's measured case, shortened: the default scenario under hardened,
+    seed 1, a key rotation at 18.075 s. With keys published when first used (0 s ahead)
+    verifiers that fetched the key set within PyJWKClient's 30 s cooldown refuse the new
+    key's tokens (unknown_key, issuer up, clocks right); with hardened's 300 s ahead, none."""
+    from hailan_sim.models import default_scenario
+    from hailan_sim.models.scenario import Scenario
+
+    base = default_scenario().with_profile("hardened").with_run(duration_s=30, warmup_s=5, seed=1)
+    assert base.effective_policies().tokens.key_publish_ahead_s >= base.effective_policies().tokens.key_cache_ttl_s
+
+    def run(ahead=None):
+        d = base.model_dump(mode="python", exclude_unset=True)
+        d["faults"] = [{"kind": "key_rotation", "start_s": 18.075}]
+        if ahead is not None:
+            d.setdefault("policies", {}).setdefault("tokens", {})["key_publish_ahead_s"] = ahead
+        return simulate(Scenario.model_validate(d), keep_events=True)
+
+    before, after = run(0.0), run()
+    refused = before.events()
+    refused = refused[refused.event == "auth_401"]
+    assert len(refused) > 20 and set(refused.outcome) == {"unknown_key"}
+    assert after.mechanisms["auth_401"] == 0
