@@ -216,6 +216,53 @@ def faulted_components(scenario: Scenario) -> dict[int, list[str]]:
 
 
 
+_CRASHES = ("crash_instance", "crash_service", "crash_node", "crash_zone")
+
+
+def lost_for_good(scenario: Scenario) -> dict[str, str]:
+    """The components whose every instance the scenario's faults take away for good, each
+    with the fault that does it: a crash without restart (or without an end), of the last
+    instances of a service, of a whole service, or of a node or zone that holds a
+    single-instance infrastructure component or every instance of a service. Nothing a
+    client policy does can bring such a component back; only the topology can (another
+    instance elsewhere: AWS, "Static stability using Availability Zones"). Outages that end
+    (``infra_outage``, ``registry_outage``, crashes that restart) are not losses for good."""
+    lost: dict[str, set] = {}
+    why: dict[str, list] = {}
+    instances = {p.instance: p.node for p in scenario.placements()}
+    zone_nodes = {}
+    for n in scenario.nodes:
+        zone_nodes.setdefault(n.zone, set()).add(n.name)
+    for f in scenario.faults:
+        if f.kind not in _CRASHES or (f.restart and f.duration_s is not None):
+            continue
+        if f.kind == "crash_instance":
+            gone, what = {f.instance}, f"crash_instance({f.instance})"
+        elif f.kind == "crash_service":
+            gone, what = {i for i in instances if _service_of(scenario, i) == f.service}, f"crash_service({f.service})"
+            if any(c.name == f.service for c in scenario.infrastructure):
+                gone.add(f.service)
+        else:
+            nodes = {f.node} if f.kind == "crash_node" else zone_nodes.get(f.zone, set())
+            gone = {i for i, node in instances.items() if node in nodes}
+            gone |= {c.name for c in scenario.infrastructure if (c.placement or scenario.nodes[0].name) in nodes}
+            what = f"{f.kind}({f.node if f.kind == 'crash_node' else f.zone})"
+        for i in sorted(gone):
+            comp = _component_of(scenario, i)
+            if i not in lost.setdefault(comp, set()):
+                lost[comp].add(i)
+                if what not in why.setdefault(comp, []):
+                    why[comp].append(what)
+    out: dict[str, str] = {}
+    for c in scenario.infrastructure:
+        if c.name in lost:
+            out[c.name] = f"{' and '.join(why[c.name])} without restart: no {c.name} left (it has one instance)"
+    for s in scenario.services:
+        if s.name in lost and len(lost[s.name]) >= s.instances:
+            out[s.name] = f"{' and '.join(why[s.name])} without restart: no instance of {s.name} left"
+    return out
+
+
 # --------------------------------------------------------------------------- policy-derived defaults
 
 

@@ -12,13 +12,14 @@ import os
 
 import pytest
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from hailan_sim.models import default_scenario
 from hailan_sim.properties import fault_schedules, with_faults
 from hailan_sim.properties.checker import check_duration, fault_horizon
 from hailan_sim.properties.invariants import Record, evaluate, without_faults
+from hailan_sim.properties.reach import lost_for_good
 from hailan_sim.sim import simulate
 
 BASE = default_scenario().with_profile("hardened").with_run(warmup_s=10, duration_s=60)
@@ -55,6 +56,13 @@ _BASELINES: dict = {}
 
 def _assert_holds(faults, seed):
     scenario = with_faults(SCENARIO, faults).with_run(seed=seed)
+    # A schedule that leaves no instance of a component for good (the only api-gateway,
+    # consul or rabbitmq in a zone lost without restart; every instance of a service) breaks
+    # bounded_recovery and endpoint_objectives under any profile: what brings a component
+    # back is another instance of it, which is the topology's business, not a policy's
+    # (docs/profiles.md, "Still not met"). The property is hardened's promise for every
+    # schedule the default topology can survive; `hailan-sim check` still reports the others.
+    assume(not lost_for_good(scenario))
     # Every schedule of one seed has the same fault-free baseline: run it once.
     if seed not in _BASELINES:
         _BASELINES[seed] = simulate(without_faults(scenario), keep_events=True)

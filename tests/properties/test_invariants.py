@@ -1079,3 +1079,35 @@ def test_failures_at_a_dead_single_instance_component_stay_direct_after_its_faul
     assert len(late) > 100 and late["instance"].isna().all()
     assert late["direct"].all() and (late["fault"] == -1).all()
     assert o[o["t"] > 20.0]["direct"].all()
+
+
+def test_lost_for_good_names_what_no_policy_can_bring_back():
+    """reach.lost_for_good: a crash without restart of the last instances of a component
+    (alone or together), or of a zone holding a single-instance component; not a crash that
+    restarts, not the loss of one instance of several (test_hardened_holds leaves out what
+    it names)."""
+    from hailan_sim.models import default_scenario
+    from hailan_sim.properties import with_faults
+    from hailan_sim.properties.reach import lost_for_good
+
+    base = default_scenario().with_profile("hardened")
+
+    def lost(*faults):
+        return lost_for_good(with_faults(base, [{"start_s": 10.0, "duration_s": 20.0, **f} for f in faults]))
+
+    gone = lost({"kind": "crash_zone", "zone": "zone-a", "restart": False})
+    assert list(gone) == ["api-gateway"] and "crash_zone(zone-a)" in gone["api-gateway"]
+    assert lost({"kind": "crash_zone", "zone": "zone-a", "restart": True}) == {}
+    assert lost({"kind": "crash_zone", "zone": "zone-a"}) == {}  # restart is the default
+    assert set(lost({"kind": "crash_service", "service": "user-service", "restart": False})) == {"user-service"}
+    assert lost({"kind": "crash_instance", "instance": "iot-service-0", "restart": False}) == {}
+    both = lost({"kind": "crash_instance", "instance": "iot-service-0", "restart": False},
+                {"kind": "crash_instance", "instance": "iot-service-1", "restart": False})
+    assert list(both) == ["iot-service"] and "iot-service-1" in both["iot-service"]
+    assert lost({"kind": "crash_instance", "instance": "iot-service-0", "restart": False},
+                {"kind": "crash_instance", "instance": "iot-service-1", "restart": True}) == {}
+    # No end at all is a loss for good whatever `restart` says.
+    assert set(lost_for_good(with_faults(base, [{"kind": "crash_service", "service": "ai-service",
+                                                 "start_s": 10.0}]))) == {"ai-service"}
+    # A node holding one instance of each service and no infrastructure: nothing lost for good.
+    assert lost({"kind": "crash_node", "node": "node-a1", "restart": False}) == {}
