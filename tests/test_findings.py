@@ -33,11 +33,10 @@ VIOLATES = {
     "C": {"token_safety"},
     "D": {"static_stability"},
 }
-# finding -> the invariants its schedule still violates under hardened, as of this branch
-# (docs/findings.md, last column).
-# B: node-a1 also hosts ai-service-0; ai-service has no N+1 capacity (NOT_MET_YET in
-# tests/properties/test_hardened_holds.py, being changed on branch h10k).
-HARDENED_VIOLATES = {"A": set(), "B": {"endpoint_objectives"}, "C": set(), "D": set()}
+# finding -> the invariants its schedule still violates under hardened (docs/findings.md,
+# last column): none. B broke endpoint_objectives until hardened ran a third ai-service
+# instance (node-a1 also hosts ai-service-0; policies.min_instances, N+1).
+HARDENED_VIOLATES = {"A": set(), "B": set(), "C": set(), "D": set()}
 CHECKED = [n for n in INVARIANTS if n != "determinism"]
 
 
