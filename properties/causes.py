@@ -216,14 +216,32 @@ class _Faults:
         return None
 
 
+class _RowOf:
+    """``get(call, default)`` over a :meth:`_Log.call_rows` table, as ``dict.get`` on
+    ``{call id: row}``."""
+
+    __slots__ = ("tab",)
+
+    def __init__(self, tab: np.ndarray) -> None:
+        self.tab = tab
+
+    def get(self, call: int, default=None):
+        i = call + 1
+        if i < 0 or i >= len(self.tab):
+            return default
+        r = int(self.tab[i])
+        return default if r < 0 else r
+
+
 class _Tree:
     """The failing part of every span tree of a log: failed calls and refusals by parent."""
 
     def __init__(self, log) -> None:
         self.log = log
-        cs = log.rows("call_start")
         ce = log.rows("call_end")
-        self.start_row = dict(zip(log.call[cs].tolist(), cs.tolist()))
+        # Each call's (last) call_start row: the log's shared lookup table by call id,
+        # read like the dict it replaces (issue 12: no dict of every call per example).
+        self.start_row = _RowOf(log.call_rows("call_start"))
         ends = pd.Series(ce, index=log.call[ce]).groupby(level=0).first()
         failed_end = ends[log.outcome[ends.to_numpy()] != "ok"]
         self.kids: dict[int, list[int]] = {}

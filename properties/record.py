@@ -75,6 +75,19 @@ class _Log:
             return np.flatnonzero(self._codes == codes[0])
         return np.flatnonzero(np.isin(self._codes, codes))
 
+    def call_rows(self, event: str) -> np.ndarray:
+        """A lookup table from call id to the row of that call's last ``event`` row (-1:
+        none), indexed by call id + 1 (a missing id, -1, at 0): the last row of an id wins,
+        as a dict built in log order would. Built once per log and event (shared)."""
+        def make() -> np.ndarray:
+            rows = self.rows(event)
+            tab = np.full(int(max(self.call.max(initial=-1), 0)) + 2, -1, dtype=np.intp)
+            # ufunc.at applies every index in order (plain fancy assignment leaves the
+            # winner of a repeated index unspecified); rows ascend, so the largest is the last.
+            np.maximum.at(tab, self.call[rows] + 1, rows)
+            return tab
+        return self.memo(("call_rows", event), make)
+
     def memo(self, key, make: Callable[[], object]):
         """``make()``, computed once per log and ``key`` (hashable: a name and the
         arguments). What it returns is shared: callers must not modify it."""
@@ -83,6 +96,14 @@ class _Log:
         except KeyError:
             value = self._memo[key] = make()
             return value
+
+
+def by_value(values: np.ndarray, fn: Callable[[object], object], dtype) -> np.ndarray:
+    """``fn`` of every element of an object column, calling ``fn`` once per distinct value
+    (None included): most columns hold a few dozen names over a million rows."""
+    codes, uniques = pd.factorize(values)  # None -> -1
+    out = np.array([fn(u) for u in uniques.tolist()] + [fn(None)], dtype=dtype)
+    return out[codes]
 
 
 _LOGS: dict[int, _Log] = {}
@@ -366,14 +387,14 @@ def applicable(scenario: Scenario) -> dict[str, bool]:
 def _witnessed(record: Record) -> dict[str, bool]:
     log = record.log
     m = record.result.mechanisms
-    ev = log.event
+    # Rows by event code (log.rows), not whole-log string comparisons: 0.45 s -> ~0.01 s.
     br = log.rows("breaker")
     to = log.outcome[br]
     reg = log.rows("registry")
     trans = m.get("breaker_transitions", {})
     return {
         "fault_fired": bool(record.faults_fired),
-        "instance_down": bool((ev == "instance_down").any()),
+        "instance_down": bool(len(log.rows("instance_down"))),
         "breaker_opened": bool((to == "open").any()),
         "breaker_half_open": bool((to == "half_open").any()),
         "breaker_closed_again": bool(trans.get("half_open->closed", 0)),
@@ -381,13 +402,13 @@ def _witnessed(record: Record) -> dict[str, bool]:
         "retry_made": bool(m.get("retries", 0)),
         "instance_deregistered": bool((log.operation[reg] == "deregistered").any()),
         "discovery_error": bool(m.get("discovery_errors", 0)),
-        "no_instance": bool((ev == "no_instance").any()),
+        "no_instance": bool(len(log.rows("no_instance"))),
         "bulkhead_full": bool(m.get("bulkhead_rejections", 0)),
         "fallback_used": bool(m.get("fallbacks", 0)),
-        "timeout_seen": bool(((ev == "call_end") & (log.outcome == "timeout")).any()),
+        "timeout_seen": bool((log.outcome[log.rows("call_end")] == "timeout").any()),
         "load_shed": bool(m.get("shed", 0) or m.get("deadline_drops", 0)),
         "token_fetched": bool(m.get("token_fetches", 0)),
         "auth_401": bool(m.get("auth_401", 0)),
-        "message_redelivered": bool((ev == "message_nack").any()),
+        "message_redelivered": bool(len(log.rows("message_nack"))),
         "autoscaled": bool(m.get("scale_out", 0) or m.get("scale_in", 0)),
     }

@@ -272,3 +272,60 @@ def test_dead_instance_time_while_the_registry_is_unreachable_does_not_count():
     out.__dict__["registry_unreachable"] = [(0.0, math.inf)]
     v = _holds(get("no_traffic_to_dead_instances")(out))
     assert v.details["calls_to_dead_instances"] > 0 and v.details["calls_beyond_bound"] == 0
+
+
+# --------------------------------------------------------------------------- vectorised views (issue 12)
+
+
+def test_conservation_names_the_request_that_never_ended_and_a_call_end_without_start(seed_crash):
+    # conservation works on sorted id arrays (np.unique, np.setdiff1d): the first request
+    # left without its end is named with its endpoint and start, and a call_end whose
+    # call_start was removed is counted.
+    events = seed_crash.result._events
+    last_end = max(i for i, e in enumerate(events) if e[EVENT] == "request_end")
+    req = events[last_end][2]
+    start = next(e for e in events if e[EVENT] == "request_start" and e[2] == req)
+    first_cs = next(i for i, e in enumerate(events) if e[EVENT] == "call_start"
+                    and any(x[EVENT] == "call_end" and x[CALL] == e[CALL] for x in events[i:]))
+    doctored = events[:first_cs] + events[first_cs + 1:last_end] + events[last_end + 1:]
+    v = get("conservation")(_doctored(seed_crash, doctored))
+    assert not v.holds
+    assert v.details["unfinished_requests"] == 1 and v.details["call_ends_without_start"] == 1
+    assert f"request {req} to {start[TARGET]} at {start[0]:g} s" in v.explanation
+    assert "1 call_end row(s) without a call_start" in v.explanation
+
+
+def test_call_rows_is_each_calls_last_row_like_a_dict_in_log_order(seed_crash):
+    from hailan_sim.properties.record import _Log
+
+    events = seed_crash.result._events
+    ends = [i for i, e in enumerate(events) if e[EVENT] == "call_end"]
+    # The same call ending twice: the later row wins, as dict(zip(ids, rows)) would.
+    events = events[: ends[0] + 1] + [events[ends[0]]] + events[ends[0] + 1:]
+    log = _Log(events)
+    want = {}
+    for i, e in enumerate(events):
+        if e[EVENT] == "call_end":
+            want[e[CALL]] = i
+    tab = log.call_rows("call_end")
+    assert tab[events[ends[0]][CALL] + 1] == ends[0] + 1
+    got = {c: int(tab[c + 1]) for c in range(len(tab) - 1) if tab[c + 1] >= 0}
+    assert got == want
+    assert log.call_rows("call_end") is tab  # built once per log
+
+
+def test_by_value_applies_the_function_to_every_element_none_included():
+    import numpy as np
+
+    from hailan_sim.properties.record import by_value
+
+    col = np.array(["a-0", None, "b", "a-0", None, "c-1"], dtype=object)
+    seen = []
+
+    def fn(x):
+        seen.append(x)
+        return x is not None and x.endswith("0")
+
+    assert by_value(col, fn, bool).tolist() == [fn(x) for x in col.tolist()]
+    assert by_value(col[:0], fn, bool).tolist() == []
+    assert seen.count("a-0") == 1 + 2  # once in by_value, twice in the list comprehension
