@@ -545,6 +545,8 @@ def _print_check(scenario: Scenario, report) -> None:
         print(f"            {r.explanation}")
         for f in r.faults:
             print(f"            fault: {describe(f)}")
+        for why in r.lost_for_good.values():
+            print(f"            beyond any policy: {why} (only another instance of it helps)")
         if r.counterexample:
             print(f"            seed {r.seed}; replay: hailan-sim replay {r.counterexample}")
     d = report.determinism

@@ -30,7 +30,7 @@ from hailan_sim.models import yaml12
 from hailan_sim.models.faults import describe
 from hailan_sim.models.scenario import Scenario
 from hailan_sim.properties import invariants as inv
-from hailan_sim.properties.reach import longest_timer_s
+from hailan_sim.properties.reach import longest_timer_s, lost_for_good
 from hailan_sim.properties.strategies import fault_schedules, with_faults
 from hailan_sim.sim import simulate
 
@@ -51,6 +51,9 @@ class InvariantReport:
     seconds_to_find: Optional[float] = None
     replay_hash: Optional[str] = None
     found_by: Optional[str] = None  # "cover" | "search"
+    #: What of the topology the schedule takes away for good (reach.lost_for_good): a
+    #: violation no policy can fix, only another instance can. Empty for the others.
+    lost_for_good: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -64,6 +67,7 @@ class InvariantReport:
             "seconds_to_find": self.seconds_to_find,
             "found_by": self.found_by,
             "event_log_sha256": self.replay_hash,
+            "lost_for_good": dict(self.lost_for_good),
         }
 
 
@@ -623,6 +627,7 @@ def check(
             name, "violated", examples, verdict.explanation, verdict.window, list(faults), sim_seed,
             seconds_to_find=round(time.perf_counter() - started, 1), found_by=how,
             replay_hash=runner.event_log_sha256(faults, sim_seed),
+            lost_for_good=lost_for_good(runner.scenario_for(faults, sim_seed)),
         )
         if out_dir is not None:
             path = write_counterexample(runner.scenario_for(faults, sim_seed), Path(out_dir) / f"{name}.yaml", report)

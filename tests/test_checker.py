@@ -282,3 +282,26 @@ def _children() -> set:
 # prefetch judges the whole generate budget with jobs > 1, the search stops at the first
 # violation: at most the budget's examples more (tests/quality: max_examples 10).
 BUDGET_EXTRA = 10
+
+
+def test_a_violation_names_what_its_schedule_loses_for_good(small_reports, capsys):
+    """A counterexample whose schedule leaves no instance of a component (reach.lost_for_good)
+    is one no policy can fix: the report says so, in --json and in the text."""
+    import dataclasses
+
+    from hailan_sim.cli import _print_check
+    from hailan_sim.properties.reach import lost_for_good
+
+    one, _, sc = small_reports
+    violated = [r for r in one.invariants if r.status == "violated"]
+    assert violated
+    for r in violated:
+        assert r.lost_for_good == lost_for_good(with_faults(sc, r.faults).with_run(seed=r.seed))
+        assert r.to_dict()["lost_for_good"] == r.lost_for_good
+    why = {"gw": "crash_zone(za) without restart: no gw left (it has one instance)"}
+    assert lost_for_good(with_faults(sc, [{"kind": "crash_zone", "zone": "za", "start_s": 5.0,
+                                           "duration_s": 1.0, "restart": False}]))["gw"] == why["gw"]
+    marked = dataclasses.replace(violated[0], lost_for_good=why)
+    _print_check(sc, dataclasses.replace(one, invariants=[marked]))
+    out = capsys.readouterr().out
+    assert f"beyond any policy: {why['gw']}" in out
