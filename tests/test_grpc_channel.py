@@ -102,3 +102,14 @@ def test_keepalive_more_frequent_than_servers_allow_is_refused():
     with pytest.raises(ValidationError, match="too_many_pings"):
         GrpcKeepalive(time_s=10)  # servers' default minimum interval: 5 min
     assert GrpcKeepalive(time_s=300).timeout_s == 20  # gRPC's default keepalive timeout
+
+
+def test_hardened_closes_a_channel_to_a_vanished_host_within_the_objective():
+    """hardened's keepalive pings idle channels, is allowed by the servers, and closes a
+    channel to a vanished host within objectives.dead_instance_s (docs/profiles.md)."""
+    from hailan_sim.models import default_scenario
+
+    sc = default_scenario().with_profile("hardened")
+    ka = sc.effective_policies().grpc_keepalive
+    assert ka is not None and ka.permit_without_calls
+    assert ka.time_s + ka.timeout_s < sc.objectives.dead_instance_s
