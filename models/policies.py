@@ -16,7 +16,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from hailan_sim.models import yaml12
 from hailan_sim.models._base import Frozen
@@ -106,6 +106,46 @@ class TokenPolicy(Frozen):
     )
 
 
+class GrpcKeepalive(Frozen):
+    """HTTP/2 keepalive of the callers' gRPC channels (grpc/grpc doc/keepalive.md, proposal A8).
+
+    A host that vanishes (its node or zone crashed) sends no RST/FIN, so a channel to it looks
+    READY until a keepalive ping goes unanswered: pings go ``time_s`` after the last activity,
+    and the transport is closed ``timeout_s`` after an unanswered one. Client defaults:
+    GRPC_ARG_KEEPALIVE_TIME_MS INT_MAX (off), GRPC_ARG_KEEPALIVE_TIMEOUT_MS 20 s,
+    GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS 0 (an idle channel is never pinged). A server
+    answers pings more frequent than GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS
+    (default 5 min) with GOAWAY ENHANCE_YOUR_CALM "too_many_pings", so it must allow the rate.
+    """
+
+    time_s: Annotated[float, Field(gt=0)] = Field(
+        description="GRPC_ARG_KEEPALIVE_TIME_MS: a ping this long after the last activity"
+    )
+    timeout_s: Annotated[float, Field(gt=0)] = Field(
+        20.0, description="GRPC_ARG_KEEPALIVE_TIMEOUT_MS: the transport closes this long after an unanswered ping"
+    )
+    permit_without_calls: bool = Field(
+        False, description="GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS: ping idle channels too"
+    )
+    server_min_ping_interval_s: Annotated[float, Field(gt=0)] = Field(
+        300.0,
+        description=(
+            "the servers' GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS: pings more frequent "
+            "than this get GOAWAY too_many_pings"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _servers_allow(self) -> "GrpcKeepalive":
+        if self.time_s < self.server_min_ping_interval_s:
+            raise ValueError(
+                f"time_s {self.time_s:g} is below server_min_ping_interval_s "
+                f"{self.server_min_ping_interval_s:g}: servers would answer GOAWAY too_many_pings "
+                "(grpc doc/keepalive.md); raise time_s or lower server_min_ping_interval_s"
+            )
+        return self
+
+
 class Policies(Frozen):
     """Defaults for every internal call, plus platform-wide settings.
 
@@ -141,6 +181,13 @@ class Policies(Frozen):
     grpc_channel: Literal["sticky_forever", "per_call", "refresh_on_failure"] = Field(
         "sticky_forever",
         description="gRPC edges: the spec's GrpcClient caches one client per service for ever",
+    )
+    grpc_keepalive: Optional[GrpcKeepalive] = Field(
+        None,
+        description=(
+            "gRPC edges with grpc_channel refresh_on_failure: HTTP/2 keepalive, which closes an idle "
+            "channel to a vanished host (node or zone crash); null: none (gRPC clients' default)"
+        ),
     )
     grpc_client: Literal["as_http", "spec"] = Field(
         "as_http",

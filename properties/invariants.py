@@ -1010,13 +1010,16 @@ def _calls_per_request(log: _Log, brokers: Sequence[str] = ()) -> pd.DataFrame:
                          "calls": counts.astype(np.int64)})
 
 
-def _repeats_by_caller(log: _Log, brokers: Sequence[str]) -> pd.DataFrame:
+def _repeats_by_caller(log: _Log, brokers: Sequence[str], skip_targets: Sequence[str] = ()) -> pd.DataFrame:
     """Per caller service: calls made (``call_start`` from its instances, message deliveries
-    left out) and repeats: calls with the same parent, target and operation as an earlier
-    one (retries, and a ``repeat`` node's siblings: the baseline has those too)."""
+    and calls to ``skip_targets`` left out) and repeats: calls with the same parent, target
+    and operation as an earlier one (retries, and a ``repeat`` node's siblings: the
+    baseline has those too)."""
     cs = log.rows("call_start")
     src = log.source[cs]
     keep = ~np.isin(src, list(brokers)) & (log.parent[cs] >= 0)
+    if skip_targets:
+        keep &= ~np.isin(log.target[cs], list(skip_targets))
     cs = cs[keep]
     # Work on codes: the callers' names are derived once per distinct source instance.
     scodes, sources = pd.factorize(log.source[cs])
@@ -1041,15 +1044,22 @@ def bounded_retry_amplification(record: Record, *, factor: Optional[float] = Non
     """Retries stay within the objectives, per request and in aggregate.
 
     **Per request**: for every request and every target (service or component), the calls
-    the request made to that target (``call_start`` rows with its request id: retries,
-    discovery lookups, token fetches included) are at most ``factor`` times the most the
-    baseline's requests of the same endpoint made to it (at least 1). ``factor`` is the
+    the request made to that target (``call_start`` rows with its request id: retries and
+    token fetches included) are at most ``factor`` times the most the baseline's requests
+    of the same endpoint made to it (at least 1). Discovery lookups (calls to a
+    ``registry`` component) are not attempts: a client looks up the service of each attempt
+    it makes (at most one lookup per attempt, sim/client.py ``_Logical.attempt``), so the
+    lookups of one request to the registry add up its calls to *different* services, and
+    those calls are judged per service here; the SRE book's limit is on "attempts of the
+    same request to the same service" (ch. 22, "Limit retries per request"). The most
+    lookups one request made is reported (``discovery_lookups_max``). ``factor`` is the
     objective ``objectives.max_attempts`` (SRE book: at most 3 attempts per request); what
     the policies allow (:func:`default_amplification_factor`) is reported beside it.
     ``quantile`` below 1 checks that quantile of the requests' worst ratio instead.
 
     **Aggregate**: per caller service, the share of its calls that repeat an earlier call
-    of the same parent to the same target and operation (retries) exceeds the baseline's
+    of the same parent to the same target and operation (retries; lookups left out, as
+    above) exceeds the baseline's
     share by at most ``extra_load`` (``objectives.retry_extra_load``; SRE book: retries
     under about 10% of requests).
 
@@ -1069,7 +1079,10 @@ def bounded_retry_amplification(record: Record, *, factor: Optional[float] = Non
     breq = record.baseline_requests.set_index("request")
     queues = tuple(c.name for c in sc.infrastructure if c.kind == "queue")
     brokers = () if messages else queues
+    registries = tuple(c.name for c in sc.infrastructure if c.kind == "registry")
     f = _calls_per_request(record.log, brokers)
+    lookups = f["calls"][f["target"].isin(registries)]
+    f = f[~f["target"].isin(registries)].reset_index(drop=True)
 
     def baseline_most() -> pd.Series:
         b = _calls_per_request(record.baseline_log, brokers)
@@ -1088,8 +1101,9 @@ def bounded_retry_amplification(record: Record, *, factor: Optional[float] = Non
         return Verdict("", True, "no request made a call: nothing to check", None,
                        {"factor": F, "checked": 0, "vacuous": True})
     # Aggregate extra load by caller service.
-    agg_r = _repeats_by_caller(record.log, queues)
-    agg_b = record.baseline_log.memo(("repeats", queues), lambda: _repeats_by_caller(record.baseline_log, queues))
+    agg_r = _repeats_by_caller(record.log, queues, registries)
+    agg_b = record.baseline_log.memo(("repeats", queues, registries),
+                                     lambda: _repeats_by_caller(record.baseline_log, queues, registries))
     share_r = agg_r["repeats"] / agg_r["calls"].clip(lower=1)
     share_b = (agg_b["repeats"] / agg_b["calls"].clip(lower=1)).reindex(share_r.index).fillna(0.0)
     extra = (share_r - share_b).sort_values(ascending=False, kind="stable")
@@ -1099,6 +1113,7 @@ def bounded_retry_amplification(record: Record, *, factor: Optional[float] = Non
     over = int((per_req > F).sum())
     details = {"factor": F, "predicted_factor": predicted, "extra_load": X, "quantile": quantile,
                "messages": messages, "statistic": stat, "requests": n,
+               "discovery_lookups_max": int(lookups.max()) if len(lookups) else 0,
                "requests_over": over, "max_ratio": float(per_req.max()),
                "p99_ratio": _nearest_rank(per_req.to_numpy(), 0.99),
                "retry_extra_load": {k: round(float(v), 4) for k, v in extra.items()},

@@ -222,7 +222,7 @@ class _ClientState:
     GrpcClient and one ServiceAuth per process)."""
 
     __slots__ = ("inst", "views", "edge_views", "balancers", "breakers", "outliers", "inflight", "channels",
-                 "budgets", "token_cache", "token_waiters", "active", "retrying")
+                 "channel_t", "budgets", "token_cache", "token_waiters", "active", "retrying")
 
     def __init__(self, inst: _Instance) -> None:
         self.inst = inst
@@ -233,6 +233,7 @@ class _ClientState:
         self.outliers: dict = {}
         self.inflight: dict = {}
         self.channels: dict = {}
+        self.channel_t: dict = {}  # callee -> when its cached channel was opened
         self.budgets: dict = {}
         self.token_cache = None
         self.token_waiters: list = []
@@ -285,7 +286,8 @@ class _Logical:
         self.attempt_no += 1
         eng = self.eng
         edge = self.edge
-        if edge.protocol == "grpc" and edge.channel != "per_call" and self.callee in self.client.channels:
+        if (edge.protocol == "grpc" and edge.channel != "per_call" and self.callee in self.client.channels
+                and not (edge.channel == "refresh_on_failure" and self._channel_closed())):
             # GrpcClient.getClient (3.3.2): `if (this.clients.has(cacheKey)) return
             # this.clients.get(cacheKey)`: a cached client asks the registry nothing.
             self._choose(None)
@@ -311,6 +313,42 @@ class _Logical:
                             reg.ops[None], timeout, self._discovered)
         else:
             self._discovered("ok")
+
+    def _channel_closed(self) -> bool:
+        """Whether the cached channel's connection has closed since it was opened
+        (``refresh_on_failure`` only: seed's GrpcClient never looks). If so, drop it.
+
+        gRPC doc/connectivity-semantics-and-api.md: a READY channel whose transport fails
+        goes to TRANSIENT_FAILURE/IDLE and asks its resolver to re-resolve; a client that
+        watches the state (grpc-js ``watchConnectivityState``) rebuilds it from discovery.
+        When the process dies on a live host, the host's kernel closes its sockets (RST/FIN),
+        so the client sees it at once. When the host vanishes (node/zone crash), nothing is
+        sent: only an unanswered HTTP/2 keepalive ping closes the idle transport, at most
+        ``time_s + timeout_s`` after the death (grpc doc/keepalive.md; a worst case: the ping
+        goes ``time_s`` after the last activity), and only if idle channels are pinged
+        (``permit_without_calls``). Otherwise the next call's failure does (``_ended``).
+        """
+        eng = self.eng
+        cl = self.client
+        now = eng.env.now
+        name = cl.channels[self.callee]
+        since = cl.channel_t[self.callee]
+        ka = eng.policies.grpc_keepalive
+        for t, vanished in reversed(eng.instance_by_name[name].deaths):
+            if t < since:
+                break
+            if not vanished:
+                at, how = t, "reset"
+            elif ka is not None and ka.permit_without_calls:
+                at, how = t + ka.time_s + ka.timeout_s, "keepalive"
+            else:
+                continue
+            if at <= now:
+                del cl.channels[self.callee]
+                eng._rec((now, "grpc_channel_closed", self.parent.req.id, None, self.parent.id,
+                          cl.inst.name, self.callee, name, None, how))
+                return True
+        return False
 
     def _discovered(self, outcome: str) -> None:
         eng = self.eng
@@ -364,6 +402,7 @@ class _Logical:
                 return
             if sticky:
                 cl.channels[self.callee] = name  # GrpcClient caches the client for ever
+                cl.channel_t[self.callee] = now
         self.inst = eng.instance_by_name[name]
         if edge.bulkhead is not None and cl.inflight.get(self.callee, 0) >= edge.bulkhead:
             eng.counters["bulkhead_rejections"] += 1

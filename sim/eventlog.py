@@ -67,6 +67,8 @@ EVENTS = {
     "breaker": "a circuit breaker changed state (operation: from; outcome: to)",
     "gateway_eject": "the gateway's outlier detection ejected a host (outcome: for how many seconds)",
     "gateway_uneject": "the gateway's outlier detection took an ejected host back",
+    "grpc_channel_closed": "a caller's cached gRPC channel saw its connection to a dead instance close "
+                           "(outcome: reset or keepalive); the call looks the service up again",
     "autoscale": "the autoscaler changed a service's instance count (outcome: by how many)",
     "fault_start": "a scheduled fault began (operation: its kind; outcome: its index in faults)",
     "fault_end": "a scheduled fault ended",

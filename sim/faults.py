@@ -64,8 +64,11 @@ class FaultsMixin:
         kind = f.kind
         now = self.env.now
         if kind in ("crash_instance", "crash_service", "crash_node", "crash_zone", "infra_outage"):
+            # A node or zone crash takes the hosts with it: nothing answers for them, so no
+            # RST/FIN reaches their peers (what a cached gRPC channel sees; sim/client.py).
+            vanished = kind in ("crash_node", "crash_zone")
             for inst in self._fault_instances(f):
-                self._crash(inst)
+                self._crash(inst, vanished)
         elif kind == "drain_instance":
             inst = self.instance_by_name[f.instance]
             if inst.up and not inst.draining:
@@ -139,12 +142,15 @@ class FaultsMixin:
             for inst in self._fault_instances(f):
                 inst.skew -= f.skew_s
 
-    def _crash(self, inst: _Instance) -> None:
+    def _crash(self, inst: _Instance, vanished: bool = False) -> None:
         """The process dies: every call it holds is reset (its caller gets an error), it
-        stays registered (nobody deregisters a dead process), checks start failing."""
+        stays registered (nobody deregisters a dead process), checks start failing.
+        ``vanished``: its host died too (node/zone crash), so idle connections to it are
+        not closed by its kernel."""
         if not inst.up:
             return
         self._touch(inst)
+        inst.deaths.append((self.env.now, vanished))
         inst.up = False
         inst.hung = False
         inst.draining = False

@@ -17,7 +17,7 @@ class _Instance:
         "name", "svc", "index", "node", "zone", "workers", "free", "queue", "qlimit", "up",
         "last", "qarea", "barea", "qmax", "served", "rejected", "orphans", "orphan_s",
         "snap", "credit", "wait_sum", "wait_n", "skew", "check_gen", "keys", "draining",
-        "calls", "hung", "slow", "fault_err",
+        "calls", "hung", "slow", "fault_err", "deaths",
     )
 
     def __init__(self, svc: "_Service", index: int, node: str, zone: str) -> None:
@@ -31,6 +31,7 @@ class _Instance:
         self.queue: deque = deque()
         self.qlimit = svc.qlimit
         self.up = False
+        self.deaths: list = []  # (time, vanished): when it died, and whether its host went with it
         self.last = 0.0
         self.qarea = 0.0  # integral of queue length over time
         self.barea = 0.0  # integral of busy workers over time

@@ -29,7 +29,10 @@ VIOLATES = {
     "A": {"no_cascading_failure", "bounded_recovery", "breaker_legality", "no_traffic_to_dead_instances",
           "redundancy", "endpoint_objectives"},
     "B": {"no_cascading_failure", "bounded_recovery", "conservation", "breaker_legality",
-          "no_traffic_to_dead_instances", "bounded_redelivery", "endpoint_objectives"},
+          "no_traffic_to_dead_instances", "bounded_redelivery", "endpoint_objectives",
+          # since discovery lookups are not counted as attempts (issue 10): seed's lookup
+          # before every call had diluted notification-service's retries (11.0% extra load)
+          "bounded_retry_amplification"},
     "C": {"token_safety"},
     "D": {"static_stability"},
 }

@@ -26,10 +26,9 @@ BASE = default_scenario().with_profile("hardened").with_run(warmup_s=10, duratio
 SCENARIO = BASE.with_run(duration_s=check_duration(BASE, fault_window_s=30))
 EXAMPLES = int(os.environ.get("HAILAN_CHECK_EXAMPLES", "3"))
 
-# Objectives hardened does not meet yet under the default objectives (docs/profiles.md,
-# "hardened against the default objectives"; found by `hailan-sim check --profile hardened`):
-# None left since issue 10 item 7 (docs/profiles.md, "hardened against the default
-# objectives"):
+# Objectives hardened does not meet yet under the default objectives are named in NOT_MET_YET
+# (docs/profiles.md, "hardened against the default objectives").
+# Met since issue 10 item 7 (docs/profiles.md, "hardened against the default objectives"):
 # - redundancy: a crash of an *entry* instance (iot-service-0) cost iot_sync 1.85% (budget
 #   1%) while the gateway kept routing to it; hardened's gateway now retries connect failures
 #   on another entry instance and ejects a dead one (policies.gateway);
@@ -39,9 +38,12 @@ EXAMPLES = int(os.environ.get("HAILAN_CHECK_EXAMPLES", "3"))
 #   p99 at 11.9 s; hardened runs a third (policies.min_instances, N+1).
 # The cascade through per-instance breakers that no_cascading_failure and redundancy saw when
 # one of auth-service's two instances crashed is gone since hardened ejects failing hosts
-# (Envoy outlier detection). The set stays so that an objective found unmet is named here,
-# with its measurement, rather than silently dropped from the property.
-NOT_MET_YET: set = set()
+# (Envoy outlier detection).
+# Not met:
+# - bounded_retry_amplification: tokens.on_401: refresh_retry re-sends a call after a 401
+#   without counting an attempt, so one call can reach its service max_attempts + 1 = 4
+#   times against the objective's 3 (found by 30 examples of this property; docs/profiles.md).
+NOT_MET_YET = {"bounded_retry_amplification"}
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
@@ -81,8 +83,8 @@ SLOW_EXAMPLES = 200
        seed=st.integers(0, 1))
 def test_hardened_holds_every_invariant_over_many_schedules(faults, seed):
     """The same property over SLOW_EXAMPLES generated schedules (issue 10: at least 200
-    against hardened with no alarm), with the same NOT_MET_YET left out (none since issue
-    10 item 7) and the same schedules beyond any policy (reach.lost_for_good) set aside."""
+    against hardened with no alarm), with the same NOT_MET_YET left out and the same
+    schedules beyond any policy (reach.lost_for_good) set aside."""
     _assert_holds(faults, seed)
 
 
