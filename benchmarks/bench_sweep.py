@@ -22,7 +22,11 @@ each comparison is also given **per round** (two cases measured minutes apart at
 the spread shows how far the machine's moods reach. The overhead of ``local-1`` and
 ``lean-1`` is judged on this process's CPU time too: they run in this process like
 ``bare``, so their CPU times compare even when other processes take the cores; wall time
-does not. Exit 1 if any case's runs give other event-log hashes than ``bare``'s.
+does not. Since two timed totals differ by the machine's drift as much as by the overhead,
+each round also runs the sweep's work run by run with each part timed on CPU as it
+happens (``_parts``: build the run's scenario, simulate, measure, store): the **overhead by
+parts** is what is not ``simulate`` over ``simulate``, measured in the same seconds. Exit 1
+if any case's runs give other event-log hashes than ``bare``'s.
 """
 
 from __future__ import annotations
@@ -72,6 +76,51 @@ def _case(case: str, plans: dict, scenarios: list) -> list[str]:
     return table.sort_values("run")["event_log_sha256"].tolist()
 
 
+def _parts(plan) -> dict:
+    """One sweep's work, run by run in this process, each part timed on CPU as it happens:
+    the run's scenario built from its point (``_payloads``), ``simulate`` (and the baseline
+    ``invariants`` needs), the metrics (``run_metrics``), the row stored (journal, Parquet
+    batch, manifest: ``SweepStore``) and the table loaded back. The overhead is what is not
+    ``simulate``, over ``simulate``: measured in the same seconds as the simulation it is
+    compared with, so the machine's drift cancels, unlike the difference of two timed runs."""
+    from hailan_sim import simulate
+    from hailan_sim.properties.invariants import without_faults
+    from hailan_sim.sweeps.execute import SweepStore, _payloads, load_results
+    from hailan_sim.sweeps.metrics import needs_events, run_metrics
+
+    cpu = {"build": 0.0, "simulate": 0.0, "metrics": 0.0, "store": 0.0}
+    clock = time.process_time
+    with tempfile.TemporaryDirectory() as d:
+        store = SweepStore(d, plan, resume=False)
+        payloads = _payloads(plan, plan.runs)
+        while True:
+            t = clock()
+            item = next(payloads, None)
+            cpu["build"] += clock() - t
+            if item is None:
+                break
+            index, scenario, metrics, recovery = item
+            t = clock()
+            result = simulate(scenario, keep_events=needs_events(metrics))
+            baseline = (simulate(without_faults(scenario), keep_events=True)
+                        if "invariants" in metrics else None)
+            cpu["simulate"] += clock() - t
+            t = clock()
+            row = run_metrics(scenario, result, metrics, success_ratio=recovery["success_ratio"],
+                              window_s=recovery["window_s"],
+                              false_trip_grace_s=recovery["false_trip_grace_s"], baseline=baseline)
+            cpu["metrics"] += clock() - t
+            t = clock()
+            store.add({"run": index, **row})
+            cpu["store"] += clock() - t
+        t = clock()
+        store.close()
+        load_results(d)
+        cpu["store"] += clock() - t
+    rest = cpu["build"] + cpu["metrics"] + cpu["store"]
+    return {**{k: round(v, 4) for k, v in cpu.items()}, "overhead": round(rest / cpu["simulate"], 4)}
+
+
 def _ratios(a: list[float], b: list[float]) -> list[float]:
     return [x / y for x, y in zip(a, b)]
 
@@ -114,6 +163,7 @@ def main(argv=None) -> int:
                  "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                              "loadavg_before": os.getloadavg()},
                  "cases": {}}
+    parts: dict[str, list[dict]] = {"full": [], "lean": []}
     wall: dict[str, list[float]] = {c: [] for c in cases}
     cpu: dict[str, list[float]] = {c: [] for c in cases}
     hashes: dict[str, list[str]] = {}
@@ -130,6 +180,9 @@ def main(argv=None) -> int:
                 hashes[case] = []  # not even the same case agrees with itself
             print(f"round {r + 1}/{args.rounds} {case:>8}: {wall[case][-1]:7.1f} s wall, "
                   f"{args.runs / wall[case][-1] * 60:6.1f} runs/min", file=sys.stderr)
+        for kind in ("full", "lean"):
+            gc.collect()
+            parts[kind].append(_parts(plans[kind]))
 
     for case in cases:
         med = statistics.median(wall[case])
@@ -160,6 +213,12 @@ def main(argv=None) -> int:
         else:
             v["pass"] = v["median"] >= SPEEDUP_TARGET
     out["ratios"] = ratios
+    # The overhead by parts: CPU of what is not simulate() over simulate(), per round.
+    out["overhead_by_parts"] = {
+        kind: {**_summary([p["overhead"] for p in runs]), "target": OVERHEAD_TARGET,
+               "pass": statistics.median(p["overhead"] for p in runs) < OVERHEAD_TARGET,
+               "cpu_s": runs}
+        for kind, runs in parts.items()}
     out["machine"]["loadavg_after"] = os.getloadavg()
 
     print(f"{args.runs} runs x {args.duration:g} simulated s, {args.rounds} interleaved rounds; "
@@ -175,6 +234,12 @@ def main(argv=None) -> int:
         else:
             print(f"{name}: {v['median']:.2f}x (rounds {', '.join(f'{x:.2f}' for x in v['per_round'])});"
                   f" target >= {SPEEDUP_TARGET}x: {'met' if v['pass'] else 'not met'}")
+    for kind, v in out["overhead_by_parts"].items():
+        last = v["cpu_s"][-1]
+        print(f"overhead by parts ({kind} metrics): {v['median']:+.2%} of simulate's CPU (rounds "
+              f"{', '.join(f'{x:+.2%}' for x in v['per_round'])}; last round: build {last['build']:.3f} s, "
+              f"metrics {last['metrics']:.3f} s, store {last['store']:.3f} s, simulate {last['simulate']:.2f} s);"
+              f" target < {OVERHEAD_TARGET:.0%}: {'met' if v['pass'] else 'not met'}")
     print(f"same event-log hashes in every case and round: {out['same_hashes']}")
     if args.json:
         with open(args.json, "w") as f:

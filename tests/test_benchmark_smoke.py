@@ -114,5 +114,10 @@ def test_bench_sweep_quick(tmp_path):
     assert res["ratios"]["speedup_local-2"]["target"] == 1.8
     assert res["ratios"]["overhead_local-1"]["target"] == 0.05
     assert isinstance(res["ratios"]["overhead_local-1"]["pass"], bool)
-    for word in ("speedup_local-2", "overhead_local-1", "same event-log hashes"):
+    for kind in ("full", "lean"):
+        parts = res["overhead_by_parts"][kind]
+        (cpu,) = parts["cpu_s"]
+        assert cpu["simulate"] > 0 and min(cpu["build"], cpu["metrics"], cpu["store"]) > 0
+        assert parts["median"] == cpu["overhead"] > 0
+    for word in ("speedup_local-2", "overhead_local-1", "overhead by parts", "same event-log hashes"):
         assert word in proc.stdout
