@@ -45,6 +45,8 @@ DEFAULT_TESTS = [
     "tests/test_spec_client_differential.py",
     "tests/test_mutants_killed.py",
     "tests/test_gateway.py",
+    "tests/test_grpc_channel.py",
+    "tests/test_min_instances.py",
 ]
 DEFAULT_DESELECT = "not keep_runs_deterministic and not run_the_default_deterministically and not every_run_logs"
 
