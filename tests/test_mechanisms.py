@@ -248,6 +248,24 @@ def test_steady_state_token_ages_are_uniform_over_the_refresh_period():
         assert d < 1.95 / math.sqrt(m), (tokens, d)
 
 
+def _rotation_at_15_s(**tokens):
+    """a -> b with issuer-signed tokens (auth), a call every 0.1 s for 40 s, 10 s tokens, the
+    issuer rotating to k1 at 15 s, verifiers caching the key set for 100 s; ``tokens`` adds
+    to or overrides the token policy."""
+    s = build(
+        [
+            svc("a", 3001, {"op": op(1, {"call": "b.op"})}, depends_on=["b", "auth"]),
+            svc("b", 3002, {"op": op(1)}, workers=8),
+            svc("auth", 3003, {"issue_token": op(1)}),
+        ],
+        [endpoint("a.op", trace(*[i * 0.1 for i in range(400)]))],
+        policies={"tokens": {"enabled": True, "signing": "issuer", "issuer": "auth.issue_token", "ttl_s": 10,
+                             "key_rotations_s": [15.0], "key_cache_ttl_s": 100, **tokens}},
+        duration_s=40,
+    )
+    return simulate(s, keep_events=True)
+
+
 def test_key_rotation_fails_calls_until_verifiers_refetch_keys():
     """The issuer rotates to k1 at 15 s; the first k1 token is fetched at 20 s (tokens last
     10 s). The verifier cached [k0] at ~0 s for 100 s, so a k1 token is unknown to it: with
@@ -255,19 +273,7 @@ def test_key_rotation_fails_calls_until_verifiers_refetch_keys():
     fetch is over (~30 s), without it it rejects k1 until the run ends (40 s)."""
 
     def run(refetch: bool):
-        s = build(
-            [
-                svc("a", 3001, {"op": op(1, {"call": "b.op"})}, depends_on=["b", "auth"]),
-                svc("b", 3002, {"op": op(1)}, workers=8),
-                svc("auth", 3003, {"issue_token": op(1)}),
-            ],
-            [endpoint("a.op", trace(*[i * 0.1 for i in range(400)]))],
-            policies={"tokens": {"enabled": True, "signing": "issuer", "issuer": "auth.issue_token", "ttl_s": 10,
-                                 "key_rotations_s": [15.0], "refetch_on_unknown_kid": refetch,
-                                 "key_cache_ttl_s": 100}},
-            duration_s=40,
-        )
-        return simulate(s, keep_events=True)
+        return _rotation_at_15_s(refetch_on_unknown_kid=refetch)
 
     with_refetch, without = run(True), run(False)
     for r in (with_refetch, without):
@@ -289,19 +295,7 @@ def test_a_key_published_a_cache_lifetime_ahead_is_known_when_first_used():
     lifetime does not reach the caches that were already filled."""
 
     def run(ahead: float):
-        s = build(
-            [
-                svc("a", 3001, {"op": op(1, {"call": "b.op"})}, depends_on=["b", "auth"]),
-                svc("b", 3002, {"op": op(1)}, workers=8),
-                svc("auth", 3003, {"issue_token": op(1)}),
-            ],
-            [endpoint("a.op", trace(*[i * 0.1 for i in range(400)]))],
-            policies={"tokens": {"enabled": True, "signing": "issuer", "issuer": "auth.issue_token", "ttl_s": 10,
-                                 "key_rotations_s": [15.0], "refetch_on_unknown_kid": False,
-                                 "key_cache_ttl_s": 100, "key_publish_ahead_s": ahead}},
-            duration_s=40,
-        )
-        return simulate(s, keep_events=True)
+        return _rotation_at_15_s(refetch_on_unknown_kid=False, key_publish_ahead_s=ahead)
 
     ahead, short, none = run(100.0), run(14.0), run(0.0)
     assert ahead.mechanisms["auth_401"] == 0
