@@ -432,8 +432,8 @@ def default_recovery_s(scenario: Scenario, *, slack_s: float = 10.0) -> float:
 
 def default_amplification_factor(scenario: Scenario) -> float:
     """The most one retrying layer can multiply a request's calls to any one target: the
-    largest ``retry.max_attempts`` of any edge, plus one when a 401 is refreshed and retried
-    (that attempt is not counted as a retry), or the gateway's ``num_retries + 1``; at least 2, because one-off work (a token
+    largest ``retry.max_attempts`` of any edge, at least 2 when a 401 is refreshed and resent
+    (the resend is one of the attempts), or the gateway's ``num_retries + 1``; at least 2, because one-off work (a token
     fetch, a discovery refresh) and random fan-out (repeat counts) can exceed the
     baseline's largest count but not double it. More than this means retries compounded
     across layers (the SRE book's 3 x 3 x 3) or redeliveries piled up."""
@@ -441,7 +441,7 @@ def default_amplification_factor(scenario: Scenario) -> float:
     attempts = max([_edge_policy(scenario, a, b)["retry"].max_attempts
                     for a, b in _edges(scenario)] or [pol.retry.max_attempts])
     if pol.tokens.enabled and pol.tokens.on_401 == "refresh_retry":
-        attempts += 1
+        attempts = max(attempts, 2)  # the refresh-and-resend is one of the attempts
     if pol.gateway is not None and pol.gateway.retry is not None:
         # The gateway's own attempts at an entry service (policies.gateway; it sends no token).
         attempts = max(attempts, pol.gateway.retry.num_retries + 1)

@@ -553,14 +553,21 @@ class _Logical:
         if outcome == "ok":
             self._finish("ok")
             return
-        if eng.last_call.auth_failed and eng.tokens.on_401 == "refresh_retry" and not self.auth_retried:
-            # One refresh-and-retry on a 401 (not counted as a retry attempt).
+        if eng.last_call.auth_failed and eng.tokens.on_401 == "refresh_retry" and not self.auth_retried \
+                and self.attempt_no < max(self.edge.retry.max_attempts, 2):
+            # One refresh-and-resend on a 401, at once (the token failed, not the server). The
+            # resend is another request to the service, so it is one of the call's attempts
+            # (SRE book, "Handling Overload": every attempt of a request counts against the
+            # 3-attempt limit): it takes one of retry.max_attempts, and an edge without
+            # retries still gets its one resend. With the attempts used up the token is
+            # refreshed for the next call and this one fails.
             self.auth_retried = True
             cl.token_cache.token = None
             eng.counters["auth_refresh_retries"] += 1
-            self.attempt_no -= 1
             self.attempt()
             return
+        if eng.last_call.auth_failed and eng.tokens.on_401 == "refresh_retry":
+            cl.token_cache.token = None
         if eng.last_call.pushback and self.edge.retry.pushback:
             self.pushed_back = True
             self._failed(outcome, retryable=False)

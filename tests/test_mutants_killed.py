@@ -380,3 +380,29 @@ def test_on_401_refresh_retry_refreshes_the_token_and_retries_once():
     assert log.requests["error"] > 50
     assert refresh.requests["ok"] == 400
     assert 1 <= refresh.mechanisms["auth_refresh_retries"] == refresh.mechanisms["auth_401"] <= 3
+
+
+def test_a_401_refresh_and_resend_is_one_of_the_attempts():
+    """hardened's bounded_retry_amplification (issue 10): the resend after a 401 is another
+    request to the service, so it takes one of retry.max_attempts. The caller's clock is 5 s
+    behind (the last 5 s of each token are expired to the verifier), and b fails every call
+    (error_rate 1.0): a call that meets a 401 is resent with a fresh token, fails, is retried
+    once more, and stops at 3 calls to b, not 4."""
+    nodes = [{"name": "n-a", "zone": "z", "clock_skew_s": -5.0}, {"name": "n-b", "zone": "z"}]
+    s = build(
+        [svc("a", 3001, {"op": op(1, {"call": "b.op"})}, depends_on=["b"], placement=["n-a"]),
+         svc("b", 3002, {"op": op(1, idempotent=True)}, placement=["n-b"], workers=8)],
+        [endpoint("a.op", trace(*[i * 0.1 for i in range(400)]))],
+        nodes=nodes,
+        policies={"tokens": {"enabled": True, "ttl_s": 20, "on_401": "refresh_retry"},
+                  "retry": {"max_attempts": 3, "retry_on": ["error"]}},
+        faults=[{"kind": "error_rate", "target": "b", "fraction": 1.0, "start_s": 0.0}],
+        duration_s=40,
+    )
+    r = simulate(s, keep_events=True)
+    ev = r.events()
+    assert r.mechanisms["auth_refresh_retries"] >= 1
+    to_b = ev[(ev.event == "call_start") & (ev.target == "b")].groupby("request").size()
+    assert to_b.max() == 3 and (to_b == 3).all()  # every request: 3 attempts, the resend among them
+    refreshed = set(ev[(ev.event == "auth_401")].request)
+    assert refreshed and set(to_b[to_b.index.isin(refreshed)]) == {3}
