@@ -87,7 +87,9 @@ class TokenPolicy(Frozen):
     )
     leeway_s: NonNegativeFloat = Field(0.0, description="clock tolerance when verifying (spec: 0)")
     on_401: Literal["log", "refresh_retry"] = Field(
-        "log", description="log: the call just fails (the spec only logs); refresh_retry: refresh the token and re-send once, the re-send one of retry.max_attempts"
+        "log",
+        description="log: the call just fails (the spec only logs); refresh_retry: refresh the token and "
+                    "re-send once, the re-send one of retry.max_attempts",
     )
     key_cache_ttl_s: PositiveFloat = Field(300.0, description="verifiers cache public keys (PyJWKClient: 300 s)")
     refetch_on_unknown_kid: bool = True
