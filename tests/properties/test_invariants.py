@@ -336,7 +336,7 @@ def test_defaults_derive_from_the_policies():
     gone = mini("seed", [{**AUTH_CRASH[0], "restart": False}])
     assert default_recovery_s(gone) == 2 + 105 + 60 + 10
     assert default_amplification_factor(seed) == 2.0  # no retries: the floor
-    assert default_amplification_factor(hard) == 4.0  # 3 attempts + one 401 refresh-retry
+    assert default_amplification_factor(hard) == 3.0  # 3 attempts; a 401's resend is one of them
     # The gateway's retries at an entry service count too (policies.gateway).
     gw = mini("seed", policies={"gateway": {"retry": {"num_retries": 4}}})
     assert default_amplification_factor(gw) == 5.0
@@ -677,7 +677,7 @@ def test_tokens_held_from_before_the_run_are_checked(signing):
 
 def test_amplification_hardened_single_layer_retries_hold(hardened_crash):
     v = _holds(get("bounded_retry_amplification")(hardened_crash))
-    assert v.details["mechanisms"]["retry_made"] and v.details["max_ratio"] <= 3.0 and v.details["predicted_factor"] == 4.0
+    assert v.details["mechanisms"]["retry_made"] and v.details["max_ratio"] <= 3.0 and v.details["predicted_factor"] == 3.0
 
 
 STOCK_FAILS = [{"kind": "error_rate", "target": "stock", "fraction": 1.0, "start_s": 30, "duration_s": 10}]
