@@ -979,8 +979,9 @@ def token_safety(record: Record) -> Verdict:
 
 
 def _calls_per_request(log: _Log, brokers: Sequence[str] = ()) -> pd.DataFrame:
-    """Calls per (request, target); calls from ``brokers`` (message deliveries) and every
-    call below them are left out. Rows in order of each pair's first call."""
+    """Calls per (request, target, operation); calls from ``brokers`` (message deliveries)
+    and every call below them are left out. Rows in order of each triple's first call;
+    ``operation`` is None for a component's calls (they name no operation)."""
     cs = log.rows("call_start")
     if brokers:
         # A call is asynchronous if a broker made it or its parent call is asynchronous (a
@@ -1000,14 +1001,25 @@ def _calls_per_request(log: _Log, brokers: Sequence[str] = ()) -> pd.DataFrame:
             async_ = more
         cs = cs[~async_]
     request, tcodes, targets = log.request[cs], *pd.factorize(log.target[cs])
+    ocodes, ops = pd.factorize(log.operation[cs])  # None -> -1
     known = tcodes >= 0  # groupby leaves out a missing target
-    request, tcodes = request[known], tcodes[known]
-    pair, _ = pd.factorize(request * np.int64(len(targets) + 1) + tcodes)  # first-seen order
-    counts = np.bincount(pair)
-    _, first = np.unique(pair, return_index=True)
+    request, tcodes, ocodes = request[known], tcodes[known], ocodes[known] + 1
+    O = np.int64(len(ops) + 1)
+    triple, _ = pd.factorize((request * np.int64(len(targets) + 1) + tcodes) * O + ocodes)  # first-seen order
+    counts = np.bincount(triple)
+    _, first = np.unique(triple, return_index=True)
+    op_names = np.asarray([None] + list(ops), dtype=object)
     return pd.DataFrame({"request": request[first],
                          "target": pd.Series(np.asarray(targets, dtype=object)[tcodes[first]], dtype=object),
+                         "operation": pd.Series(op_names[ocodes[first]], dtype=object),
                          "calls": counts.astype(np.int64)})
+
+
+def _call_label(calls: pd.DataFrame) -> pd.Series:
+    """``target.operation`` (``target`` alone for a component's calls), one label per row of
+    :func:`_calls_per_request`."""
+    return pd.Series([t if o is None else f"{t}.{o}" for t, o in zip(calls["target"], calls["operation"])],
+                     index=calls.index, dtype=object)
 
 
 def _repeats_by_caller(log: _Log, brokers: Sequence[str], skip_targets: Sequence[str] = ()) -> pd.DataFrame:
@@ -1043,10 +1055,19 @@ def bounded_retry_amplification(record: Record, *, factor: Optional[float] = Non
                                 messages: bool = False) -> Verdict:
     """Retries stay within the objectives, per request and in aggregate.
 
-    **Per request**: for every request and every target (service or component), the calls
-    the request made to that target (``call_start`` rows with its request id: retries and
-    token fetches included) are at most ``factor`` times the most the baseline's requests
-    of the same endpoint made to it (at least 1). Discovery lookups (calls to a
+    **Per request**: for every request and every operation of a service (every component,
+    whose calls name no operation), the calls the request made to it (``call_start`` rows
+    with its request id, from any of its callers: retries, a 401's resend and token
+    fetches included) are at most ``factor`` times the most the baseline's requests of the
+    same endpoint made to it (at least 1). Attempts are counted per operation because the
+    SRE book's limit is on attempts *of the same request* (ch. 22, "Limit retries per
+    request"): when two callers of one request each draw a 401 (from a verifier whose
+    clock is skewed, say), each fetches a token and re-sends, so auth-service gets four
+    calls, but no operation of it more than twice (``verify_token`` twice,
+    ``issue_token`` twice), and no call was attempted more than twice. Attempts at several
+    layers still add up on the operation they repeat (``max_attempts`` per layer, raised
+    to the number of layers), and a caller that fetches a token for every attempt
+    multiplies its ``issue_token`` calls by its attempts. Discovery lookups (calls to a
     ``registry`` component) are not attempts: a client looks up the service of each attempt
     it makes (at most one lookup per attempt, sim/client.py ``_Logical.attempt``), so the
     lookups of one request to the registry add up its calls to *different* services, and
@@ -1087,12 +1108,14 @@ def bounded_retry_amplification(record: Record, *, factor: Optional[float] = Non
     def baseline_most() -> pd.Series:
         b = _calls_per_request(record.baseline_log, brokers)
         b["endpoint"] = b["request"].map(breq["endpoint"])
-        return b.groupby(["endpoint", "target"], sort=False)["calls"].max()
+        b["what"] = _call_label(b)
+        return b.groupby(["endpoint", "what"], sort=False)["calls"].max()
 
-    # The baseline's most per (endpoint, target): once per baseline, not per example.
-    ref = record.baseline_log.memo(("most_calls", brokers), baseline_most)
+    # The baseline's most per (endpoint, target, operation): once per baseline, not per example.
+    ref = record.baseline_log.memo(("most_calls_by_operation", brokers), baseline_most)
     f["endpoint"] = f["request"].map(req["endpoint"])
-    keys = pd.MultiIndex.from_arrays([f["endpoint"], f["target"]])
+    f["what"] = _call_label(f)
+    keys = pd.MultiIndex.from_arrays([f["endpoint"], f["what"]])
     f["ref"] = np.maximum(ref.reindex(keys).fillna(1).to_numpy(), 1)
     f["ratio"] = f["calls"] / f["ref"]
     per_req = f.groupby("request", sort=True)["ratio"].max()
@@ -1118,7 +1141,8 @@ def bounded_retry_amplification(record: Record, *, factor: Optional[float] = Non
                "p99_ratio": _nearest_rank(per_req.to_numpy(), 0.99),
                "retry_extra_load": {k: round(float(v), 4) for k, v in extra.items()},
                "worst": {"request": int(w["request"]), "endpoint": w["endpoint"], "target": w["target"],
-                         "calls": int(w["calls"]), "baseline_max": int(w["ref"])},
+                         "operation": w["operation"], "calls": int(w["calls"]),
+                         "baseline_max": int(w["ref"])},
                "checked": n, "vacuous": False}
     rq = req.loc[int(w["request"])]
     window = (float(rq["start"]), float(rq["end"]) if not pd.isna(rq["end"]) else record.result.end_s)
@@ -1128,7 +1152,7 @@ def bounded_retry_amplification(record: Record, *, factor: Optional[float] = Non
     if stat > F:
         problems.append(
             f"request {int(w['request'])} ({w['endpoint']}, started {window[0]:g} s) made "
-            f"{int(w['calls'])} calls to {w['target']}, {w['ratio']:.1f}x the baseline's most "
+            f"{int(w['calls'])} calls to {w['what']}, {w['ratio']:.1f}x the baseline's most "
             f"({int(w['ref'])}); the objective is {F:g}x ({beside}); {over} request(s) over it")
     if len(extra) and float(extra.iloc[0]) > X + 1e-12:
         c = extra.index[0]
@@ -1142,7 +1166,7 @@ def bounded_retry_amplification(record: Record, *, factor: Optional[float] = Non
         return Verdict("", False, "; ".join(problems), window or (0.0, record.result.end_s), details)
     top = f"; the most extra load: {extra.index[0]} +{100 * float(extra.iloc[0]):.1f}%" if len(extra) else ""
     return Verdict("", True, f"{what} per-request amplification was {stat:.2f}x (objective {F:g}x, "
-                             f"{beside}; worst: {int(w['calls'])} calls to {w['target']} vs at most "
+                             f"{beside}; worst: {int(w['calls'])} calls to {w['what']} vs at most "
                              f"{int(w['ref'])} in the baseline){top}", None, details)
 
 

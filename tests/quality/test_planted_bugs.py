@@ -184,7 +184,7 @@ BUGS = {
     "retry_loop_without_backoff": Bug(
         lambda: _scenario(retry=RETRY), "bounded_retry_amplification", ("crash_instance", "error_rate"),
         _plant_retry_loop_without_backoff, ("retry_made",),
-        ("calls to b,", "the objective is 3x"),
+        ("calls to b.op,", "the objective is 3x"),
     ),
 }
 
