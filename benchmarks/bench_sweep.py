@@ -83,10 +83,7 @@ def _parts(plan) -> dict:
     batch, manifest: ``SweepStore``) and the table loaded back. The overhead is what is not
     ``simulate``, over ``simulate``: measured in the same seconds as the simulation it is
     compared with, so the machine's drift cancels, unlike the difference of two timed runs."""
-    from hailan_sim import simulate
-    from hailan_sim.properties.invariants import without_faults
-    from hailan_sim.sweeps.execute import SweepStore, _payloads, load_results
-    from hailan_sim.sweeps.metrics import needs_events, run_metrics
+    from hailan_sim.sweeps.execute import SweepStore, _payloads, load_results, run_task
 
     cpu = {"build": 0.0, "simulate": 0.0, "metrics": 0.0, "store": 0.0}
     clock = time.process_time
@@ -99,19 +96,9 @@ def _parts(plan) -> dict:
             cpu["build"] += clock() - t
             if item is None:
                 break
-            index, scenario, metrics, recovery = item
+            row = run_task(item, cpu)  # the sweep's own task: adds "simulate" and "metrics"
             t = clock()
-            result = simulate(scenario, keep_events=needs_events(metrics))
-            baseline = (simulate(without_faults(scenario), keep_events=True)
-                        if "invariants" in metrics else None)
-            cpu["simulate"] += clock() - t
-            t = clock()
-            row = run_metrics(scenario, result, metrics, success_ratio=recovery["success_ratio"],
-                              window_s=recovery["window_s"],
-                              false_trip_grace_s=recovery["false_trip_grace_s"], baseline=baseline)
-            cpu["metrics"] += clock() - t
-            t = clock()
-            store.add({"run": index, **row})
+            store.add(row)
             cpu["store"] += clock() - t
         t = clock()
         store.close()

@@ -25,6 +25,7 @@ import concurrent.futures as cf
 import json
 import os
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Union
@@ -62,8 +63,14 @@ def _version() -> str:
 # --------------------------------------------------------------------------- one run
 
 
-def run_task(payload: tuple) -> dict:
-    """Simulate one run and measure it (module level: pickled to workers)."""
+def run_task(payload: tuple, cpu: Optional[dict] = None) -> dict:
+    """Simulate one run and measure it (module level: pickled to workers).
+
+    ``cpu``: if given, the process CPU seconds of the simulations (the run, and the
+    baseline that ``invariants`` needs) and of the metrics are added to its ``"simulate"``
+    and ``"metrics"`` entries (benchmarks/bench_sweep.py's overhead by parts)."""
+    clock = time.process_time
+    t0 = clock()
     index, scenario, metrics, recovery = payload
     keep = needs_events(metrics)
     result = simulate(scenario, keep_events=keep)
@@ -72,9 +79,13 @@ def run_task(payload: tuple) -> dict:
         from hailan_sim.properties.invariants import without_faults
 
         baseline = simulate(without_faults(scenario), keep_events=True)
+    t1 = clock()
     row = run_metrics(scenario, result, metrics, success_ratio=recovery["success_ratio"],
                       window_s=recovery["window_s"], false_trip_grace_s=recovery["false_trip_grace_s"],
                       baseline=baseline)
+    if cpu is not None:
+        cpu["simulate"] = cpu.get("simulate", 0.0) + (t1 - t0)
+        cpu["metrics"] = cpu.get("metrics", 0.0) + (clock() - t1)
     return {"run": index, **row}
 
 
