@@ -14,8 +14,10 @@ FILE``) reproduces it exactly.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -687,7 +689,12 @@ def check(
             violated(name, faults, sim_seed, len(covers) + seen["n"], "search")
 
     try:
-        _phases()
+        # Hypothesis prints its own warnings on stdout (for example "spent more than five
+        # minutes working to shrink", hypothesis.internal.conjecture.engine
+        # MAX_SHRINKING_SECONDS); stdout is the report's (`check --json`), so they go to
+        # stderr with the progress bar.
+        with contextlib.redirect_stdout(sys.stderr):
+            _phases()
     except KeyboardInterrupt:
         # Ctrl-C: report what was checked so far, with the counterexamples already saved.
         interrupted = True

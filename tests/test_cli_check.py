@@ -29,6 +29,16 @@ def _broken(tmp_path: Path) -> Path:
 
 def test_check_json_reports_every_invariant_and_exits_accordingly(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # as on a terminal: a progress bar
+    from hailan_sim.properties import checker
+
+    real_find = checker.find
+
+    def find_that_warns(*args, **kwargs):
+        # As Hypothesis does after 5 minutes of shrinking: a warning printed on stdout.
+        print("WARNING: Hypothesis has spent more than five minutes working to shrink")
+        return real_find(*args, **kwargs)
+
+    monkeypatch.setattr(checker, "find", find_that_warns)
     code = main(["check", str(SMALL), "--json", "--max-examples", "2", "--max-faults", "1",
                  "--kinds", "crash_instance", "--invariant", "conservation",
                  "--invariant", "bounded_recovery", "--out", str(tmp_path / "cx"),
@@ -52,6 +62,7 @@ def test_check_json_reports_every_invariant_and_exits_accordingly(tmp_path, caps
     for r in d["invariants"].values():
         assert r["found_by"] in ((None,) if r["status"] == "held" else ("cover", "search"))
     assert d["simulations"] >= 2 and "sim" in out.err  # progress went to stderr
+    assert "five minutes" in out.err  # and so did Hypothesis's own output: stdout is the JSON
     # the version and the settings it ran with; the same report is saved beside the counterexamples
     assert d["version"] == __version__ and d["interrupted"] is False
     assert d["settings"]["max_examples"] == 2 and d["settings"]["kinds"] == ["crash_instance"]
