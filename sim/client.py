@@ -584,7 +584,18 @@ class _Logical:
             # nobody waits for its answer (gRFC A6: the original RPC and all its retries
             # are bound by the deadline).
             retryable = False
-        if retryable and retry.should_retry(self.attempt_no, outcome, self.op.idempotent) and self._budget_allows():
+        if retryable and retry.should_retry(self.attempt_no, outcome, self.op.idempotent):
+            if not self._budget_allows():
+                # The retry budget refused a retry the policy allows: this layer has decided
+                # the call should not be retried, so its answer says so too ("overloaded; don't
+                # retry", Google SRE book ch. 21, "Deciding to Retry": retries only at the layer
+                # above the failure, never a combinatorial explosion). Without it the caller,
+                # seeing a first-attempt failure, retried the layer whose budget was empty:
+                # 4 calls to auth-service.verify_token for one request (hardened, error_rate
+                # on auth-service; found by `check --profile hardened`).
+                self.pushed_back = True
+                self._finish(outcome)
+                return
             delay = retry.delay(self.attempt_no, self.prev_delay, eng._retry_u(self.parent.op.svc.name, self.callee))
             self.prev_delay = delay
             eng.counters["retries"] += 1
