@@ -299,6 +299,27 @@ def test_pushback_stops_the_callers_retries():
     assert run(False) == 60
 
 
+def test_a_retry_the_budget_refuses_is_pushed_back_too():
+    """a -> b -> c, c always fails, both layers may retry (3 attempts, pushback), but b's
+    retry budget towards c is empty (Finagle, 0% and 0 a second): b makes one attempt and
+    its answer must say "don't retry" as if its retries had failed (SRE book ch. 21), or
+    a retries b and c gets 3 calls per request instead of 1 (found by `check --profile
+    hardened`: 4 calls to auth-service.verify_token for one request)."""
+    empty = {"kind": "finagle", "percent_can_retry": 0.0, "min_retries_per_s": 0}
+    s = build(
+        [svc("a", 3001, {"op": op(1, {"call": "b.op"})}, depends_on=["b"], workers=64),
+         svc("b", 3002, {"op": op(1, {"call": "c.op"}, idempotent=True)}, depends_on=["c"], workers=64),
+         svc("c", 3003, {"op": op(1, error_probability=1.0, idempotent=True)}, workers=64)],
+        [endpoint("a.op", trace(*[1 + i * 0.05 for i in range(20)]), timeout_s=60)],
+        policies={"retry": {"max_attempts": 3, "pushback": True,
+                            "backoff": {"kind": "constant", "delay_s": 0.001}},
+                  "edges": [{"caller": "b", "callee": "c", "retry_budget": empty}]},
+    )
+    ev = _events(s)
+    assert int(((ev.event == "call_start") & (ev.target == "c")).sum()) == 20
+    assert int(((ev.event == "call_start") & (ev.target == "b")).sum()) == 20
+
+
 def test_outlier_detection_ejects_a_failing_instance():
     """b-0 fails every call from 1 s; after 5 consecutive errors Envoy's detector ejects it
     for 30 s, so a stops sending it calls."""
