@@ -740,6 +740,10 @@ class OutlierDetector:
         self.rng = rng
         self.start = start
         self._sweeps = 0  # sweeps done; the next is at start + (sweeps + 1) * interval
+        # NOTE: for speed (every result and every pick asks): that next sweep's time, computed
+        # by the same expression whenever _sweeps changes, and how many hosts are ejected.
+        self._due = start + config.interval_s
+        self._n_ejected = 0
         self._hosts: dict[str, _HostMonitor] = {}
         self.events: list[tuple[float, str, str]] = []
         self.overflows = 0  # ENV stats ejections_overflow
@@ -755,14 +759,18 @@ class OutlierDetector:
         wanted = dict.fromkeys(hosts)
         for host in list(self._hosts):
             if host not in wanted:
-                del self._hosts[host]
+                if self._hosts.pop(host).ejected:
+                    self._n_ejected -= 1
         for host in wanted:
             self._hosts.setdefault(host, _HostMonitor())
 
     def on_result(self, now: float, host: str, outcome: str) -> None:
         _check_outcome(outcome)
-        self._fire_timers(now)
-        monitor = self._hosts.setdefault(host, _HostMonitor())
+        if now >= self._due:
+            self._fire_timers(now)
+        monitor = self._hosts.get(host)
+        if monitor is None:
+            monitor = self._hosts[host] = _HostMonitor()
         monitor.current[1] += 1  # incTotalReqCounter
         if outcome in self.config.failure_on:  # ENV putHttpResponseCode: is5xx
             monitor.consecutive_5xx += 1
@@ -785,8 +793,13 @@ class OutlierDetector:
     def eligible(self, now: float, hosts: Sequence[str]) -> list[str]:
         """The hosts a load balancer may pick from, in the order given: the non-ejected ones,
         or all of them when fewer than ``panic_threshold_percent`` are healthy (panic)."""
-        self._fire_timers(now)
+        if now >= self._due:
+            self._fire_timers(now)
         hosts = list(hosts)
+        if not self._n_ejected:
+            # Nothing ejected: every host is healthy (100% when there are any, so no panic;
+            # none: 0% healthy, and the empty list either way).
+            return hosts
         healthy = [h for h in hosts if not (h in self._hosts and self._hosts[h].ejected)]
         # ENV LoadBalancerBase::isHostSetInPanic: healthy_percent < panic threshold (strict);
         # no hosts counts as 0 % healthy.
@@ -797,7 +810,7 @@ class OutlierDetector:
 
     def next_timer(self, now: float) -> float:
         """Time of the next interval sweep (may be <= now if overdue)."""
-        return self.start + (self._sweeps + 1) * self.config.interval_s
+        return self._due
 
     def tick(self, now: float) -> None:
         self._fire_timers(now)
@@ -823,10 +836,11 @@ class OutlierDetector:
 
     def _fire_timers(self, now: float) -> None:
         while True:
-            due = self.start + (self._sweeps + 1) * self.config.interval_s
+            due = self._due
             if due > now:
                 return
             self._sweeps += 1
+            self._due = self.start + (self._sweeps + 1) * self.config.interval_s
             self._sweep(due)
 
     def _enforced(self, percent: int) -> bool:
@@ -857,6 +871,7 @@ class OutlierDetector:
         if not self._enforced(enforcing):
             return
         monitor.ejected = True  # DetectorHostMonitorImpl::eject
+        self._n_ejected += 1
         monitor.num_ejections += 1
         monitor.last_ejection = now
         if self.config.max_ejection_jitter_s > 0:
@@ -872,6 +887,7 @@ class OutlierDetector:
     def _uneject(self, now: float, host: str, monitor: _HostMonitor) -> None:
         # ENV DetectorImpl::unejectHost: counters reset, last_unejection_time = now
         monitor.ejected = False
+        self._n_ejected -= 1
         monitor.consecutive_5xx = 0
         monitor.last_unejection = now
         self.events.append((now, "uneject", host))
