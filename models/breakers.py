@@ -397,10 +397,18 @@ class _TimeWindow:
         self.size = size
         self._buckets: dict[int, list[int]] = {}  # epoch second -> [calls, failed, slow], ascending
         self.calls = self.failed = self.slow = 0
+        # NOTE: for speed: the epoch second the window was last moved to. Moving again within
+        # that second drops nothing (every bucket kept then, and every bucket added since, is
+        # at least that second's oldest kept), so it is skipped.
+        self._moved: Optional[int] = None
 
     def move(self, now: float) -> None:
         # SlidingTimeWindowMetrics.moveWindowToCurrentEpochSecond: keep (current - size, current].
-        oldest_kept = math.floor(now) - self.size + 1
+        current = math.floor(now)
+        if current == self._moved:
+            return
+        self._moved = current
+        oldest_kept = current - self.size + 1
         buckets = self._buckets
         while buckets:
             second = next(iter(buckets))  # dict keys in insertion (= ascending) order
@@ -413,7 +421,10 @@ class _TimeWindow:
 
     def record(self, now: float, failed: bool, slow: bool) -> None:
         self.move(now)
-        bucket = self._buckets.setdefault(math.floor(now), [0, 0, 0])
+        second = self._moved  # math.floor(now), set by move
+        bucket = self._buckets.get(second)
+        if bucket is None:
+            bucket = self._buckets[second] = [0, 0, 0]
         bucket[0] += 1
         bucket[1] += failed
         bucket[2] += slow
@@ -469,9 +480,9 @@ class SlidingWindowBreaker(_StateMachine):
     # ----------------------------------------------------------------- interface
 
     def allow(self, now: float) -> bool:
-        self._fire_timers(now)
         if self.state == CLOSED:
-            return True  # ClosedState.tryAcquirePermission
+            return True  # ClosedState.tryAcquirePermission (CLOSED has no timer to fire)
+        self._fire_timers(now)  # timers only move OPEN <-> HALF_OPEN
         if self.state == OPEN:
             assert self.retry_at is not None
             if now > self.retry_at:  # R4J OpenState: clock.instant().isAfter(retryAfterWaitDuration)
@@ -486,7 +497,8 @@ class SlidingWindowBreaker(_StateMachine):
 
     def on_result(self, now: float, outcome: str, duration: float) -> None:
         _check_outcome(outcome)
-        self._fire_timers(now)
+        if self.state != CLOSED:  # CLOSED has no timer to fire
+            self._fire_timers(now)
         if outcome in self.config.ignore_on:
             # R4J handleThrowable: the ignore predicate is tested first; an ignored exception
             # -> releasePermission(), nothing recorded.
