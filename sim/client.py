@@ -13,7 +13,7 @@ import bisect
 from typing import Optional
 
 from hailan_sim.models.balancers import make_balancer
-from hailan_sim.models.breakers import OutlierDetector, make_breaker
+from hailan_sim.models.breakers import CLOSED, OutlierDetector, make_breaker
 from hailan_sim.models.policies import EDGE_FIELDS
 from hailan_sim.models.registry import make_view
 from hailan_sim.models.retry import NoBudget
@@ -100,6 +100,11 @@ class ClientMixin:
         the run began publish before time 0: a verifier's first fetch already holds them."""
         return [f"k{i}" for i in range(bisect.bisect_right(self._rotations, now + self._publish_ahead) + 1)]
 
+    def _published_now(self) -> list[str]:
+        """The key set at the current instant (what a verifier fetches when it must; one bound
+        method instead of a closure made for every verification)."""
+        return self._published_kids(self.env.now)
+
     def _verify(self, c: _Call, inst: _Instance) -> bool:
         """The callee checks the caller's token on its own clock; False: it answered 401."""
         tp = self.tokens
@@ -108,7 +113,7 @@ class ClientMixin:
         if inst.keys is None:
             inst.keys = KeySet(ttl_s=tp.key_cache_ttl_s, refetch_on_unknown_kid=tp.refetch_on_unknown_kid)
         token = c.token
-        known = inst.keys.known(clock, token.kid, lambda: self._published_kids(now))
+        known = inst.keys.known(clock, token.kid, self._published_now)
         verdict = verify(token, clock, tp.leeway_s, (token.kid,) if known else (), tp.verifier)
         if verdict == "ok":
             return True
@@ -147,6 +152,7 @@ class ClientMixin:
         cl = self._clients.get(inst.name)
         if cl is None:
             cl = self._clients[inst.name] = _ClientState(inst)
+        inst.client = cl  # NOTE: for speed, every call of _Logical reads it there
         return cl
 
     def _refused(self, req, parent: _Call, op: _Op, event: str, outcome: str, instance=None) -> None:
@@ -188,7 +194,8 @@ class _Edge:
     """Resolved policies of one caller -> callee edge (see ``Engine._edge``)."""
 
     __slots__ = ("timeout", "discovery", "balancer", "breaker", "scope", "outlier", "retry",
-                 "budget", "bulkhead", "deadline", "protocol", "channel", "fast")
+                 "budget", "bulkhead", "deadline", "protocol", "channel", "fast", "sticky", "refresh",
+                 "finagle", "throttle")
 
     def __init__(self, f: dict, registry: bool, tokens: bool) -> None:
         self.timeout = f["timeout_s"]
@@ -209,6 +216,12 @@ class _Edge:
             # passes one; grpc.io "Deadlines": "By default, gRPC does not set a deadline").
             self.timeout = None
             self.breaker = None
+        # NOTE: for speed, what the client pipeline asks on every call, decided once per edge:
+        # a cached gRPC channel, rebuilt on failure; the budget's kind.
+        self.sticky = self.protocol == "grpc" and self.channel != "per_call"
+        self.refresh = self.protocol == "grpc" and self.channel == "refresh_on_failure"
+        self.finagle = self.budget is not None and self.budget.kind == "finagle"
+        self.throttle = self.budget is not None and self.budget.kind == "grpc_throttle"
         # Nothing to do but pick a random up instance: the engine's fast path.
         self.fast = not (
             registry or tokens or self.breaker or self.outlier or self.bulkhead or self.deadline
@@ -222,7 +235,7 @@ class _ClientState:
     GrpcClient and one ServiceAuth per process)."""
 
     __slots__ = ("inst", "views", "edge_views", "balancers", "breakers", "outliers", "inflight", "channels",
-                 "channel_t", "budgets", "token_cache", "token_waiters", "active", "retrying")
+                 "channel_seen", "budgets", "token_cache", "token_waiters", "active", "retrying")
 
     def __init__(self, inst: _Instance) -> None:
         self.inst = inst
@@ -233,7 +246,7 @@ class _ClientState:
         self.outliers: dict = {}
         self.inflight: dict = {}
         self.channels: dict = {}
-        self.channel_t: dict = {}  # callee -> when its cached channel was opened
+        self.channel_seen: dict = {}  # callee -> deaths of its channel's instance before it opened
         self.budgets: dict = {}
         self.token_cache = None
         self.token_waiters: list = []
@@ -263,7 +276,8 @@ class _Logical:
         self.fallback = fallback
         self.attempt_no = 0
         self.prev_delay = 0.0
-        self.client = eng._client(parent.inst)
+        cl = parent.inst.client
+        self.client = cl if cl is not None else eng._client(parent.inst)
         self.callee = op.svc.name
         self.inst = None
         self.breaker = None
@@ -272,8 +286,7 @@ class _Logical:
         self.pushed_back = False
         self.token = None
         self.with_token = eng.tokens is not None
-        budget = edge.budget
-        if budget is not None and budget.kind == "finagle":
+        if edge.finagle:
             self._budget().deposit(eng.env.now)
 
     def _budget(self):
@@ -286,8 +299,8 @@ class _Logical:
         self.attempt_no += 1
         eng = self.eng
         edge = self.edge
-        if (edge.protocol == "grpc" and edge.channel != "per_call" and self.callee in self.client.channels
-                and not (edge.channel == "refresh_on_failure" and self._channel_closed())):
+        if (edge.sticky and self.callee in self.client.channels
+                and not (edge.refresh and self._channel_closed())):
             # GrpcClient.getClient (3.3.2): `if (this.clients.has(cacheKey)) return
             # this.clients.get(cacheKey)`: a cached client asks the registry nothing.
             self._choose(None)
@@ -330,13 +343,15 @@ class _Logical:
         """
         eng = self.eng
         cl = self.client
-        now = eng.env.now
         name = cl.channels[self.callee]
-        since = cl.channel_t[self.callee]
+        deaths = eng.instance_by_name[name].deaths
+        seen = cl.channel_seen[self.callee]
+        if len(deaths) == seen:
+            return False  # no death since the channel was opened: O(1) on every cached call
+        now = eng.env.now
         ka = eng.policies.grpc_keepalive
-        for t, vanished in reversed(eng.instance_by_name[name].deaths):
-            if t < since:
-                break
+        # Only the deaths since the channel opened (``deaths`` is in time order).
+        for t, vanished in reversed(deaths[seen:]):
             if not vanished:
                 at, how = t, "reset"
             elif ka is not None and ka.permit_without_calls:
@@ -377,7 +392,7 @@ class _Logical:
                 outlier = cl.outliers[self.callee] = OutlierDetector(edge.outlier, names, start=now)
             names = outlier.eligible(now, names)
         name = None
-        sticky = edge.protocol == "grpc" and edge.channel != "per_call"
+        sticky = edge.sticky
         if sticky and names is None:
             # A cached channel (attempt() skipped discovery for it). A call that found no
             # channel and looked the service up picks its own instance and replaces any
@@ -402,7 +417,14 @@ class _Logical:
                 return
             if sticky:
                 cl.channels[self.callee] = name  # GrpcClient caches the client for ever
-                cl.channel_t[self.callee] = now
+                # The deaths it has already seen: those before now (one at this very instant
+                # may still close it, as when the channel kept its opening time and the scan
+                # took every death at or after it).
+                deaths = eng.instance_by_name[name].deaths
+                seen = len(deaths)
+                while seen and deaths[seen - 1][0] >= now:
+                    seen -= 1
+                cl.channel_seen[self.callee] = seen
         self.inst = eng.instance_by_name[name]
         if edge.bulkhead is not None and cl.inflight.get(self.callee, 0) >= edge.bulkhead:
             eng.counters["bulkhead_rejections"] += 1
@@ -417,7 +439,10 @@ class _Logical:
             self.breaker, self.br_key = br, key
             before = len(br.transitions)
             allowed = br.allow(now)
-            eng._breaker_logged(br, before, cl.inst.name, key)
+            if len(br.transitions) != before or br.state != CLOSED:
+                # NOTE: for speed: with no transition a CLOSED breaker has nothing to log and
+                # no timer to drive (next_timer is None for every breaker kind when CLOSED).
+                eng._breaker_logged(br, before, cl.inst.name, key)
             if not allowed:
                 eng.counters["short_circuits"] += 1
                 eng._refused(self.parent.req, self.parent, self.op, "short_circuit", "error", name)
@@ -538,17 +563,18 @@ class _Logical:
         if bal is not None:
             bal.on_end(name, now, rtt, outcome == "ok")
         if self.breaker is not None:
-            before = len(self.breaker.transitions)
-            self.breaker.on_result(now, outcome, rtt)
-            eng._breaker_logged(self.breaker, before, cl.inst.name, self.br_key)
+            br = self.breaker
+            before = len(br.transitions)
+            br.on_result(now, outcome, rtt)
+            if len(br.transitions) != before or br.state != CLOSED:  # see _choose
+                eng._breaker_logged(br, before, cl.inst.name, self.br_key)
         outlier = cl.outliers.get(self.callee)
         if outlier is not None:
             outlier.on_result(now, name, outcome)
-        budget = self.edge.budget
-        if budget is not None and budget.kind == "grpc_throttle":
+        if self.edge.throttle:
             b = self._budget()
             b.on_success() if outcome == "ok" else b.on_failure()
-        if outcome != "ok" and self.edge.protocol == "grpc" and self.edge.channel == "refresh_on_failure":
+        if outcome != "ok" and self.edge.refresh:
             cl.channels.pop(self.callee, None)
         if outcome == "ok":
             self._finish("ok")
