@@ -820,6 +820,13 @@ class OutlierDetector:
             return hosts
         return healthy
 
+    def any_ejected(self, now: float) -> bool:
+        """Whether some host is ejected at ``now`` (when not, :meth:`eligible` returns every
+        host given, in the order given)."""
+        if now >= self._due:
+            self._fire_timers(now)
+        return self._n_ejected > 0
+
     def next_timer(self, now: float) -> float:
         """Time of the next interval sweep (may be <= now if overdue)."""
         return self._due
