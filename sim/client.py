@@ -234,24 +234,40 @@ class _ClientState:
     """What one caller instance's HTTP/gRPC clients remember (spec 3.3: one HttpClient, one
     GrpcClient and one ServiceAuth per process)."""
 
-    __slots__ = ("inst", "views", "edge_views", "balancers", "breakers", "outliers", "inflight", "channels",
-                 "channel_seen", "budgets", "token_cache", "token_waiters", "active", "retrying")
+    __slots__ = ("inst", "views", "edge_views", "lanes", "breakers", "channels",
+                 "channel_seen", "token_cache", "token_waiters", "active", "retrying")
 
     def __init__(self, inst: _Instance) -> None:
         self.inst = inst
         self.views: dict = {}  # discovery config -> view
         self.edge_views: dict = {}  # _Edge -> its view (a cache of the above)
-        self.balancers: dict = {}
+        self.lanes: dict = {}  # callee -> _Lane
         self.breakers: dict = {}
-        self.outliers: dict = {}
-        self.inflight: dict = {}
         self.channels: dict = {}
         self.channel_seen: dict = {}  # callee -> deaths of its channel's instance before it opened
-        self.budgets: dict = {}
         self.token_cache = None
         self.token_waiters: list = []
         self.active = 0  # calls in flight from this client (Envoy's budget counts these)
         self.retrying = 0
+
+
+class _Lane:
+    """What one caller instance's client keeps per callee service: its balancer, outlier
+    detector, retry budget (each made at first use), its instance-pick stream and the calls
+    in flight (the bulkhead's count).
+
+    NOTE: for speed: these were four dicts keyed by the callee, looked up several times per
+    call; a call now looks its lane up once.
+    """
+
+    __slots__ = ("balancer", "outlier", "budget", "pick", "inflight")
+
+    def __init__(self) -> None:
+        self.balancer = None
+        self.outlier = None
+        self.budget = None
+        self.pick = None
+        self.inflight = 0
 
 
 class _Logical:
@@ -264,7 +280,7 @@ class _Logical:
 
     __slots__ = ("eng", "edge", "parent", "op", "timeout", "k", "fallback", "attempt_no",
                  "prev_delay", "client", "callee", "inst", "breaker", "br_key", "t_sent",
-                 "auth_retried", "token", "with_token", "view", "pushed_back")
+                 "auth_retried", "token", "with_token", "view", "pushed_back", "lane")
 
     def __init__(self, eng, edge, parent, op, timeout, k, fallback):
         self.eng = eng
@@ -279,6 +295,10 @@ class _Logical:
         cl = parent.inst.client
         self.client = cl if cl is not None else eng._client(parent.inst)
         self.callee = op.svc.name
+        lane = self.client.lanes.get(self.callee)
+        if lane is None:
+            lane = self.client.lanes[self.callee] = _Lane()
+        self.lane = lane
         self.inst = None
         self.breaker = None
         self.br_key = None
@@ -290,9 +310,9 @@ class _Logical:
             self._budget().deposit(eng.env.now)
 
     def _budget(self):
-        b = self.client.budgets.get(self.callee)
+        b = self.lane.budget
         if b is None:
-            b = self.client.budgets[self.callee] = self.edge.budget.build(self.eng.env.now)
+            b = self.lane.budget = self.edge.budget.build(self.eng.env.now)
         return b
 
     def attempt(self) -> None:
@@ -387,9 +407,9 @@ class _Logical:
         now = eng.env.now
         outlier = None
         if edge.outlier is not None and names is not None:  # None: a cached gRPC channel
-            outlier = cl.outliers.get(self.callee)
+            outlier = self.lane.outlier
             if outlier is None:
-                outlier = cl.outliers[self.callee] = OutlierDetector(edge.outlier, names, start=now)
+                outlier = self.lane.outlier = OutlierDetector(edge.outlier, names, start=now)
             names = outlier.eligible(now, names)
         name = None
         sticky = edge.sticky
@@ -405,10 +425,13 @@ class _Logical:
                 eng._refused(self.parent.req, self.parent, self.op, "no_instance", "error")
                 self._failed("error", retryable=True)
                 return
-            bal = cl.balancers.get(self.callee)
+            lane = self.lane
+            bal = lane.balancer
             if bal is None:
-                bal = cl.balancers[self.callee] = make_balancer(edge.balancer, eng.weights_of(self.callee))
-            pick = eng._pick(self.parent.op.svc.name, self.callee)
+                bal = lane.balancer = make_balancer(edge.balancer, eng.weights_of(self.callee))
+            pick = lane.pick
+            if pick is None:
+                pick = lane.pick = eng._pick(self.parent.op.svc.name, self.callee)
             name = bal.choose(now, names, pick, self.parent.req.id)
             if name is None:
                 # instances[currentIndex] is undefined: `instance.host` throws a TypeError.
@@ -426,7 +449,7 @@ class _Logical:
                     seen -= 1
                 cl.channel_seen[self.callee] = seen
         self.inst = eng.instance_by_name[name]
-        if edge.bulkhead is not None and cl.inflight.get(self.callee, 0) >= edge.bulkhead:
+        if edge.bulkhead is not None and self.lane.inflight >= edge.bulkhead:
             eng.counters["bulkhead_rejections"] += 1
             eng._refused(self.parent.req, self.parent, self.op, "bulkhead_full", "rejected", name)
             self._failed("rejected", retryable=False)
@@ -538,9 +561,10 @@ class _Logical:
         eng = self.eng
         cl = self.client
         now = eng.env.now
-        cl.inflight[self.callee] = cl.inflight.get(self.callee, 0) + 1
+        lane = self.lane
+        lane.inflight += 1
         cl.active += 1
-        bal = cl.balancers.get(self.callee)
+        bal = lane.balancer
         if bal is not None:
             bal.on_start(self.inst.name, now)
         self.t_sent = now
@@ -556,10 +580,11 @@ class _Logical:
         cl = self.client
         now = eng.env.now
         name = self.inst.name
-        cl.inflight[self.callee] -= 1
+        lane = self.lane
+        lane.inflight -= 1
         cl.active -= 1
         rtt = now - self.t_sent
-        bal = cl.balancers.get(self.callee)
+        bal = lane.balancer
         if bal is not None:
             bal.on_end(name, now, rtt, outcome == "ok")
         if self.breaker is not None:
@@ -568,7 +593,7 @@ class _Logical:
             br.on_result(now, outcome, rtt)
             if len(br.transitions) != before or br.state != CLOSED:  # see _choose
                 eng._breaker_logged(br, before, cl.inst.name, self.br_key)
-        outlier = cl.outliers.get(self.callee)
+        outlier = lane.outlier
         if outlier is not None:
             outlier.on_result(now, name, outcome)
         if self.edge.throttle:
