@@ -443,11 +443,7 @@ class _Logical:
                 # The deaths it has already seen: those before now (one at this very instant
                 # may still close it, as when the channel kept its opening time and the scan
                 # took every death at or after it).
-                deaths = eng.instance_by_name[name].deaths
-                seen = len(deaths)
-                while seen and deaths[seen - 1][0] >= now:
-                    seen -= 1
-                cl.channel_seen[self.callee] = seen
+                cl.channel_seen[self.callee] = _deaths_before(eng.instance_by_name[name].deaths, now)
         self.inst = eng.instance_by_name[name]
         if edge.bulkhead is not None and self.lane.inflight >= edge.bulkhead:
             eng.counters["bulkhead_rejections"] += 1
@@ -672,6 +668,16 @@ class _Logical:
             self.eng.counters["fallbacks"] += 1
             outcome = "ok"
         self.k(outcome)
+
+
+def _deaths_before(deaths: list, now: float) -> int:
+    """How many of an instance's ``deaths`` (in time order) happened before ``now``: what a
+    channel opened now has already seen. A death at ``now`` itself is not seen (the check
+    used to scan every death at or after the channel's opening time, and still counts it)."""
+    seen = len(deaths)
+    while seen and deaths[seen - 1][0] >= now:
+        seen -= 1
+    return seen
 
 
 def _needs_query(view, now: float, service: str) -> bool:
