@@ -92,6 +92,9 @@ def _unique(values: tuple[str, ...], field: str) -> tuple[str, ...]:
     return values
 
 
+_OUTCOME_SET = frozenset(OUTCOMES)
+
+
 def _check_outcome(outcome: str) -> None:
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown outcome {outcome!r}; expected one of {list(OUTCOMES)}")
@@ -397,10 +400,18 @@ class _TimeWindow:
         self.size = size
         self._buckets: dict[int, list[int]] = {}  # epoch second -> [calls, failed, slow], ascending
         self.calls = self.failed = self.slow = 0
+        # NOTE: for speed: the epoch second the window was last moved to. Moving again within
+        # that second drops nothing (every bucket kept then, and every bucket added since, is
+        # at least that second's oldest kept), so it is skipped.
+        self._moved: Optional[int] = None
 
     def move(self, now: float) -> None:
         # SlidingTimeWindowMetrics.moveWindowToCurrentEpochSecond: keep (current - size, current].
-        oldest_kept = math.floor(now) - self.size + 1
+        current = math.floor(now)
+        if current == self._moved:
+            return
+        self._moved = current
+        oldest_kept = current - self.size + 1
         buckets = self._buckets
         while buckets:
             second = next(iter(buckets))  # dict keys in insertion (= ascending) order
@@ -412,8 +423,12 @@ class _TimeWindow:
             self.slow -= slow
 
     def record(self, now: float, failed: bool, slow: bool) -> None:
-        self.move(now)
-        bucket = self._buckets.setdefault(math.floor(now), [0, 0, 0])
+        second = math.floor(now)
+        if second != self._moved:
+            self.move(now)
+        bucket = self._buckets.get(second)
+        if bucket is None:
+            bucket = self._buckets[second] = [0, 0, 0]
         bucket[0] += 1
         bucket[1] += failed
         bucket[2] += slow
@@ -469,9 +484,9 @@ class SlidingWindowBreaker(_StateMachine):
     # ----------------------------------------------------------------- interface
 
     def allow(self, now: float) -> bool:
-        self._fire_timers(now)
         if self.state == CLOSED:
-            return True  # ClosedState.tryAcquirePermission
+            return True  # ClosedState.tryAcquirePermission (CLOSED has no timer to fire)
+        self._fire_timers(now)  # timers only move OPEN <-> HALF_OPEN
         if self.state == OPEN:
             assert self.retry_at is not None
             if now > self.retry_at:  # R4J OpenState: clock.instant().isAfter(retryAfterWaitDuration)
@@ -485,8 +500,10 @@ class SlidingWindowBreaker(_StateMachine):
         return False
 
     def on_result(self, now: float, outcome: str, duration: float) -> None:
-        _check_outcome(outcome)
-        self._fire_timers(now)
+        if outcome not in _OUTCOME_SET:  # NOTE: for speed, no call for a known outcome
+            _check_outcome(outcome)
+        if self.state != CLOSED:  # CLOSED has no timer to fire
+            self._fire_timers(now)
         if outcome in self.config.ignore_on:
             # R4J handleThrowable: the ignore predicate is tested first; an ignored exception
             # -> releasePermission(), nothing recorded.
@@ -740,6 +757,10 @@ class OutlierDetector:
         self.rng = rng
         self.start = start
         self._sweeps = 0  # sweeps done; the next is at start + (sweeps + 1) * interval
+        # NOTE: for speed (every result and every pick asks): that next sweep's time, computed
+        # by the same expression whenever _sweeps changes, and how many hosts are ejected.
+        self._due = start + config.interval_s
+        self._n_ejected = 0
         self._hosts: dict[str, _HostMonitor] = {}
         self.events: list[tuple[float, str, str]] = []
         self.overflows = 0  # ENV stats ejections_overflow
@@ -755,14 +776,19 @@ class OutlierDetector:
         wanted = dict.fromkeys(hosts)
         for host in list(self._hosts):
             if host not in wanted:
-                del self._hosts[host]
+                if self._hosts.pop(host).ejected:
+                    self._n_ejected -= 1
         for host in wanted:
             self._hosts.setdefault(host, _HostMonitor())
 
     def on_result(self, now: float, host: str, outcome: str) -> None:
-        _check_outcome(outcome)
-        self._fire_timers(now)
-        monitor = self._hosts.setdefault(host, _HostMonitor())
+        if outcome not in _OUTCOME_SET:  # NOTE: for speed, no call for a known outcome
+            _check_outcome(outcome)
+        if now >= self._due:
+            self._fire_timers(now)
+        monitor = self._hosts.get(host)
+        if monitor is None:
+            monitor = self._hosts[host] = _HostMonitor()
         monitor.current[1] += 1  # incTotalReqCounter
         if outcome in self.config.failure_on:  # ENV putHttpResponseCode: is5xx
             monitor.consecutive_5xx += 1
@@ -785,8 +811,13 @@ class OutlierDetector:
     def eligible(self, now: float, hosts: Sequence[str]) -> list[str]:
         """The hosts a load balancer may pick from, in the order given: the non-ejected ones,
         or all of them when fewer than ``panic_threshold_percent`` are healthy (panic)."""
-        self._fire_timers(now)
+        if now >= self._due:
+            self._fire_timers(now)
         hosts = list(hosts)
+        if not self._n_ejected:
+            # Nothing ejected: every host is healthy (100% when there are any, so no panic;
+            # none: 0% healthy, and the empty list either way).
+            return hosts
         healthy = [h for h in hosts if not (h in self._hosts and self._hosts[h].ejected)]
         # ENV LoadBalancerBase::isHostSetInPanic: healthy_percent < panic threshold (strict);
         # no hosts counts as 0 % healthy.
@@ -795,9 +826,16 @@ class OutlierDetector:
             return hosts
         return healthy
 
+    def any_ejected(self, now: float) -> bool:
+        """Whether some host is ejected at ``now`` (when not, :meth:`eligible` returns every
+        host given, in the order given)."""
+        if now >= self._due:
+            self._fire_timers(now)
+        return self._n_ejected > 0
+
     def next_timer(self, now: float) -> float:
         """Time of the next interval sweep (may be <= now if overdue)."""
-        return self.start + (self._sweeps + 1) * self.config.interval_s
+        return self._due
 
     def tick(self, now: float) -> None:
         self._fire_timers(now)
@@ -823,10 +861,11 @@ class OutlierDetector:
 
     def _fire_timers(self, now: float) -> None:
         while True:
-            due = self.start + (self._sweeps + 1) * self.config.interval_s
+            due = self._due
             if due > now:
                 return
             self._sweeps += 1
+            self._due = self.start + (self._sweeps + 1) * self.config.interval_s
             self._sweep(due)
 
     def _enforced(self, percent: int) -> bool:
@@ -857,6 +896,7 @@ class OutlierDetector:
         if not self._enforced(enforcing):
             return
         monitor.ejected = True  # DetectorHostMonitorImpl::eject
+        self._n_ejected += 1
         monitor.num_ejections += 1
         monitor.last_ejection = now
         if self.config.max_ejection_jitter_s > 0:
@@ -872,6 +912,7 @@ class OutlierDetector:
     def _uneject(self, now: float, host: str, monitor: _HostMonitor) -> None:
         # ENV DetectorImpl::unejectHost: counters reset, last_unejection_time = now
         monitor.ejected = False
+        self._n_ejected -= 1
         monitor.consecutive_5xx = 0
         monitor.last_unejection = now
         self.events.append((now, "uneject", host))

@@ -13,7 +13,7 @@ import bisect
 from typing import Optional
 
 from hailan_sim.models.balancers import make_balancer
-from hailan_sim.models.breakers import OutlierDetector, make_breaker
+from hailan_sim.models.breakers import CLOSED, OutlierDetector, make_breaker
 from hailan_sim.models.policies import EDGE_FIELDS
 from hailan_sim.models.registry import make_view
 from hailan_sim.models.retry import NoBudget
@@ -100,6 +100,11 @@ class ClientMixin:
         the run began publish before time 0: a verifier's first fetch already holds them."""
         return [f"k{i}" for i in range(bisect.bisect_right(self._rotations, now + self._publish_ahead) + 1)]
 
+    def _published_now(self) -> list[str]:
+        """The key set at the current instant (what a verifier fetches when it must; one bound
+        method instead of a closure made for every verification)."""
+        return self._published_kids(self.env.now)
+
     def _verify(self, c: _Call, inst: _Instance) -> bool:
         """The callee checks the caller's token on its own clock; False: it answered 401."""
         tp = self.tokens
@@ -108,7 +113,7 @@ class ClientMixin:
         if inst.keys is None:
             inst.keys = KeySet(ttl_s=tp.key_cache_ttl_s, refetch_on_unknown_kid=tp.refetch_on_unknown_kid)
         token = c.token
-        known = inst.keys.known(clock, token.kid, lambda: self._published_kids(now))
+        known = inst.keys.known(clock, token.kid, self._published_now)
         verdict = verify(token, clock, tp.leeway_s, (token.kid,) if known else (), tp.verifier)
         if verdict == "ok":
             return True
@@ -147,6 +152,7 @@ class ClientMixin:
         cl = self._clients.get(inst.name)
         if cl is None:
             cl = self._clients[inst.name] = _ClientState(inst)
+        inst.client = cl  # NOTE: for speed, every call of _Logical reads it there
         return cl
 
     def _refused(self, req, parent: _Call, op: _Op, event: str, outcome: str, instance=None) -> None:
@@ -188,7 +194,8 @@ class _Edge:
     """Resolved policies of one caller -> callee edge (see ``Engine._edge``)."""
 
     __slots__ = ("timeout", "discovery", "balancer", "breaker", "scope", "outlier", "retry",
-                 "budget", "bulkhead", "deadline", "protocol", "channel", "fast")
+                 "budget", "bulkhead", "deadline", "protocol", "channel", "fast", "sticky", "refresh",
+                 "finagle", "throttle")
 
     def __init__(self, f: dict, registry: bool, tokens: bool) -> None:
         self.timeout = f["timeout_s"]
@@ -209,6 +216,12 @@ class _Edge:
             # passes one; grpc.io "Deadlines": "By default, gRPC does not set a deadline").
             self.timeout = None
             self.breaker = None
+        # NOTE: for speed, what the client pipeline asks on every call, decided once per edge:
+        # a cached gRPC channel, rebuilt on failure; the budget's kind.
+        self.sticky = self.protocol == "grpc" and self.channel != "per_call"
+        self.refresh = self.protocol == "grpc" and self.channel == "refresh_on_failure"
+        self.finagle = self.budget is not None and self.budget.kind == "finagle"
+        self.throttle = self.budget is not None and self.budget.kind == "grpc_throttle"
         # Nothing to do but pick a random up instance: the engine's fast path.
         self.fast = not (
             registry or tokens or self.breaker or self.outlier or self.bulkhead or self.deadline
@@ -221,24 +234,40 @@ class _ClientState:
     """What one caller instance's HTTP/gRPC clients remember (spec 3.3: one HttpClient, one
     GrpcClient and one ServiceAuth per process)."""
 
-    __slots__ = ("inst", "views", "edge_views", "balancers", "breakers", "outliers", "inflight", "channels",
-                 "channel_t", "budgets", "token_cache", "token_waiters", "active", "retrying")
+    __slots__ = ("inst", "views", "edge_views", "lanes", "breakers", "channels",
+                 "channel_seen", "token_cache", "token_waiters", "active", "retrying")
 
     def __init__(self, inst: _Instance) -> None:
         self.inst = inst
         self.views: dict = {}  # discovery config -> view
         self.edge_views: dict = {}  # _Edge -> its view (a cache of the above)
-        self.balancers: dict = {}
+        self.lanes: dict = {}  # callee -> _Lane
         self.breakers: dict = {}
-        self.outliers: dict = {}
-        self.inflight: dict = {}
         self.channels: dict = {}
-        self.channel_t: dict = {}  # callee -> when its cached channel was opened
-        self.budgets: dict = {}
+        self.channel_seen: dict = {}  # callee -> deaths of its channel's instance before it opened
         self.token_cache = None
         self.token_waiters: list = []
         self.active = 0  # calls in flight from this client (Envoy's budget counts these)
         self.retrying = 0
+
+
+class _Lane:
+    """What one caller instance's client keeps per callee service: its balancer, outlier
+    detector, retry budget (each made at first use), its instance-pick stream and the calls
+    in flight (the bulkhead's count).
+
+    NOTE: for speed: these were four dicts keyed by the callee, looked up several times per
+    call; a call now looks its lane up once.
+    """
+
+    __slots__ = ("balancer", "outlier", "budget", "pick", "inflight")
+
+    def __init__(self) -> None:
+        self.balancer = None
+        self.outlier = None
+        self.budget = None
+        self.pick = None
+        self.inflight = 0
 
 
 class _Logical:
@@ -251,7 +280,7 @@ class _Logical:
 
     __slots__ = ("eng", "edge", "parent", "op", "timeout", "k", "fallback", "attempt_no",
                  "prev_delay", "client", "callee", "inst", "breaker", "br_key", "t_sent",
-                 "auth_retried", "token", "with_token", "view", "pushed_back")
+                 "auth_retried", "token", "with_token", "view", "pushed_back", "lane")
 
     def __init__(self, eng, edge, parent, op, timeout, k, fallback):
         self.eng = eng
@@ -263,8 +292,13 @@ class _Logical:
         self.fallback = fallback
         self.attempt_no = 0
         self.prev_delay = 0.0
-        self.client = eng._client(parent.inst)
+        cl = parent.inst.client
+        self.client = cl if cl is not None else eng._client(parent.inst)
         self.callee = op.svc.name
+        lane = self.client.lanes.get(self.callee)
+        if lane is None:
+            lane = self.client.lanes[self.callee] = _Lane()
+        self.lane = lane
         self.inst = None
         self.breaker = None
         self.br_key = None
@@ -272,22 +306,21 @@ class _Logical:
         self.pushed_back = False
         self.token = None
         self.with_token = eng.tokens is not None
-        budget = edge.budget
-        if budget is not None and budget.kind == "finagle":
+        if edge.finagle:
             self._budget().deposit(eng.env.now)
 
     def _budget(self):
-        b = self.client.budgets.get(self.callee)
+        b = self.lane.budget
         if b is None:
-            b = self.client.budgets[self.callee] = self.edge.budget.build(self.eng.env.now)
+            b = self.lane.budget = self.edge.budget.build(self.eng.env.now)
         return b
 
     def attempt(self) -> None:
         self.attempt_no += 1
         eng = self.eng
         edge = self.edge
-        if (edge.protocol == "grpc" and edge.channel != "per_call" and self.callee in self.client.channels
-                and not (edge.channel == "refresh_on_failure" and self._channel_closed())):
+        if (edge.sticky and self.callee in self.client.channels
+                and not (edge.refresh and self._channel_closed())):
             # GrpcClient.getClient (3.3.2): `if (this.clients.has(cacheKey)) return
             # this.clients.get(cacheKey)`: a cached client asks the registry nothing.
             self._choose(None)
@@ -330,13 +363,15 @@ class _Logical:
         """
         eng = self.eng
         cl = self.client
-        now = eng.env.now
         name = cl.channels[self.callee]
-        since = cl.channel_t[self.callee]
+        deaths = eng.instance_by_name[name].deaths
+        seen = cl.channel_seen[self.callee]
+        if len(deaths) == seen:
+            return False  # no death since the channel was opened: O(1) on every cached call
+        now = eng.env.now
         ka = eng.policies.grpc_keepalive
-        for t, vanished in reversed(eng.instance_by_name[name].deaths):
-            if t < since:
-                break
+        # Only the deaths since the channel opened (``deaths`` is in time order).
+        for t, vanished in reversed(deaths[seen:]):
             if not vanished:
                 at, how = t, "reset"
             elif ka is not None and ka.permit_without_calls:
@@ -372,12 +407,12 @@ class _Logical:
         now = eng.env.now
         outlier = None
         if edge.outlier is not None and names is not None:  # None: a cached gRPC channel
-            outlier = cl.outliers.get(self.callee)
+            outlier = self.lane.outlier
             if outlier is None:
-                outlier = cl.outliers[self.callee] = OutlierDetector(edge.outlier, names, start=now)
+                outlier = self.lane.outlier = OutlierDetector(edge.outlier, names, start=now)
             names = outlier.eligible(now, names)
         name = None
-        sticky = edge.protocol == "grpc" and edge.channel != "per_call"
+        sticky = edge.sticky
         if sticky and names is None:
             # A cached channel (attempt() skipped discovery for it). A call that found no
             # channel and looked the service up picks its own instance and replaces any
@@ -390,10 +425,13 @@ class _Logical:
                 eng._refused(self.parent.req, self.parent, self.op, "no_instance", "error")
                 self._failed("error", retryable=True)
                 return
-            bal = cl.balancers.get(self.callee)
+            lane = self.lane
+            bal = lane.balancer
             if bal is None:
-                bal = cl.balancers[self.callee] = make_balancer(edge.balancer, eng.weights_of(self.callee))
-            pick = eng._pick(self.parent.op.svc.name, self.callee)
+                bal = lane.balancer = make_balancer(edge.balancer, eng.weights_of(self.callee))
+            pick = lane.pick
+            if pick is None:
+                pick = lane.pick = eng._pick(self.parent.op.svc.name, self.callee)
             name = bal.choose(now, names, pick, self.parent.req.id)
             if name is None:
                 # instances[currentIndex] is undefined: `instance.host` throws a TypeError.
@@ -402,9 +440,12 @@ class _Logical:
                 return
             if sticky:
                 cl.channels[self.callee] = name  # GrpcClient caches the client for ever
-                cl.channel_t[self.callee] = now
+                # The deaths it has already seen: those before now (one at this very instant
+                # may still close it, as when the channel kept its opening time and the scan
+                # took every death at or after it).
+                cl.channel_seen[self.callee] = _deaths_before(eng.instance_by_name[name].deaths, now)
         self.inst = eng.instance_by_name[name]
-        if edge.bulkhead is not None and cl.inflight.get(self.callee, 0) >= edge.bulkhead:
+        if edge.bulkhead is not None and self.lane.inflight >= edge.bulkhead:
             eng.counters["bulkhead_rejections"] += 1
             eng._refused(self.parent.req, self.parent, self.op, "bulkhead_full", "rejected", name)
             self._failed("rejected", retryable=False)
@@ -417,7 +458,10 @@ class _Logical:
             self.breaker, self.br_key = br, key
             before = len(br.transitions)
             allowed = br.allow(now)
-            eng._breaker_logged(br, before, cl.inst.name, key)
+            if len(br.transitions) != before or br.state != CLOSED:
+                # NOTE: for speed: with no transition a CLOSED breaker has nothing to log and
+                # no timer to drive (next_timer is None for every breaker kind when CLOSED).
+                eng._breaker_logged(br, before, cl.inst.name, key)
             if not allowed:
                 eng.counters["short_circuits"] += 1
                 eng._refused(self.parent.req, self.parent, self.op, "short_circuit", "error", name)
@@ -513,9 +557,10 @@ class _Logical:
         eng = self.eng
         cl = self.client
         now = eng.env.now
-        cl.inflight[self.callee] = cl.inflight.get(self.callee, 0) + 1
+        lane = self.lane
+        lane.inflight += 1
         cl.active += 1
-        bal = cl.balancers.get(self.callee)
+        bal = lane.balancer
         if bal is not None:
             bal.on_start(self.inst.name, now)
         self.t_sent = now
@@ -531,24 +576,26 @@ class _Logical:
         cl = self.client
         now = eng.env.now
         name = self.inst.name
-        cl.inflight[self.callee] -= 1
+        lane = self.lane
+        lane.inflight -= 1
         cl.active -= 1
         rtt = now - self.t_sent
-        bal = cl.balancers.get(self.callee)
+        bal = lane.balancer
         if bal is not None:
             bal.on_end(name, now, rtt, outcome == "ok")
         if self.breaker is not None:
-            before = len(self.breaker.transitions)
-            self.breaker.on_result(now, outcome, rtt)
-            eng._breaker_logged(self.breaker, before, cl.inst.name, self.br_key)
-        outlier = cl.outliers.get(self.callee)
+            br = self.breaker
+            before = len(br.transitions)
+            br.on_result(now, outcome, rtt)
+            if len(br.transitions) != before or br.state != CLOSED:  # see _choose
+                eng._breaker_logged(br, before, cl.inst.name, self.br_key)
+        outlier = lane.outlier
         if outlier is not None:
             outlier.on_result(now, name, outcome)
-        budget = self.edge.budget
-        if budget is not None and budget.kind == "grpc_throttle":
+        if self.edge.throttle:
             b = self._budget()
             b.on_success() if outcome == "ok" else b.on_failure()
-        if outcome != "ok" and self.edge.protocol == "grpc" and self.edge.channel == "refresh_on_failure":
+        if outcome != "ok" and self.edge.refresh:
             cl.channels.pop(self.callee, None)
         if outcome == "ok":
             self._finish("ok")
@@ -632,6 +679,16 @@ class _Logical:
             self.eng.counters["fallbacks"] += 1
             outcome = "ok"
         self.k(outcome)
+
+
+def _deaths_before(deaths: list, now: float) -> int:
+    """How many of an instance's ``deaths`` (in time order) happened before ``now``: what a
+    channel opened now has already seen. A death at ``now`` itself is not seen (the check
+    used to scan every death at or after the channel's opening time, and still counts it)."""
+    seen = len(deaths)
+    while seen and deaths[seen - 1][0] >= now:
+        seen -= 1
+    return seen
 
 
 def _needs_query(view, now: float, service: str) -> bool:

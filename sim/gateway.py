@@ -114,7 +114,8 @@ class _Attempts:
         up = eng._gateway_targets(svc) if eng.registry is not None else svc.up
         if r.outlier is not None and up:
             det = r.detector(svc.name, up, now)
-            up = [eng.instance_by_name[n] for n in det.eligible(now, [i.name for i in up])]
+            if det.any_ejected(now):  # NOTE: for speed; with none ejected every host is eligible
+                up = [eng.instance_by_name[n] for n in det.eligible(now, [i.name for i in up])]
         inst = self._pick(up) if up else None  # none: the engine's "No available instances"
         eng._start_call(self.req, None, r.gw.name, r.gw, self.op, timeout, self._done, inst)
 
@@ -154,7 +155,8 @@ class _Attempts:
             # Envoy (split_external_local_origin_errors false) counts a local-origin connect
             # failure as 503 (resultToHttpCode: LocalOriginConnectFailed -> ServiceUnavailable).
             det.on_result(now, inst.name, "rejected" if why is not None else outcome)
-            r.logged(det, before, service)
+            if len(det.events) != before:
+                r.logged(det, before, service)
         retry = r.retry
         if (why is not None and retry is not None and why in retry.retry_on
                 and len(self.tried) < retry.num_retries

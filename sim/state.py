@@ -17,7 +17,7 @@ class _Instance:
         "name", "svc", "index", "node", "zone", "workers", "free", "queue", "qlimit", "up",
         "last", "qarea", "barea", "qmax", "served", "rejected", "orphans", "orphan_s",
         "snap", "credit", "wait_sum", "wait_n", "skew", "check_gen", "keys", "draining",
-        "calls", "hung", "slow", "fault_err", "deaths",
+        "calls", "hung", "slow", "fault_err", "deaths", "client",
     )
 
     def __init__(self, svc: "_Service", index: int, node: str, zone: str) -> None:
@@ -52,6 +52,7 @@ class _Instance:
         self.hung = False  # accepts calls, never answers (fault)
         self.slow = 1.0  # service-time factor (fault)
         self.fault_err = 0.0  # extra chance a call fails (fault)
+        self.client = None  # its callers' client state (sim/client.py _ClientState), once it calls
 
 
 class _Op:

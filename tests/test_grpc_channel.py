@@ -113,3 +113,60 @@ def test_hardened_closes_a_channel_to_a_vanished_host_within_the_objective():
     ka = sc.effective_policies().grpc_keepalive
     assert ka is not None and ka.permit_without_calls
     assert ka.time_s + ka.timeout_s < sc.objectives.dead_instance_s
+
+
+class _NoScan(list):
+    """A death list that refuses to be read past its length (the check must not scan)."""
+
+    def __getitem__(self, i):
+        raise AssertionError("the channel check scanned the death list")
+
+    def __iter__(self):
+        raise AssertionError("the channel check scanned the death list")
+
+    __reversed__ = __iter__
+
+
+def _channel(deaths, seen, now, keepalive=None):
+    """A _Logical whose client holds a channel to b-0 (with ``deaths``) that has seen ``seen``
+    of them; returns (closed?, what was logged)."""
+    from types import SimpleNamespace
+
+    from hailan_sim.sim.client import _ClientState, _Logical
+
+    logged = []
+    b0 = SimpleNamespace(deaths=deaths)
+    a0 = SimpleNamespace(name="a-0")
+    eng = SimpleNamespace(env=SimpleNamespace(now=now), instance_by_name={"b-0": b0}, _rec=logged.append,
+                          policies=SimpleNamespace(grpc_keepalive=keepalive))
+    cl = _ClientState(a0)
+    cl.channels["b"] = "b-0"
+    cl.channel_seen["b"] = seen
+    call = _Logical.__new__(_Logical)
+    call.eng, call.client, call.callee = eng, cl, "b"
+    call.parent = SimpleNamespace(req=SimpleNamespace(id=1), id=2)
+    return call._channel_closed(), logged, cl
+
+
+def test_the_channel_check_is_o1_when_no_instance_died_since_it_opened():
+    """Every cached call asks; with no death since the channel opened it reads one count."""
+    closed, logged, cl = _channel(_NoScan([(1.0, False), (2.0, True)]), 2, 50.0)
+    assert not closed and not logged and cl.channels == {"b": "b-0"}
+
+
+def test_a_death_at_the_instant_the_channel_opened_still_closes_it():
+    """A stale discovery list can hand a channel an instance that died at that very instant
+    (before the call, in the event order): the channel has not seen that death, and the
+    next call finds the connection reset, as when the check scanned every death at or after
+    the opening time."""
+    from hailan_sim.sim.client import _deaths_before
+
+    deaths = [(1.0, False), (5.0, False)]
+    assert _deaths_before(deaths, 5.0) == 1 and _deaths_before(deaths, 5.5) == 2
+    assert _deaths_before([], 5.0) == 0
+    closed, logged, cl = _channel(deaths, _deaths_before(deaths, 5.0), 5.0)
+    assert closed and "b" not in cl.channels
+    assert [r[1] for r in logged] == ["grpc_channel_closed"] and logged[0][-1] == "reset"
+    # a death before the opening was seen: nothing to close
+    closed, logged, _ = _channel(deaths[:1], _deaths_before(deaths[:1], 5.0), 6.0)
+    assert not closed and not logged

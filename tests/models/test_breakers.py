@@ -761,6 +761,22 @@ def test_outlier_consecutive_5xx_ejects_inline():
     assert d.ejected(3.5) == ["h0"] and d.events == [(3.5, "eject", "h0")]
 
 
+def test_outlier_any_ejected_follows_ejections_and_set_hosts():
+    """any_ejected (the gateway's shortcut past eligible) is true exactly while a host is
+    ejected: after the 5th 5xx, until the sweep that un-ejects it, and not after the ejected
+    host has left the cluster."""
+    d = OutlierDetector(OutlierConfig(), HOSTS10)
+    assert not d.any_ejected(0.5) and d.eligible(0.5, HOSTS10) == list(HOSTS10)
+    fail(d, 1, "h0", 5)
+    assert d.any_ejected(1) and "h0" not in d.eligible(1, HOSTS10)
+    assert d.any_ejected(39.75)
+    assert not d.any_ejected(40)  # the sweep at 40 un-ejects it (fired by the question)
+    fail(d, 41, "h1", 5)
+    assert d.any_ejected(41)
+    d.set_hosts(42, [h for h in HOSTS10 if h != "h1"])
+    assert not d.any_ejected(42) and d.ejected(42) == []
+
+
 def test_outlier_unejects_at_first_sweep_after_ejection_time():
     """ENV checkHostForUneject runs in onIntervalTimer: ejected at 1 for 30 s, the sweep at 30
     sees 29 s and keeps it, the sweep at 40 un-ejects it."""
