@@ -118,7 +118,12 @@ class ControlPlaneMixin:
         if warm:
             check = check.model_copy(update={"initial_status": "passing"})
         self._registry_events(self.registry.register(now, inst.name, inst.svc.name, check=check))
-        if self.registry.is_registered(inst.name):
+        # A registration during a registry outage fails (register_failed). An instance that
+        # restarted before it was reaped is still registered then: its old entry, with the
+        # check Consul's agent kept running, stays as it was (found by the hardened property:
+        # crash_instance(user-service-0, restart) with its restart inside a registry outage
+        # scheduled a second first check and raised).
+        if self.registry.registry_up and self.registry.is_registered(inst.name):
             inst.check_gen += 1
             t = self.registry.schedule_first_check(now, inst.name, self._check_u[inst.svc.name])
             _at(self.env, t - now, self._check, (inst, inst.check_gen))

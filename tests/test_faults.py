@@ -171,6 +171,23 @@ def test_crashed_instances_stay_registered_until_consul_reaps_them():
     assert set(b1["outcome"]) == {"error"} and b1["t"].max() < reaped.iloc[0] + 0.1
 
 
+def test_a_restart_inside_a_registry_outage_keeps_the_old_registration():
+    """b-1 crashes at 3 s and restarts at 4 s, inside a registry outage (3.5-6 s), long before
+    Consul would reap it. Its re-registration fails; its old entry and the check the agent
+    kept running stay, so it passes again and serves (this raised "its check is already
+    scheduled" before: found by the hardened property test)."""
+    r = simulate(_pair([{"kind": "crash_instance", "instance": "b-1", "start_s": 3, "duration_s": 1},
+                        {"kind": "registry_outage", "start_s": 3.5, "duration_s": 2.5}],
+                       infrastructure=[REGISTRY], duration_s=40,
+                       arrivals=trace(*[i * 0.1 for i in range(380)])), keep_events=True)
+    ev = r.events()
+    reg = ev[(ev.event == "registry") & (ev.instance == "b-1")]
+    assert list(reg[reg.t > 3]["operation"])[:1] == ["register_failed"]
+    assert "deregistered" not in set(reg["operation"])
+    served = _ends(r)
+    assert ((served.instance == "b-1") & (served.t > 25) & (served.outcome == "ok")).any()
+
+
 def test_clock_skew_on_the_verifier_rejects_tokens_early():
     s = build(
         [
