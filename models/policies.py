@@ -217,6 +217,16 @@ class Policies(Frozen):
             "Availability Zones'; Google SRE book, 'Addressing Cascading Failures'); docs/profiles.md"
         ),
     )
+    max_queue_wait_s: Optional[dict[Name, PositiveFloat]] = Field(
+        None,
+        description=(
+            "load shedding by service: a call that waited longer than this for one of the named "
+            "service's workers is rejected instead of served (a service's own max_queue_wait_s "
+            "wins), so that a backlog built while the service was slow or short of capacity does "
+            "not outlive the fault (Google SRE book, 'Handling Overload' and 'Addressing Cascading "
+            "Failures': queue management, load shedding); docs/profiles.md"
+        ),
+    )
     edges: list[EdgePolicy] = Field(default_factory=list)
 
 

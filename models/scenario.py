@@ -566,6 +566,21 @@ def _raise_to_min_instances(data: dict, named: Optional[dict] = None) -> tuple[d
     return {**data, "services": out}, raised
 
 
+def _check_shedding_names(data: dict, own: Optional[dict]) -> None:
+    """The services the scenario's own ``policies.max_queue_wait_s`` names must exist (a
+    profile's names are those of the default scenario and are skipped where absent)."""
+    pol = own if own is not None else data.get("policies")
+    waits = pol.get("max_queue_wait_s") if isinstance(pol, dict) else getattr(pol, "max_queue_wait_s", None)
+    services = data.get("services")
+    if not isinstance(waits, dict) or not isinstance(services, list):
+        return
+    names = [s.get("name") if isinstance(s, dict) else getattr(s, "name", None) for s in services]
+    for name in waits:
+        if name not in names:
+            raise ValueError(f"policies.max_queue_wait_s.{name}: no such service; services are "
+                             f"{', '.join(str(n) for n in names)}")
+
+
 class Scenario(Frozen):
     """A complete, self-contained description of one simulated system and run."""
 
@@ -617,6 +632,7 @@ class Scenario(Frozen):
                 data = {**data, "policies": merge_policies(profile_policies(data["profile"]), own)}
         raised: dict = {}
         if isinstance(data, dict):
+            _check_shedding_names(data, own)
             # A profile's minimums name the default scenario's services: on a scenario
             # without one, that name is skipped; the scenario's own names must exist.
             named = (own.get("min_instances") or {}) if isinstance(own, dict) else None

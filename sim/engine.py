@@ -144,8 +144,11 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
                 err_u = streams.uniform(f"err/{s.name}.{name}").next if op.error_probability > 0 else None
                 tree = self._compile(op.calls, s.name, f"{s.name}.{name}") if op.calls else None
                 sample = streams.sampler(f"svc/{s.name}.{name}", op.service_time_ms, 1e-3).next
+                wait = s.max_queue_wait_s
+                if wait is None:
+                    wait = (self.policies.max_queue_wait_s or {}).get(s.name)  # policies' load shedding
                 svc.ops[name] = _Op(svc, name, sample, op.error_probability, err_u, tree, s.blocking_calls,
-                                    op.idempotent, s.max_queue_wait_s)
+                                    op.idempotent, wait)
         self._picks: dict = {}
         self.instance_by_name: dict[str, _Instance] = {}
         for i, svc in enumerate(self.services.values()):
