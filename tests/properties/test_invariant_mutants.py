@@ -331,3 +331,40 @@ def test_by_value_applies_the_function_to_every_element_none_included():
     assert by_value(col, fn, bool).tolist() == [fn(x) for x in col.tolist()]
     assert by_value(col[:0], fn, bool).tolist() == []
     assert seen.count("a-0") == 1 + 2  # once in by_value, twice in the list comprehension
+
+
+def test_window_table_is_the_per_window_nearest_rank_p99_of_finished_requests():
+    """_table_from_requests computes every (endpoint, window) at once (issue 12): the same
+    counts and nearest-rank p99 as a loop over the windows, unfinished requests (NaN
+    latency) counted in n but not in the p99, a window of only unfinished ones NaN."""
+    import numpy as np
+
+    from hailan_sim.properties.windows import _nearest_rank
+
+    rng = np.random.default_rng(7)
+    n = 3000
+    req = pd.DataFrame({
+        "endpoint": rng.choice(["b", "a", "checkout"], n).astype(object),
+        "start": rng.uniform(0.0, 120.0, n),
+        "outcome": rng.choice(["ok", "ok", "timeout", "error"], n).astype(object),
+        "latency_ms": rng.exponential(80.0, n).round(3),
+    })
+    req.loc[rng.random(n) < 0.2, "latency_ms"] = np.nan
+    req.loc[(req["start"] >= 40.0) & (req["start"] < 50.0) & (req["endpoint"] == "a"), "latency_ms"] = np.nan
+    widths = {"a": 10.0, "b": 5.0, "checkout": 60.0}
+    got = _table_from_requests(req, widths, 10.0, 115.0)
+    want = []
+    sel = req[(req["start"] >= 10.0) & (req["start"] < 115.0)]
+    for e in sorted(widths):
+        r = sel[sel["endpoint"] == e]
+        j = np.floor((r["start"].to_numpy() - 10.0) / widths[e]).astype(int)
+        for jj in sorted(set(j.tolist())):
+            g = r[j == jj]
+            lat = g["latency_ms"].to_numpy()
+            want.append((e, jj, len(g), int((g["outcome"] == "ok").sum()),
+                         _nearest_rank(lat[~np.isnan(lat)], 0.99)))
+    rows = list(got.itertuples(index=False, name=None))
+    assert [r[:4] for r in rows] == [w[:4] for w in want]
+    assert np.array_equal(got["p99_ms"].to_numpy(), [w[4] for w in want], equal_nan=True)
+    assert got.loc[(got["endpoint"] == "a") & (got["j"] == 3), "p99_ms"].isna().all()
+    assert got["n"].sum() == len(sel)
