@@ -124,12 +124,14 @@ class KeptLog:
         n = len(buf)
         # One np.fromiter pass per column over the batch: as fast per row as one 2-D or
         # structured array, and the batch (16,384 tuples at most) is cache-resident.
-        cols = tuple(np.fromiter(map(itemgetter(i), buf), dtype=dt, count=n) for i, dt in enumerate(_DTYPES))
+        cols = [np.fromiter(map(itemgetter(i), buf), dtype=dt, count=n) for i, dt in enumerate(_DTYPES)]
+        for i in _ID_INDEX:  # None (NaN) -> -1, while the batch is small and in the cache
+            cols[i] = np.nan_to_num(cols[i], copy=False, nan=-1.0).astype(np.int64)
         t = cols[0]
         for k in np.flatnonzero(t == np.floor(t)).tolist():  # whole numbers: few
             if type(buf[k][0]) is int:
                 self._int_t.append(self.count + k)
-        self._batches.append(cols)
+        self._batches.append(tuple(cols))
         self.count += n
         self._cols = None
 
@@ -153,11 +155,8 @@ class KeptLog:
             cols = {}
             for i, name in enumerate(COLUMNS):
                 parts = [b[i] for b in batches]
-                col = (np.concatenate(parts) if len(parts) > 1 else parts[0]) if parts \
-                    else np.zeros(0, dtype=_DTYPES[i])
-                if i in _ID_INDEX:
-                    col = np.nan_to_num(col, nan=-1.0).astype(np.int64)
-                cols[name] = col
+                cols[name] = (np.concatenate(parts) if len(parts) > 1 else parts[0]) if parts \
+                    else np.zeros(0, dtype=np.int64 if i in _ID_INDEX else _DTYPES[i])
             # The joined arrays replace the batches (one copy in memory, not two).
             self._batches = [tuple(cols[name] for name in COLUMNS)] if self.count else []
             self._cols = cols
