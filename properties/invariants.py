@@ -849,7 +849,10 @@ def token_safety(record: Record) -> Verdict:
     served = log.rows("work_end", "orphan_end")
     ok_calls = log.call[served[log.outcome[served] == "ok"]]
     src_cs, tgt_cs = log.source[cs], log.target[cs]
-    keep = (np.isin(log.call[cs], ok_calls)
+    # Membership by a table indexed by call id + 1 (O(n); np.isin sorts both sides).
+    is_ok = np.zeros(int(max(log.call.max(initial=-1), 0)) + 2, dtype=bool)
+    is_ok[ok_calls + 1] = True
+    keep = (is_ok[log.call[cs] + 1]
             & by_value(tgt_cs, lambda t: t in services, bool)
             & by_value(src_cs, lambda s: s is not None and _caller_service(sc, s) is not None, bool)
             & ~((tgt_cs == issuer_svc) & (log.operation[cs] == issuer_op) & (not local)))
@@ -1425,7 +1428,7 @@ def fair_share(record: Record, *, window_s: float = 5.0, min_calls: int = 50) ->
 
     def shares(log: _Log) -> pd.DataFrame:
         ce = log.rows("call_end")
-        ce = ce[np.isin(log.target[ce], list(services)) & (log.instance[ce] != None)]  # noqa: E711
+        ce = ce[by_value(log.target[ce], lambda t: t in services, bool) & (log.instance[ce] != None)]  # noqa: E711
         df = pd.DataFrame({"svc": log.target[ce], "inst": log.instance[ce],
                            "j": np.floor(log.t[ce] / window_s).astype(np.int64), "row": ce})
         g = df.groupby(["svc", "j", "inst"], sort=True).size().rename("n").reset_index()
