@@ -189,6 +189,9 @@ def run_split(sc, example) -> dict:
     cold = inv.Record(scenario=s, result=result, baseline=baseline)
     _, first = _t(lambda: (cold.log, cold.baseline_log, inv.evaluate(cold, names())))
     rec_mod._LOGS.pop(id(result), None)  # the run's own log is built again for each example
+    from hailan_sim.properties import causes
+
+    causes._TREES.pop(id(result), None)  # and so are its span trees
     record = inv.Record(scenario=s, result=result, baseline=baseline)
     _, columns = _t(lambda: record.log)
     columns += joined

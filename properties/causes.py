@@ -262,11 +262,16 @@ class _Tree:
         # Each call's (last) call_start row: the log's shared lookup table by call id,
         # read like the dict it replaces (issue 12: no dict of every call per example).
         self.start_row = _RowOf(log.call_rows("call_start"))
-        ends = pd.Series(ce, index=log.call[ce]).groupby(level=0).first()
-        failed_end = ends[log.outcome[ends.to_numpy()] != "ok"]
+        # Each call's first call_end row, by call id in ascending order (what a groupby on
+        # the ids and first() gave): one table indexed by call id + 1, the smallest row kept.
+        first = np.full(int(max(log.call.max(initial=-1), 0)) + 2, log.n, dtype=np.intp)
+        np.minimum.at(first, log.call[ce] + 1, ce)
+        has = np.flatnonzero(first < log.n)
+        end_rows = first[has]
+        bad = log.outcome[end_rows] != "ok"
         self.kids: dict[int, list[int]] = {}
         self.tops: dict[int, list[int]] = {}
-        for c, r in zip(failed_end.index.tolist(), failed_end.to_numpy().tolist()):
+        for c, r in zip((has[bad] - 1).tolist(), end_rows[bad].tolist()):
             s = self.start_row.get(c)
             if s is None:
                 continue

@@ -70,6 +70,9 @@ def main(argv=None) -> int:
     joined = time.process_time() - t
     inv.evaluate(inv.Record(scenario=s, result=result, baseline=baseline), names)  # the seed's first
     rec_mod._LOGS.pop(id(result), None)
+    from hailan_sim.properties import causes
+
+    causes._TREES.pop(id(result), None)  # the span trees, also built once per run
     record = inv.Record(scenario=s, result=result, baseline=baseline)
     per = {}
     t0 = time.process_time()
