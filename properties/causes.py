@@ -111,6 +111,24 @@ class _Faults:
         self.registry = _registry_name(sc)
         self._node: dict[str, Optional[str]] = {}
         self._reach: dict[tuple[str, str], list[str]] = {}
+        # Per name, computed once per record (failure_origins asks for every failed
+        # request; a few dozen distinct names): the caller's service, an instance's
+        # service, the instances of a target.
+        self._caller: dict[str, Optional[str]] = {}
+        self._svc: dict[str, Optional[str]] = {}
+        self._insts: dict[str, list[str]] = {}
+
+    def _caller_of(self, source: str) -> Optional[str]:
+        c = self._caller.get(source, self)
+        if c is self:
+            c = self._caller[source] = _caller_service(self.sc, source)
+        return c
+
+    def _service(self, instance: str) -> Optional[str]:
+        v = self._svc.get(instance, self)
+        if v is self:
+            v = self._svc[instance] = _service_of(self.sc, instance)
+        return v
 
     def reach(self, service: str, op: Optional[str]) -> list[str]:
         """What ``service.op`` depends on for its outcome (itself included; not through
@@ -154,11 +172,11 @@ class _Faults:
         """The fault (index) that makes an origin direct, or None (collateral); -1 for a
         dead instance whose fault already ended (a crash that left it dead)."""
         sc = self.sc
-        caller = _caller_service(sc, source) if source else None
+        caller = self._caller_of(source) if source else None
         # A refusal's "instance" is the breaker's or bulkhead's key: an instance, a service or "*".
         if instance is not None and instance not in self.states:
             instance = None
-        inst_svc = _service_of(sc, instance) if instance else None
+        inst_svc = self._service(instance) if instance else None
         for i in self.active(t0, t1):
             s = self.scopes[i]
             if s["endpoint"] is not None:
@@ -210,7 +228,9 @@ class _Faults:
             # at once because the component had none up, as at a crashed single-instance
             # gateway): direct when every instance of the target was dead then, whether or
             # not its fault is still on (a crash without restart outlives its fault).
-            insts = [k for k in self.states if _service_of(sc, k) == target]
+            insts = self._insts.get(target)
+            if insts is None:
+                insts = self._insts[target] = [k for k in self.states if self._service(k) == target]
             if insts and all(self.dead(k, row0) for k in insts):
                 return -1
         return None
@@ -242,11 +262,16 @@ class _Tree:
         # Each call's (last) call_start row: the log's shared lookup table by call id,
         # read like the dict it replaces (issue 12: no dict of every call per example).
         self.start_row = _RowOf(log.call_rows("call_start"))
-        ends = pd.Series(ce, index=log.call[ce]).groupby(level=0).first()
-        failed_end = ends[log.outcome[ends.to_numpy()] != "ok"]
+        # Each call's first call_end row, by call id in ascending order (what a groupby on
+        # the ids and first() gave): one table indexed by call id + 1, the smallest row kept.
+        first = np.full(int(max(log.call.max(initial=-1), 0)) + 2, log.n, dtype=np.intp)
+        np.minimum.at(first, log.call[ce] + 1, ce)
+        has = np.flatnonzero(first < log.n)
+        end_rows = first[has]
+        bad = log.outcome[end_rows] != "ok"
         self.kids: dict[int, list[int]] = {}
         self.tops: dict[int, list[int]] = {}
-        for c, r in zip(failed_end.index.tolist(), failed_end.to_numpy().tolist()):
+        for c, r in zip((has[bad] - 1).tolist(), end_rows[bad].tolist()):
             s = self.start_row.get(c)
             if s is None:
                 continue

@@ -538,9 +538,12 @@ def breaker_legality(record: Record) -> Verdict:
     cs = log.rows("call_start")
     end_tab = log.call_rows("call_end")  # each call's last call_end row (-1: none)
     calls_by_src: dict[str, tuple[np.ndarray, list, list]] = {}
-    src_all = log.source[cs]
+    # The callers' call_start rows by integer code (one factorize; an object comparison
+    # per caller instance over every call_start row cost more).
+    scodes, snames = pd.factorize(log.source[cs])
+    code_of = {v: i for i, v in enumerate(snames.tolist())}
     for src in sorted({k[0] for k in by}):
-        sel = cs[src_all == src]
+        sel = cs[scodes == code_of.get(src, -2)]
         e = end_tab[log.call[sel] + 1]
         insts = np.where(e >= 0, log.instance[np.maximum(e, 0)], None)
         calls_by_src[src] = (sel, log.target[sel].tolist(), insts.tolist())
@@ -846,7 +849,10 @@ def token_safety(record: Record) -> Verdict:
     served = log.rows("work_end", "orphan_end")
     ok_calls = log.call[served[log.outcome[served] == "ok"]]
     src_cs, tgt_cs = log.source[cs], log.target[cs]
-    keep = (np.isin(log.call[cs], ok_calls)
+    # Membership by a table indexed by call id + 1 (O(n); np.isin sorts both sides).
+    is_ok = np.zeros(int(max(log.call.max(initial=-1), 0)) + 2, dtype=bool)
+    is_ok[ok_calls + 1] = True
+    keep = (is_ok[log.call[cs] + 1]
             & by_value(tgt_cs, lambda t: t in services, bool)
             & by_value(src_cs, lambda s: s is not None and _caller_service(sc, s) is not None, bool)
             & ~((tgt_cs == issuer_svc) & (log.operation[cs] == issuer_op) & (not local)))
@@ -1446,7 +1452,7 @@ def fair_share(record: Record, *, window_s: float = 5.0, min_calls: int = 50) ->
 
     def shares(log: _Log) -> pd.DataFrame:
         ce = log.rows("call_end")
-        ce = ce[np.isin(log.target[ce], list(services)) & (log.instance[ce] != None)]  # noqa: E711
+        ce = ce[by_value(log.target[ce], lambda t: t in services, bool) & (log.instance[ce] != None)]  # noqa: E711
         df = pd.DataFrame({"svc": log.target[ce], "inst": log.instance[ce],
                            "j": np.floor(log.t[ce] / window_s).astype(np.int64), "row": ce})
         g = df.groupby(["svc", "j", "inst"], sort=True).size().rename("n").reset_index()
@@ -1467,12 +1473,16 @@ def fair_share(record: Record, *, window_s: float = 5.0, min_calls: int = 50) ->
             end = f["end_s"] if f["end_s"] is not None else record.result.end_s
             degraded.append((_component_of(sc, target), f["start_s"], end))
 
+    # Each service's instances' transitions, grouped once (not a pass over every instance
+    # of the scenario per service and window).
+    by_service: dict[str, list] = {}
+    for inst, st in states.items():
+        by_service.setdefault(_service_of(sc, inst), []).append(st)
+
     def up_all_window(svc: str, j: int) -> int:
         a, b = j * window_s, (j + 1) * window_s
         n = 0
-        for inst, (rows, ts, ss) in states.items():
-            if _service_of(sc, inst) != svc:
-                continue
+        for rows, ts, ss in by_service.get(svc, ()):
             k0 = int(np.searchsorted(ts, a, side="right")) - 1
             k1 = int(np.searchsorted(ts, b, side="left")) - 1
             if all(ss[k] == "up" for k in range(max(k0, 0), max(k1, 0) + 1)):

@@ -9,7 +9,6 @@ witnessed) are derived once per record.
 from __future__ import annotations
 
 import weakref
-from operator import itemgetter
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Optional, Sequence
@@ -36,31 +35,21 @@ def without_faults(scenario: Scenario) -> Scenario:
 
 class _Log:
     """The event log as numpy columns (object arrays for strings, None for missing; -1 for a
-    missing request, call or parent id), built straight from the engine's record tuples
-    (:data:`sim.eventlog.COLUMNS`) without going through a DataFrame, with the rows of each
-    event kind indexed once. :meth:`memo` keeps what invariants derive from a log with the
-    log, so a baseline (one per seed, shared by every example of that seed) is read once."""
+    missing request, call or parent id): the arrays of the run's
+    :class:`~hailan_sim.sim.eventlog.KeptLog`, which the engine's log builds batch by batch
+    as the run goes (shared, not copied), with the rows of each event kind indexed once.
+    :meth:`memo` keeps what invariants derive from a log with the log, so a baseline (one
+    per seed, shared by every example of that seed) is read once."""
 
     __slots__ = ("n", "t", "event", "request", "call", "parent", "source", "target",
                  "instance", "operation", "outcome", "_code", "_codes", "_memo")
 
-    _STRINGS = {1: "event", 5: "source", 6: "target", 7: "instance", 8: "operation", 9: "outcome"}
-    _INTS = {2: "request", 3: "call", 4: "parent"}
-
-    def __init__(self, records: Sequence[tuple]) -> None:
-        n = self.n = len(records)
-        # One column at a time with np.fromiter over itemgetter: about three times as fast
-        # as one 2-D object array (itself twice as fast as zip(*records) or a DataFrame) on
-        # a million rows. The engine writes text columns as str or None
-        # (tests/properties/test_invariants.py checks it).
-        assert n == 0 or len(records[0]) == len(COLUMNS)
-        self.t = np.fromiter(map(itemgetter(0), records), dtype=float, count=n)
-        for i, name in self._STRINGS.items():
-            setattr(self, name, np.fromiter(map(itemgetter(i), records), dtype=object, count=n))
-        for i, name in self._INTS.items():
-            col = np.fromiter(map(itemgetter(i), records), dtype=object, count=n)
-            col[col == None] = -1  # noqa: E711 (elementwise comparison)
-            setattr(self, name, col.astype(np.int64))
+    def __init__(self, columns: dict[str, np.ndarray]) -> None:
+        # The engine writes text columns as str or None (tests/properties/test_invariants.py
+        # checks it); KeptLog.columns gives ids as int64 with -1 for None.
+        for name in COLUMNS:
+            setattr(self, name, columns[name])
+        self.n = len(self.t)
         codes, kinds = pd.factorize(self.event)
         self._codes = codes
         self._code = {k: j for j, k in enumerate(kinds.tolist())}
@@ -114,7 +103,7 @@ def _log_of(result: Result) -> _Log:
     key = id(result)
     log = _LOGS.get(key)
     if log is None:
-        log = _LOGS[key] = _Log(result._events)
+        log = _LOGS[key] = _Log(result._events.columns())
         weakref.finalize(result, _LOGS.pop, key, None)
     return log
 

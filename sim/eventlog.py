@@ -28,11 +28,13 @@ outcome      ok / error / timeout / rejected where the event ends something
 from __future__ import annotations
 
 import hashlib
+from operator import itemgetter
 
+import numpy as np
 import orjson
 from typing import Optional
 
-__all__ = ["COLUMNS", "EVENTS", "EventLog", "canonical"]
+__all__ = ["COLUMNS", "EVENTS", "EventLog", "KeptLog", "canonical"]
 
 COLUMNS = ("t", "event", "request", "call", "parent", "source", "target", "instance", "operation", "outcome")
 
@@ -90,9 +92,91 @@ def canonical(records: list) -> bytes:
     return orjson.dumps(records)[1:-1] + b","
 
 
+#: Columns holding ids (int or None): kept as int64 with -1 for None.
+ID_COLUMNS = ("request", "call", "parent")
+_ID_INDEX = tuple(COLUMNS.index(c) for c in ID_COLUMNS)
+# What np.fromiter makes of each field of a batch: times and ids as float64 (None -> NaN:
+# numpy converts None to NaN for floating dtypes; ids stay exact below 2**53), the text
+# columns as object arrays holding the engine's own str objects (or None, or an int index).
+_DTYPES = tuple(float if (i == 0 or i in _ID_INDEX) else object for i in range(len(COLUMNS)))
+
+
+class KeptLog:
+    """A kept event log, column by column: each flushed batch of record tuples becomes one
+    numpy array per column while the batch is still in the cache (issue 12 item 4), so that
+    no tuple outlives its batch and the invariants' columns (``properties.record``) need
+    no pass over a million tuples after the run. :meth:`columns` joins the batches once;
+    :meth:`records` rebuilds the tuples, equal to the engine's (the export and span
+    paths read tuples; tests/test_eventlog_columns.py checks them against a sink)."""
+
+    __slots__ = ("_batches", "_cols", "count", "_int_t")
+
+    def __init__(self) -> None:
+        self._batches: list[tuple[np.ndarray, ...]] = []
+        self._cols: Optional[dict[str, np.ndarray]] = None
+        self.count = 0
+        # Rows whose time the engine wrote as an int (SimPy's clock starts at the int 0 and
+        # stays an int until a float delay): orjson writes 0, not 0.0, so records() must
+        # give the int back for the tuples to hash alike.
+        self._int_t: list[int] = []
+
+    def add(self, buf: list) -> None:
+        n = len(buf)
+        # One np.fromiter pass per column over the batch: as fast per row as one 2-D or
+        # structured array, and the batch (16,384 tuples at most) is cache-resident.
+        cols = [np.fromiter(map(itemgetter(i), buf), dtype=dt, count=n) for i, dt in enumerate(_DTYPES)]
+        for i in _ID_INDEX:  # None (NaN) -> -1, while the batch is small and in the cache
+            cols[i] = np.nan_to_num(cols[i], copy=False, nan=-1.0).astype(np.int64)
+        t = cols[0]
+        for k in np.flatnonzero(t == np.floor(t)).tolist():  # whole numbers: few
+            if type(buf[k][0]) is int:
+                self._int_t.append(self.count + k)
+        self._batches.append(tuple(cols))
+        self.count += n
+        self._cols = None
+
+    @classmethod
+    def from_records(cls, records: list) -> "KeptLog":
+        """A kept log holding ``records`` (tuples of :data:`COLUMNS`), e.g. a doctored log in a test."""
+        kept = cls()
+        if records:
+            kept.add(records)
+        return kept
+
+    def __len__(self) -> int:
+        return self.count
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Every column as one array (``t`` float64; ``request``, ``call``, ``parent``
+        int64 with -1 for None; the others object arrays of str or None). Computed once
+        and shared: callers must not modify the arrays."""
+        if self._cols is None:
+            batches = self._batches
+            cols = {}
+            for i, name in enumerate(COLUMNS):
+                parts = [b[i] for b in batches]
+                cols[name] = (np.concatenate(parts) if len(parts) > 1 else parts[0]) if parts \
+                    else np.zeros(0, dtype=np.int64 if i in _ID_INDEX else _DTYPES[i])
+            # The joined arrays replace the batches (one copy in memory, not two).
+            self._batches = [tuple(cols[name] for name in COLUMNS)] if self.count else []
+            self._cols = cols
+        return self._cols
+
+    def records(self) -> list[tuple]:
+        """The records as the engine wrote them (tuples of :data:`COLUMNS`)."""
+        cols = self.columns()
+        lists = [cols[name].tolist() for name in COLUMNS]
+        t = lists[0]
+        for k in self._int_t:
+            t[k] = int(t[k])
+        for i in _ID_INDEX:
+            lists[i] = [None if v < 0 else v for v in lists[i]]
+        return list(zip(*lists))
+
+
 class EventLog:
     """Accumulates records in ``buf`` (appended to directly by the engine), hashing them
-    whenever :meth:`flush` is called; keeps them only if asked, and hands each flushed batch
+    whenever :meth:`flush` is called; keeps them (as a :class:`KeptLog`) only if asked, and hands each flushed batch
     to every sink in ``sinks`` (objects with a ``write(records)`` method that must not keep
     the list: it is cleared after). Sinks observe; the hash does not depend on them."""
 
@@ -101,7 +185,7 @@ class EventLog:
     def __init__(self, keep: bool = False) -> None:
         self.buf: list[tuple] = []
         self._sha = hashlib.sha256()
-        self.kept: Optional[list[tuple]] = [] if keep else None
+        self.kept: Optional[KeptLog] = KeptLog() if keep else None
         self.count = 0
         self.sinks: tuple = ()
 
@@ -114,7 +198,7 @@ class EventLog:
             self._sha.update(canonical(buf[i : i + _CHUNK]))
         self.count += len(buf)
         if self.kept is not None:
-            self.kept.extend(buf)
+            self.kept.add(buf)
         for sink in self.sinks:
             sink.write(buf)
         buf.clear()

@@ -13,7 +13,7 @@ from typing import Optional, Union
 
 import pandas as pd
 
-from hailan_sim.sim.eventlog import COLUMNS
+from hailan_sim.sim.eventlog import COLUMNS, ID_COLUMNS, KeptLog
 from hailan_sim.sim.metrics import OUTCOMES
 
 __all__ = ["Result"]
@@ -84,7 +84,7 @@ class Result:
     streams: list[str] = field(default_factory=list, repr=False)
     calls_started: int = 0
     breaker_trips: list[float] = field(default_factory=list, repr=False)
-    _events: Optional[list[tuple]] = field(default=None, repr=False)
+    _events: Optional[KeptLog] = field(default=None, repr=False)
 
     @property
     def has_events(self) -> bool:
@@ -99,9 +99,19 @@ class Result:
             raise ValueError(
                 "this run did not keep its event log; run simulate(scenario, keep_events=True)"
             )
-        df = pd.DataFrame.from_records(self._events, columns=list(COLUMNS))
-        for col in ("request", "call", "parent"):
-            df[col] = df[col].astype("Int64")
+        if not len(self._events):
+            df = pd.DataFrame.from_records([], columns=list(COLUMNS))
+            for col in ID_COLUMNS:
+                df[col] = df[col].astype("Int64")
+        else:
+            # Straight from the kept columns (the frame equals the one from_records built
+            # from the tuples: tests/test_eventlog_columns.py).
+            cols = self._events.columns()
+            df = pd.DataFrame({
+                name: (pd.arrays.IntegerArray(cols[name].copy(), cols[name] < 0)
+                       if name in ID_COLUMNS else cols[name].copy())
+                for name in COLUMNS
+            })
         for col in ("event", "source", "target", "instance", "operation", "outcome"):
             df[col] = df[col].astype("string")
         return df
@@ -112,7 +122,7 @@ class Result:
                 "this run did not keep its event log; run simulate(scenario, keep_events=True), "
                 "or stream it with simulate(scenario, sinks=[EventWriter(path)])"
             )
-        return self._events
+        return self._events.records()
 
     def spans(self) -> dict:
         """Every request's span tree as one OTLP/JSON ``ExportTraceServiceRequest``

@@ -96,9 +96,9 @@ def _in_system_at_arrivals(result, service: str, warmup_s: float) -> np.ndarray:
     event log: with no network latency a call joins the service at its ``call_start`` and
     leaves at its ``work_end``, so the number there just before an arrival is the starts
     so far minus the ends so far (records are in the order the events happened)."""
-    # The raw records behind Result.events(): building that DataFrame would cost half as
-    # much again as the run itself. Fall back to it if the raw list is not there.
-    records = getattr(result, "_events", None)
+    # The raw records behind Result.events() (rebuilt from the kept columns): building that
+    # DataFrame would cost half as much again as the run itself. Fall back to it if not kept.
+    records = result._kept() if result.has_events else None
     if records is None:
         ev = result.events()
         records = ev[["t", "event", "request", "call", "parent", "source", "target"]].itertuples(

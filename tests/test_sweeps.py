@@ -470,7 +470,7 @@ def test_calls_started_and_breaker_trips_are_the_logs():
     root = Path(__file__).resolve().parent.parent
     sc = load_scenario(root / "findings" / "counterexamples" / "bounded_recovery.yaml")
     r = simulate(sc.with_run(duration_s=60), keep_events=True)
-    ev = r._events
+    ev = r._kept()
     trips = sorted(e[0] for e in ev if e[1] == "breaker" and e[8] == "closed" and e[9] == "open")
     assert trips and any(e[1] == "message_publish" for e in ev)
     assert r.calls_started == sum(1 for e in ev if e[1] == "call_start")

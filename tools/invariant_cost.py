@@ -35,6 +35,16 @@ def main(argv=None) -> int:
 
     if args.load:
         s, result, baseline = pickle.loads(Path(args.load).read_bytes())
+        try:  # a pair pickled before the kept log was columnar (issue 12): its tuples
+            import dataclasses
+
+            from hailan_sim.sim.eventlog import KeptLog
+
+            if isinstance(result._events, list):
+                result = dataclasses.replace(result, _events=KeptLog.from_records(result._events))
+                baseline = dataclasses.replace(baseline, _events=KeptLog.from_records(baseline._events))
+        except ImportError:  # a version before KeptLog reads the tuples itself
+            pass
     else:
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from bench_checker import check_scenario, generated
@@ -52,13 +62,22 @@ def main(argv=None) -> int:
         if args.save:
             Path(args.save).write_bytes(pickle.dumps((s, result, baseline)))
     names = [n for n in inv.INVARIANTS if n != "determinism"]
+    # A kept log's batches are joined into columns once per run (sim.eventlog.KeptLog,
+    # issue 12): part of this run's log columns.
+    t = time.process_time()
+    if hasattr(result._events, "columns"):
+        result._events.columns()
+    joined = time.process_time() - t
     inv.evaluate(inv.Record(scenario=s, result=result, baseline=baseline), names)  # the seed's first
     rec_mod._LOGS.pop(id(result), None)
+    from hailan_sim.properties import causes
+
+    causes._TREES.pop(id(result), None)  # the span trees, also built once per run
     record = inv.Record(scenario=s, result=result, baseline=baseline)
     per = {}
     t0 = time.process_time()
     _ = record.log
-    per["log columns"] = time.process_time() - t0
+    per["log columns"] = time.process_time() - t0 + joined
     for n in names:
         t = time.process_time()
         inv.get(n)(record)

@@ -18,6 +18,7 @@ import pytest
 
 from hailan_sim.models import breakers as B
 from hailan_sim.properties.invariants import Record, get
+from hailan_sim.sim.eventlog import KeptLog
 from hailan_sim.properties.windows import _p99_worse, _ratio_drop, _table_from_requests, _z
 from tests.properties.test_invariants import AUTH_CRASH, _fails, _holds, _record, _with_planted, _Herd, mini
 
@@ -28,7 +29,8 @@ EVENT, CALL, SOURCE, TARGET, OP, OUTCOME = 1, 3, 5, 6, 8, 9
 
 def _doctored(record: Record, events: list[tuple]) -> Record:
     """The same record with its run's event log replaced."""
-    return Record(record.scenario, dataclasses.replace(record.result, _events=events), record.baseline)
+    return Record(record.scenario, dataclasses.replace(record.result, _events=KeptLog.from_records(events)),
+                  record.baseline)
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +55,13 @@ def _duplicate_first(events: list[tuple], event: str) -> list[tuple]:
 
 def test_conservation_catches_a_call_that_ends_twice(seed_crash):
     _holds(get("conservation")(seed_crash))
-    v = get("conservation")(_doctored(seed_crash, _duplicate_first(seed_crash.result._events, "call_end")))
+    v = get("conservation")(_doctored(seed_crash, _duplicate_first(seed_crash.result._kept(), "call_end")))
     assert not v.holds and v.details["calls_ended_twice"] == 1
     assert "1 call(s) ended more than once" in v.explanation
 
 
 def test_conservation_catches_a_request_that_ends_twice(seed_crash):
-    v = get("conservation")(_doctored(seed_crash, _duplicate_first(seed_crash.result._events, "request_end")))
+    v = get("conservation")(_doctored(seed_crash, _duplicate_first(seed_crash.result._kept(), "request_end")))
     assert not v.holds and v.details["requests_ended_twice"] == 1
     assert "1 request(s) ended more than once" in v.explanation
 
@@ -79,7 +81,7 @@ def test_breaker_transition_from_a_state_it_was_not_in_is_caught(seed_crash):
     # Remove one open->half_open row of a breaker that moves on from half_open: every
     # remaining transition is legal on its own, but the next one leaves half_open while the
     # breaker is open. Only the continuity check can see it.
-    events = seed_crash.result._events
+    events = seed_crash.result._kept()
     drop = next(rs[k] for rs in _breaker_rows(events).values() for k in range(len(rs) - 1)
                 if (events[rs[k]][OP], events[rs[k]][OUTCOME]) == ("open", "half_open"))
     v = get("breaker_legality")(_doctored(seed_crash, events[:drop] + events[drop + 1:]))
@@ -92,7 +94,7 @@ def test_open_to_open_is_legal_for_spec_breakers_only(seed_crash, hardened_crash
     # The spec's breaker re-enters OPEN on a late failure (open->open); resilience4j's
     # state machine has no such transition (docs/mechanisms/breakers.md).
     for record, legal in ((seed_crash, True), (hardened_crash, False)):
-        events = record.result._events
+        events = record.result._kept()
         i = next(rs[0] for rs in _breaker_rows(events).values()
                  if (events[rs[0]][OP], events[rs[0]][OUTCOME]) == ("closed", "open"))
         again = events[i][:OP] + ("open", "open")
@@ -214,7 +216,7 @@ def test_conservation_excuses_a_message_while_its_broker_is_back_too_briefly(har
     # One message's ack removed: with consumer and broker up for the whole run it is lost.
     # The same log with the broker down and back 2 s before the end: it had no grace_s
     # (heartbeat timeout plus redelivery delay) to requeue and redeliver, so it is not lost.
-    events = hardened_crash.result._events
+    events = hardened_crash.result._kept()
     ack = max(i for i, e in enumerate(events) if e[EVENT] == "message_ack")
     events = events[:ack] + events[ack + 1:]
     v = get("conservation")(_doctored(hardened_crash, events))
@@ -281,7 +283,7 @@ def test_conservation_names_the_request_that_never_ended_and_a_call_end_without_
     # conservation works on sorted id arrays (np.unique, np.setdiff1d): the first request
     # left without its end is named with its endpoint and start, and a call_end whose
     # call_start was removed is counted.
-    events = seed_crash.result._events
+    events = seed_crash.result._kept()
     last_end = max(i for i, e in enumerate(events) if e[EVENT] == "request_end")
     req = events[last_end][2]
     start = next(e for e in events if e[EVENT] == "request_start" and e[2] == req)
@@ -298,11 +300,11 @@ def test_conservation_names_the_request_that_never_ended_and_a_call_end_without_
 def test_call_rows_is_each_calls_last_row_like_a_dict_in_log_order(seed_crash):
     from hailan_sim.properties.record import _Log
 
-    events = seed_crash.result._events
+    events = seed_crash.result._kept()
     ends = [i for i, e in enumerate(events) if e[EVENT] == "call_end"]
     # The same call ending twice: the later row wins, as dict(zip(ids, rows)) would.
     events = events[: ends[0] + 1] + [events[ends[0]]] + events[ends[0] + 1:]
-    log = _Log(events)
+    log = _Log(KeptLog.from_records(events).columns())
     want = {}
     for i, e in enumerate(events):
         if e[EVENT] == "call_end":
@@ -329,3 +331,40 @@ def test_by_value_applies_the_function_to_every_element_none_included():
     assert by_value(col, fn, bool).tolist() == [fn(x) for x in col.tolist()]
     assert by_value(col[:0], fn, bool).tolist() == []
     assert seen.count("a-0") == 1 + 2  # once in by_value, twice in the list comprehension
+
+
+def test_window_table_is_the_per_window_nearest_rank_p99_of_finished_requests():
+    """_table_from_requests computes every (endpoint, window) at once (issue 12): the same
+    counts and nearest-rank p99 as a loop over the windows, unfinished requests (NaN
+    latency) counted in n but not in the p99, a window of only unfinished ones NaN."""
+    import numpy as np
+
+    from hailan_sim.properties.windows import _nearest_rank
+
+    rng = np.random.default_rng(7)
+    n = 3000
+    req = pd.DataFrame({
+        "endpoint": rng.choice(["b", "a", "checkout"], n).astype(object),
+        "start": rng.uniform(0.0, 120.0, n),
+        "outcome": rng.choice(["ok", "ok", "timeout", "error"], n).astype(object),
+        "latency_ms": rng.exponential(80.0, n).round(3),
+    })
+    req.loc[rng.random(n) < 0.2, "latency_ms"] = np.nan
+    req.loc[(req["start"] >= 40.0) & (req["start"] < 50.0) & (req["endpoint"] == "a"), "latency_ms"] = np.nan
+    widths = {"a": 10.0, "b": 5.0, "checkout": 60.0}
+    got = _table_from_requests(req, widths, 10.0, 115.0)
+    want = []
+    sel = req[(req["start"] >= 10.0) & (req["start"] < 115.0)]
+    for e in sorted(widths):
+        r = sel[sel["endpoint"] == e]
+        j = np.floor((r["start"].to_numpy() - 10.0) / widths[e]).astype(int)
+        for jj in sorted(set(j.tolist())):
+            g = r[j == jj]
+            lat = g["latency_ms"].to_numpy()
+            want.append((e, jj, len(g), int((g["outcome"] == "ok").sum()),
+                         _nearest_rank(lat[~np.isnan(lat)], 0.99)))
+    rows = list(got.itertuples(index=False, name=None))
+    assert [r[:4] for r in rows] == [w[:4] for w in want]
+    assert np.array_equal(got["p99_ms"].to_numpy(), [w[4] for w in want], equal_nan=True)
+    assert got.loc[(got["endpoint"] == "a") & (got["j"] == 3), "p99_ms"].isna().all()
+    assert got["n"].sum() == len(sel)
