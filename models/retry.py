@@ -120,7 +120,8 @@ class RetryPolicy(Frozen):
     with idempotency).
 
     ``pushback``: do not retry a failure the callee answered after its own retries had
-    failed, after its retry budget refused a retry, or after a pushback from further down. Retries at several layers multiply
+    failed, after its retry budget refused a retry, after its breaker refused the call (a
+    short circuit), or after a pushback from further down. Retries at several layers multiply
     (3 attempts at each of 3 layers is 27 calls to the bottom one); the Google SRE book
     (ch. 22, "Handling Overload") has a backend whose own retries failed answer "overloaded;
     don't retry", so only one layer retries, as gRPC's retry pushback (gRFC A6,

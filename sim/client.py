@@ -465,6 +465,12 @@ class _Logical:
             if not allowed:
                 eng.counters["short_circuits"] += 1
                 eng._refused(self.parent.req, self.parent, self.op, "short_circuit", "error", name)
+                # This layer decided not to call a dependency it knows is failing: its answer
+                # says "don't retry" too, so the layer above does not retry it (retries at one
+                # layer only, SRE book ch. 21-22). Without it `check --profile hardened` found
+                # every caller of user-service retrying the short circuits of its breakers to a
+                # partitioned auth-service (ai-service's retries +10.2% of its calls).
+                self.pushed_back = True
                 self._failed("error", retryable=False)
                 return
         if self.with_token:

@@ -320,6 +320,31 @@ def test_a_retry_the_budget_refuses_is_pushed_back_too():
     assert int(((ev.event == "call_start") & (ev.target == "b")).sum()) == 20
 
 
+def test_a_short_circuit_is_pushed_back_too():
+    """a -> b -> c, c always fails; both layers may retry (3 attempts, pushback), and b's
+    breaker towards c opens after its first 4 failed calls and stays open. A call b's breaker
+    refuses must answer "don't retry" (b decided not to call a dependency it knows is down),
+    or a retries b three times per request, each short-circuited again (found by `check
+    --profile hardened`: every caller of user-service retried its breakers' short circuits to
+    a partitioned auth-service)."""
+    breaker = {"kind": "sliding_window", "window_type": "count_based", "window_size": 4,
+               "minimum_calls": 4, "failure_rate_threshold": 50, "wait_in_open_s": 600}
+    s = build(
+        [svc("a", 3001, {"op": op(1, {"call": "b.op"})}, depends_on=["b"], workers=64),
+         svc("b", 3002, {"op": op(1, {"call": "c.op"}, idempotent=True)}, depends_on=["c"], workers=64),
+         svc("c", 3003, {"op": op(1, error_probability=1.0, idempotent=True)}, workers=64)],
+        [endpoint("a.op", trace(*[1 + i * 0.05 for i in range(20)]), timeout_s=60)],
+        policies={"retry": {"max_attempts": 3, "pushback": True,
+                            "backoff": {"kind": "constant", "delay_s": 0.001}},
+                  "edges": [{"caller": "b", "callee": "c", "breaker": breaker}]},
+    )
+    ev = _events(s)
+    assert int((ev.event == "short_circuit").sum()) > 0
+    # The first request's call to b retries c 3 times and the fourth failure (the second
+    # request's) opens the breaker; from then on every request calls b once.
+    assert int(((ev.event == "call_start") & (ev.target == "b")).sum()) == 20
+
+
 def test_outlier_detection_ejects_a_failing_instance():
     """b-0 fails every call from 1 s; after 5 consecutive errors Envoy's detector ejects it
     for 30 s, so a stops sending it calls."""
