@@ -280,69 +280,55 @@ def test_the_spec_breaker_at_client_scope_short_circuits_every_callee():
     assert run("service") == 0
 
 
-def test_pushback_stops_the_callers_retries():
-    """a -> b -> c, c always fails, both layers retry (3 attempts): with pushback b's
-    exhausted retries tell a not to retry, so a calls b once per request."""
-    def run(pushback):
-        s = build(
-            [svc("a", 3001, {"op": op(1, {"call": "b.op"})}, depends_on=["b"], workers=64),
-             svc("b", 3002, {"op": op(1, {"call": "c.op"}, idempotent=True)}, depends_on=["c"], workers=64),
-             svc("c", 3003, {"op": op(1, error_probability=1.0, idempotent=True)}, workers=64)],
-            [endpoint("a.op", trace(*[1 + i * 0.05 for i in range(20)]), timeout_s=60)],
-            policies={"retry": {"max_attempts": 3, "pushback": pushback,
-                                "backoff": {"kind": "constant", "delay_s": 0.001}}},
-        )
-        ev = _events(s)
-        return int(((ev.event == "call_start") & (ev.target == "b")).sum())
+def _three_layers(pushback: bool = True, edges: list = ()):
+    """a -> b -> c, c always fails, every layer may retry (3 attempts, 1 ms apart): the
+    events of 20 requests, one every 50 ms."""
+    return _events(build(
+        [svc("a", 3001, {"op": op(1, {"call": "b.op"})}, depends_on=["b"], workers=64),
+         svc("b", 3002, {"op": op(1, {"call": "c.op"}, idempotent=True)}, depends_on=["c"], workers=64),
+         svc("c", 3003, {"op": op(1, error_probability=1.0, idempotent=True)}, workers=64)],
+        [endpoint("a.op", trace(*[1 + i * 0.05 for i in range(20)]), timeout_s=60)],
+        policies={"retry": {"max_attempts": 3, "pushback": pushback,
+                            "backoff": {"kind": "constant", "delay_s": 0.001}},
+                  "edges": list(edges)},
+    ))
 
-    assert run(True) == 20
-    assert run(False) == 60
+
+def _calls_to(ev, target: str) -> int:
+    return int(((ev.event == "call_start") & (ev.target == target)).sum())
+
+
+def test_pushback_stops_the_callers_retries():
+    """Both layers retry: with pushback b's exhausted retries tell a not to retry, so a
+    calls b once per request."""
+    assert _calls_to(_three_layers(pushback=True), "b") == 20
+    assert _calls_to(_three_layers(pushback=False), "b") == 60
 
 
 def test_a_retry_the_budget_refuses_is_pushed_back_too():
-    """a -> b -> c, c always fails, both layers may retry (3 attempts, pushback), but b's
-    retry budget towards c is empty (Finagle, 0% and 0 a second): b makes one attempt and
-    its answer must say "don't retry" as if its retries had failed (SRE book ch. 21), or
+    """b's retry budget towards c is empty (Finagle, 0% and 0 a second): b makes one attempt
+    and its answer must say "don't retry" as if its retries had failed (SRE book ch. 21), or
     a retries b and c gets 3 calls per request instead of 1 (found by `check --profile
     hardened`: 4 calls to auth-service.verify_token for one request)."""
     empty = {"kind": "finagle", "percent_can_retry": 0.0, "min_retries_per_s": 0}
-    s = build(
-        [svc("a", 3001, {"op": op(1, {"call": "b.op"})}, depends_on=["b"], workers=64),
-         svc("b", 3002, {"op": op(1, {"call": "c.op"}, idempotent=True)}, depends_on=["c"], workers=64),
-         svc("c", 3003, {"op": op(1, error_probability=1.0, idempotent=True)}, workers=64)],
-        [endpoint("a.op", trace(*[1 + i * 0.05 for i in range(20)]), timeout_s=60)],
-        policies={"retry": {"max_attempts": 3, "pushback": True,
-                            "backoff": {"kind": "constant", "delay_s": 0.001}},
-                  "edges": [{"caller": "b", "callee": "c", "retry_budget": empty}]},
-    )
-    ev = _events(s)
-    assert int(((ev.event == "call_start") & (ev.target == "c")).sum()) == 20
-    assert int(((ev.event == "call_start") & (ev.target == "b")).sum()) == 20
+    ev = _three_layers(edges=[{"caller": "b", "callee": "c", "retry_budget": empty}])
+    assert _calls_to(ev, "c") == 20
+    assert _calls_to(ev, "b") == 20
 
 
 def test_a_short_circuit_is_pushed_back_too():
-    """a -> b -> c, c always fails; both layers may retry (3 attempts, pushback), and b's
-    breaker towards c opens after its first 4 failed calls and stays open. A call b's breaker
-    refuses must answer "don't retry" (b decided not to call a dependency it knows is down),
-    or a retries b three times per request, each short-circuited again (found by `check
-    --profile hardened`: every caller of user-service retried its breakers' short circuits to
-    a partitioned auth-service)."""
+    """b's breaker towards c opens after its first 4 failed calls and stays open. A call b's
+    breaker refuses must answer "don't retry" (b decided not to call a dependency it knows
+    is down), or a retries b three times per request, each short-circuited again (found by
+    `check --profile hardened`: every caller of user-service retried its breakers' short
+    circuits to a partitioned auth-service)."""
     breaker = {"kind": "sliding_window", "window_type": "count_based", "window_size": 4,
                "minimum_calls": 4, "failure_rate_threshold": 50, "wait_in_open_s": 600}
-    s = build(
-        [svc("a", 3001, {"op": op(1, {"call": "b.op"})}, depends_on=["b"], workers=64),
-         svc("b", 3002, {"op": op(1, {"call": "c.op"}, idempotent=True)}, depends_on=["c"], workers=64),
-         svc("c", 3003, {"op": op(1, error_probability=1.0, idempotent=True)}, workers=64)],
-        [endpoint("a.op", trace(*[1 + i * 0.05 for i in range(20)]), timeout_s=60)],
-        policies={"retry": {"max_attempts": 3, "pushback": True,
-                            "backoff": {"kind": "constant", "delay_s": 0.001}},
-                  "edges": [{"caller": "b", "callee": "c", "breaker": breaker}]},
-    )
-    ev = _events(s)
+    ev = _three_layers(edges=[{"caller": "b", "callee": "c", "breaker": breaker}])
     assert int((ev.event == "short_circuit").sum()) > 0
     # The first request's call to b retries c 3 times and the fourth failure (the second
     # request's) opens the breaker; from then on every request calls b once.
-    assert int(((ev.event == "call_start") & (ev.target == "b")).sum()) == 20
+    assert _calls_to(ev, "b") == 20
 
 
 def test_outlier_detection_ejects_a_failing_instance():
