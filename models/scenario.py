@@ -527,6 +527,18 @@ class Placement(Frozen):
     zone: str
 
 
+def _service_names(services: list) -> list:
+    return [s.get("name") if isinstance(s, dict) else getattr(s, "name", None) for s in services]
+
+
+def _check_named_services(field: str, named, names: list) -> None:
+    """Every service ``policies.<field>`` names must exist: a one-line error otherwise."""
+    for name in named:
+        if name not in names:
+            raise ValueError(f"policies.{field}.{name}: no such service; services are "
+                             f"{', '.join(str(n) for n in names)}")
+
+
 def _raise_to_min_instances(data: dict, named: Optional[dict] = None) -> tuple[dict, dict]:
     """``policies.min_instances`` applied: each named service's ``instances`` raised to at
     least its minimum (never lowered), before validation, so that every reader of
@@ -540,11 +552,8 @@ def _raise_to_min_instances(data: dict, named: Optional[dict] = None) -> tuple[d
     services = data.get("services")
     if not mins or not isinstance(mins, dict) or not isinstance(services, list):
         return data, {}
-    names = [s.get("name") if isinstance(s, dict) else getattr(s, "name", None) for s in services]
-    for name in (mins if named is None else named):
-        if name not in names:
-            raise ValueError(f"policies.min_instances.{name}: no such service; services are "
-                             f"{', '.join(str(n) for n in names)}")
+    names = _service_names(services)
+    _check_named_services("min_instances", mins if named is None else named, names)
     out, raised = [], {}
     for i, s in enumerate(services):
         n = mins.get(names[i])
@@ -572,13 +581,8 @@ def _check_shedding_names(data: dict, own: Optional[dict]) -> None:
     pol = own if own is not None else data.get("policies")
     waits = pol.get("max_queue_wait_s") if isinstance(pol, dict) else getattr(pol, "max_queue_wait_s", None)
     services = data.get("services")
-    if not isinstance(waits, dict) or not isinstance(services, list):
-        return
-    names = [s.get("name") if isinstance(s, dict) else getattr(s, "name", None) for s in services]
-    for name in waits:
-        if name not in names:
-            raise ValueError(f"policies.max_queue_wait_s.{name}: no such service; services are "
-                             f"{', '.join(str(n) for n in names)}")
+    if isinstance(waits, dict) and isinstance(services, list):
+        _check_named_services("max_queue_wait_s", waits, _service_names(services))
 
 
 class Scenario(Frozen):

@@ -10,6 +10,7 @@ verification. Split out of sim/engine.py: :class:`ClientMixin` is part of
 from __future__ import annotations
 
 import bisect
+from operator import itemgetter
 from typing import Optional
 
 from hailan_sim.models.balancers import make_balancer
@@ -606,21 +607,19 @@ class _Logical:
         if outcome == "ok":
             self._finish("ok")
             return
-        if eng.last_call.auth_failed and eng.tokens.on_401 == "refresh_retry" and not self.auth_retried \
-                and self.attempt_no < max(self.edge.retry.max_attempts, 2):
-            # One refresh-and-resend on a 401, at once (the token failed, not the server). The
-            # resend is another request to the service, so it is one of the call's attempts
-            # (SRE book, "Handling Overload": every attempt of a request counts against the
-            # 3-attempt limit): it takes one of retry.max_attempts, and an edge without
-            # retries still gets its one resend. With the attempts used up the token is
-            # refreshed for the next call and this one fails.
-            self.auth_retried = True
-            cl.token_cache.token = None
-            eng.counters["auth_refresh_retries"] += 1
-            self.attempt()
-            return
         if eng.last_call.auth_failed and eng.tokens.on_401 == "refresh_retry":
-            cl.token_cache.token = None
+            cl.token_cache.token = None  # the next call (or this one's resend) fetches a new one
+            if not self.auth_retried and self.attempt_no < max(self.edge.retry.max_attempts, 2):
+                # One refresh-and-resend on a 401, at once (the token failed, not the server).
+                # The resend is another request to the service, so it is one of the call's
+                # attempts (SRE book, "Handling Overload": every attempt of a request counts
+                # against the 3-attempt limit): it takes one of retry.max_attempts, and an edge
+                # without retries still gets its one resend. With the attempts used up this
+                # call fails.
+                self.auth_retried = True
+                eng.counters["auth_refresh_retries"] += 1
+                self.attempt()
+                return
         if eng.last_call.pushback and self.edge.retry.pushback:
             self.pushed_back = True
             self._failed(outcome, retryable=False)
@@ -638,26 +637,25 @@ class _Logical:
             # are bound by the deadline).
             retryable = False
         if retryable and retry.should_retry(self.attempt_no, outcome, self.op.idempotent):
-            if not self._budget_allows():
-                # The retry budget refused a retry the policy allows: this layer has decided
-                # the call should not be retried, so its answer says so too ("overloaded; don't
-                # retry", Google SRE book ch. 21, "Deciding to Retry": retries only at the layer
-                # above the failure, never a combinatorial explosion). Without it the caller,
-                # seeing a first-attempt failure, retried the layer whose budget was empty:
-                # 4 calls to auth-service.verify_token for one request (hardened, error_rate
-                # on auth-service; found by `check --profile hardened`).
-                self.pushed_back = True
-                self._finish(outcome)
+            if self._budget_allows():
+                delay = retry.delay(self.attempt_no, self.prev_delay,
+                                    eng._retry_u(self.parent.op.svc.name, self.callee))
+                self.prev_delay = delay
+                eng.counters["retries"] += 1
+                now = eng.env.now
+                eng._rec((now, "retry", self.parent.req.id, None, self.parent.id, self.parent.inst.name,
+                          self.callee, None, self.op.name, outcome))
+                self.client.retrying += 1
+                _at(eng.env, delay, self._retry, None)
                 return
-            delay = retry.delay(self.attempt_no, self.prev_delay, eng._retry_u(self.parent.op.svc.name, self.callee))
-            self.prev_delay = delay
-            eng.counters["retries"] += 1
-            now = eng.env.now
-            eng._rec((now, "retry", self.parent.req.id, None, self.parent.id, self.parent.inst.name,
-                      self.callee, None, self.op.name, outcome))
-            self.client.retrying += 1
-            _at(eng.env, delay, self._retry, None)
-            return
+            # The retry budget refused a retry the policy allows: this layer has decided the
+            # call should not be retried, so its answer says so too ("overloaded; don't retry",
+            # Google SRE book ch. 21, "Deciding to Retry": retries only at the layer above the
+            # failure, never a combinatorial explosion). Without it the caller, seeing a
+            # first-attempt failure, retried the layer whose budget was empty: 4 calls to
+            # auth-service.verify_token for one request (hardened, error_rate on auth-service;
+            # found by `check --profile hardened`).
+            self.pushed_back = True
         self._finish(outcome)
 
     def _retry(self, _arg) -> None:
@@ -691,10 +689,7 @@ def _deaths_before(deaths: list, now: float) -> int:
     """How many of an instance's ``deaths`` (in time order) happened before ``now``: what a
     channel opened now has already seen. A death at ``now`` itself is not seen (the check
     used to scan every death at or after the channel's opening time, and still counts it)."""
-    seen = len(deaths)
-    while seen and deaths[seen - 1][0] >= now:
-        seen -= 1
-    return seen
+    return bisect.bisect_left(deaths, now, key=itemgetter(0))
 
 
 def _needs_query(view, now: float, service: str) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from hailan_sim.models import default_scenario
+from hailan_sim.models.scenario import Scenario
 from hailan_sim.sim import simulate
 from tests._build import build, endpoint, op, svc, trace
 
@@ -40,9 +41,8 @@ def test_the_policy_does_what_the_service_field_does_and_the_field_wins():
 
 def test_an_unknown_service_is_a_one_line_error():
     with pytest.raises(ValueError, match=r"policies.max_queue_wait_s.nope: no such service; services are a"):
-        _scenario(policy_wait=None).model_validate(
-            {**_scenario().model_dump(mode="python", exclude_unset=True),
-             "policies": {"max_queue_wait_s": {"nope": 1.0}}})
+        Scenario.model_validate({**_scenario().model_dump(mode="python", exclude_unset=True),
+                                 "policies": {"max_queue_wait_s": {"nope": 1.0}}})
 
 
 def test_hardened_sheds_at_ai_service_and_its_names_are_skipped_elsewhere():
@@ -51,7 +51,7 @@ def test_hardened_sheds_at_ai_service_and_its_names_are_skipped_elsewhere():
     assert default_scenario().with_profile("seed").effective_policies().max_queue_wait_s is None
     # A scenario without an ai-service still takes the profile (and without an issuer,
     # no tokens).
-    sc = _scenario().model_validate({**_scenario().model_dump(mode="python", exclude_unset=True),
-                                     "profile": "hardened", "policies": {"tokens": {"enabled": False}}})
+    sc = Scenario.model_validate({**_scenario().model_dump(mode="python", exclude_unset=True),
+                                  "profile": "hardened", "policies": {"tokens": {"enabled": False}}})
     assert sc.effective_policies().max_queue_wait_s == {"ai-service": 5.0}
     assert _shed(sc) == 0
