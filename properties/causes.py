@@ -17,6 +17,7 @@ verifier. A load spike's own requests fail directly. docs/invariants.md, "no_cas
 
 from __future__ import annotations
 
+import bisect
 from typing import Optional
 
 import numpy as np
@@ -26,9 +27,11 @@ from hailan_sim.models.scenario import Scenario
 from hailan_sim.properties.reach import (
     _caller_service,
     _components_on_nodes,
+    _edge_policy,
     _op_reach,
     _registry_name,
     _service_of,
+    _staleness_s,
     faulted_components,
     token_issuer,
 )
@@ -117,6 +120,11 @@ class _Faults:
         self._caller: dict[str, Optional[str]] = {}
         self._svc: dict[str, Optional[str]] = {}
         self._insts: dict[str, list[str]] = {}
+        self._log = record.log
+        self._initial_status = sc.policies.health_check.initial_status
+        self._listed: Optional[dict[str, tuple[list[int], list[float], list[str]]]] = None
+        self._lag: dict[tuple[str, str], float] = {}
+        self._breakers: dict[tuple[str, str], np.ndarray] = {}
 
     def _caller_of(self, source: str) -> Optional[str]:
         c = self._caller.get(source, self)
@@ -161,6 +169,102 @@ class _Faults:
         rows, _, ss = st
         k = int(np.searchsorted(rows, row, side="right")) - 1
         return ss[max(k, 0)] != "up"
+
+    def _registry_status(self) -> dict[str, tuple[list[int], list[float], list[str]]]:
+        """Per instance, the rows at which the registry set its health status, and the
+        status: a check's ``status`` row; a (re-)registration, which starts the check in
+        ``initial_status`` (Consul's default ``critical``: "the check starts in critical",
+        agent/structs CheckType; resilience-semantics.md, Consul); a deregistration, after
+        which discovery lists the instance no more ("critical" here)."""
+        if self._listed is None:
+            log = self._log
+            out: dict[str, tuple[list[int], list[float], list[str]]] = {}
+            for r in log.rows("registry").tolist():
+                kind = log.operation[r]
+                if kind == "status":
+                    status = log.outcome[r]
+                elif kind in ("registered", "reregistered"):
+                    status = self._initial_status
+                elif kind == "deregistered":
+                    status = "critical"
+                else:
+                    continue
+                rows, ts, ss = out.setdefault(log.instance[r], ([], [], []))
+                rows.append(r)
+                ts.append(float(log.t[r]))
+                ss.append(status)
+            self._listed = out
+        return self._listed
+
+    def view_lag(self, source: Optional[str], target: str) -> float:
+        """How old the caller's view of ``target``'s instances may be: its discovery's
+        cache TTL or watch delay (0 per call; reach._staleness_s)."""
+        caller = (self._caller_of(source) if source else None) or ""
+        key = (caller, target)
+        lag = self._lag.get(key)
+        if lag is None:
+            lag = self._lag[key] = _staleness_s(_edge_policy(self.sc, caller, target)["discovery"])
+        return lag
+
+    def unready(self, inst: str, row: int, t: float, lag: float = 0.0) -> bool:
+        """Was ``inst`` up at log row ``row`` (time ``t``) after a restart, but not yet listed
+        as passing since it went down, in a view of the registry up to ``lag`` s old? A
+        restarted instance registers again with its check in ``initial_status`` and is
+        discovered only after its first passing check (Consul ``health_passing``); a crash
+        the check saw leaves it critical until then; a cached view shows that for up to its
+        TTL more. Either way the caller's "no instance" is the fault's own recovery, not a
+        cascade."""
+        st = self.states.get(inst)
+        if st is None:
+            return False
+        rows, _, ss = st
+        k = int(np.searchsorted(rows, row, side="right")) - 1
+        if k < 1 or ss[k] != "up":
+            return False
+        # The last logged time it went down or hung before this spell up.
+        down = next((int(rows[j]) for j in range(k - 1, -1, -1) if ss[j] != "up"), -1)
+        if down < 0:
+            return False  # never down (or only before the log began, as a cold start)
+        listed = self._registry_status().get(inst)
+        if listed is None:
+            return False
+        lrows, lts, lss = listed
+        # The registry's last word before ``row``, and before the oldest view the caller
+        # may still be using.
+        for j in (bisect.bisect_left(lrows, row) - 1, bisect.bisect_right(lts, t - lag) - 1):
+            if j >= 0 and lrows[j] > down and lss[j] == "critical":
+                return True
+        return False
+
+    def opened_while_dead(self, source: Optional[str], key: str, row: int) -> bool:
+        """Was ``source``'s breaker for instance ``key`` still open (or half-open) at ``row``
+        from an opening while ``key`` was last down or hung? Its short circuits after the
+        instance is back are the crash's recovery: the breaker waits out ``wait_in_open_s``
+        and its half-open probes before it closes (resilience4j CircuitBreaker; the
+        spec's 3.5.1), the same for a restarted instance as for a healthy one."""
+        st = self.states.get(key)
+        if st is None or source is None:
+            return False
+        rows, _, ss = st
+        k = int(np.searchsorted(rows, row, side="right")) - 1
+        if k < 1 or ss[k] != "up":
+            return False
+        up = int(rows[k])
+        down = next((int(rows[j]) for j in range(k - 1, -1, -1) if ss[j] != "up"), -1)
+        if down < 0:
+            return False
+        log = self._log
+        br = self._breakers.get((source, key))
+        if br is None:
+            allb = log.rows("breaker")
+            br = allb[(log.source[allb] == source) & (log.target[allb] == key)]
+            self._breakers[(source, key)] = br
+        # This episode: the transitions since the breaker last closed (open, half_open, open
+        # again on a failed probe...). The first opening of it decides.
+        before = br[br < row]
+        closes = before[log.outcome[before] == "closed"]
+        opens = before[(before > (int(closes[-1]) if len(closes) else -1)) & (log.outcome[before] == "open")]
+        return len(opens) > 0 and down < int(opens[0]) <= up
 
     def active(self, t0: float, t1: float) -> list[int]:
         """Faults on at some time in [t0, t1]."""
@@ -223,15 +327,23 @@ class _Faults:
             return -1
         if instance is not None and (self.dead(instance, row0) or self.dead(instance, row1)):
             return -1
+        if mechanism == "short_circuit" and instance is not None and self.opened_while_dead(
+            source, instance, row0
+        ):
+            return -1
         if mechanism == "no_instance" or (mechanism == "error" and instance is None):
             # No instance to send to (the client's no_instance; or a call the engine failed
             # at once because the component had none up, as at a crashed single-instance
             # gateway): direct when every instance of the target was dead then, whether or
-            # not its fault is still on (a crash without restart outlives its fault).
+            # not its fault is still on (a crash without restart outlives its fault), or
+            # restarted and not yet passing its first check since (found by the 200-example
+            # hardened property: crash_service(user-service, restart) left all three up
+            # and critical for 2.7-4.7 s after the fault; docs/invariants.md).
             insts = self._insts.get(target)
             if insts is None:
                 insts = self._insts[target] = [k for k in self.states if self._service(k) == target]
-            if insts and all(self.dead(k, row0) for k in insts):
+            lag = self.view_lag(source, target) if mechanism == "no_instance" else 0.0
+            if insts and all(self.dead(k, row0) or self.unready(k, row0, t0, lag) for k in insts):
                 return -1
         return None
 

@@ -381,6 +381,81 @@ def test_cascade_direct_failures_are_the_faults_own_cost():
     assert v.details["collateral_failures"] < v.details["direct_failures"]
 
 
+@pytest.fixture(scope="module")
+def hardened_restart() -> Record:
+    """Every catalog instance crashes at 20 s for 2.5 s and restarts (up at 24.5 s, startup
+    2 s); a second fault keeps the judged windows open until 34 s."""
+    faults = [{"kind": "crash_service", "service": "catalog", "start_s": 20, "duration_s": 2.5,
+               "restart": True},
+              {"kind": "crash_instance", "instance": "stock-1", "start_s": 33, "duration_s": 1,
+               "restart": True}]
+    return _record(mini("hardened", faults, duration_s=70))
+
+
+def _row(rec: Record, t: float) -> int:
+    return int(np.searchsorted(rec.log.t, t))
+
+
+def test_cascade_a_restarted_service_not_yet_listed_is_still_the_faults_cost(hardened_restart):
+    # hardened registers the restarted instances again with their check critical
+    # (initial_status) and its callers discover only passing instances, through a 5 s cache:
+    # front finds no instance of catalog until the first checks pass (31.1 and 31.6 s) and
+    # its cache expires. Those failures are the crash's recovery, not a cascade (found by the
+    # 200-example hardened property with crash_service(user-service, restart)).
+    from hailan_sim.properties.causes import _Faults, failure_origins
+
+    rec = hardened_restart
+    o = failure_origins(rec)
+    refused = o[o["mechanism"] == "no_instance"]
+    up, listed = 24.5, 31.7  # catalog back up; both listed passing by then
+    # Refused while every instance was up but critical, and after both passed, while front's
+    # cached list was older than that: all direct.
+    assert (refused["t"] > up).sum() > 100 and (refused["t"] > listed).sum() > 30
+    assert refused["direct"].all()
+    _holds(get("no_cascading_failure")(rec))
+    # The rule, clause by clause, on catalog-0 (listed passing at 31.13 s).
+    f = _Faults(rec)
+    row = lambda t: _row(rec, t)  # noqa: E731
+    assert not f.unready("catalog-0", row(10.0), 10.0, 5.0)  # never restarted yet
+    assert not f.unready("catalog-0", row(22.0), 22.0, 5.0)  # down: dead(), not unready()
+    assert f.unready("catalog-0", row(27.0), 27.0, 0.0)  # up, registered again, critical
+    assert f.unready("catalog-0", row(33.0), 33.0, 5.0)  # passing, but a view may predate it
+    assert not f.unready("catalog-0", row(33.0), 33.0, 0.0)  # a fresh view lists it
+    assert not f.unready("catalog-0", row(40.0), 40.0, 5.0)  # every view lists it
+    assert f.view_lag("front-0", "catalog") == 5.0  # hardened's discovery ttl_s
+    refusal = dict(t0=27.0, t1=27.0, row0=row(27.0), row1=row(27.0), source="front-0",
+                   target="catalog", instance=None, mechanism="no_instance", endpoint="browse")
+    assert f.direct(**refusal) == -1  # after the fault: the fault's recovery
+    f.unready = lambda *a, **k: False  # without the rule, the same refusal is a cascade
+    assert f.direct(**refusal) is None
+
+
+def test_cascade_a_breaker_opened_by_a_crash_still_open_after_the_restart(hardened_restart):
+    # front's per-instance breakers for catalog-0 opened at 21.2 s (front-0) and 21.4 s
+    # (front-1) on calls to the dead instance, and stay open past its restart at 24.5 s
+    # until calls reach it again (half-open at 35.6 s, closed at 35.7 s): their short
+    # circuits in between are the crash's recovery, as a breaker on a dead instance is.
+    from hailan_sim.properties.causes import _Faults, failure_origins
+
+    rec = hardened_restart
+    o = failure_origins(rec)
+    sc_ = o[(o["mechanism"] == "short_circuit") & (o["t"] > 24.5)]
+    assert len(sc_) > 10 and sc_["direct"].all()
+    f = _Faults(rec)
+    row = lambda t: _row(rec, t)  # noqa: E731
+    assert not f.opened_while_dead("front-0", "catalog-0", row(21.0))  # not open yet
+    assert not f.opened_while_dead("front-0", "catalog-0", row(23.0))  # open, but still dead
+    assert f.opened_while_dead("front-0", "catalog-0", row(30.0))  # up, open since 21.2 s
+    assert not f.opened_while_dead("front-0", "catalog-0", row(40.0))  # closed at 35.7 s
+    assert not f.opened_while_dead("front-0", "catalog", row(30.0))  # a service's key
+    assert not f.opened_while_dead("front-0", "stock-0", row(30.0))  # never down
+    call = dict(t0=30.0, t1=30.0, row0=row(30.0), row1=row(30.0), source="front-0",
+                target="catalog", instance="catalog-0", mechanism="short_circuit", endpoint="browse")
+    assert f.direct(**call) == -1
+    f.opened_while_dead = lambda *a: False  # without the rule, a cascade
+    assert f.direct(**call) is None
+
+
 def test_failure_origins_trace_each_failed_request_down_its_span_tree(seed_crash):
     from hailan_sim.properties.causes import failure_origins
 
