@@ -11,7 +11,10 @@ before the change and compares after it:
 The runs: every scenario in tests/scenarios/, the built-in default scenario with no profile,
 with ``seed`` and with ``hardened`` (60 s each, so a comparison takes about a minute), and
 every committed counterexample in findings/counterexamples/ as committed (it names its own
-profile and faults). ``sim_events`` (the kernel's event count) is compared as well.
+profile and faults), and ``hardened`` under four faults that take its client pipeline down
+the paths a fault-free run never takes (``HARDENED_FAULTS``: 401s and their resend,
+retries its budget refuses, short circuits pushed back, a restart re-registering).
+``sim_events`` (the kernel's event count) is compared as well.
 """
 
 from __future__ import annotations
@@ -26,6 +29,23 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DURATION_S = 60.0
 
 
+#: Faults at 15 s for the ``hardened`` runs, each for a path of the client pipeline.
+HARDENED_FAULTS = {
+    # verifiers on node-a1 see tokens as expired: auth_401, then on_401 refresh_retry
+    "clock_skew": {"kind": "clock_skew", "node": "node-a1", "start_s": 15, "duration_s": 30,
+                   "skew_s": 3554},
+    # half of auth-service's answers fail: retries, budget refusals, breakers opening
+    "auth_errors": {"kind": "error_rate", "target": "auth-service", "start_s": 15,
+                    "duration_s": 30, "fraction": 0.5},
+    # timeouts and short circuits, pushed back to the callers
+    "partition": {"kind": "partition", "a": "user-service", "b": "auth-service", "start_s": 15,
+                  "duration_s": 30},
+    # every instance down and back: re-registration, no_instance, the gateway's ejections
+    "restart": {"kind": "crash_service", "service": "user-service", "start_s": 15,
+                "duration_s": 3, "restart": True},
+}
+
+
 def scenarios():
     """(name, scenario) for every run the baseline covers, in a fixed order."""
     for p in sorted((ROOT / "tests" / "scenarios").glob("*.yaml")):
@@ -34,6 +54,9 @@ def scenarios():
     yield "default", base
     yield "default+seed", base.with_profile("seed")
     yield "default+hardened", base.with_profile("hardened")
+    hardened = base.with_profile("hardened").model_dump()
+    for name, fault in HARDENED_FAULTS.items():
+        yield f"default+hardened+{name}", type(base).model_validate({**hardened, "faults": [fault]})
     for p in sorted((ROOT / "findings" / "counterexamples").glob("*.yaml")):
         yield f"findings/counterexamples/{p.name}", load_scenario(p)
 
