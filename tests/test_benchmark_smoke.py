@@ -121,3 +121,21 @@ def test_bench_sweep_quick(tmp_path):
         assert parts["median"] == cpu["overhead"] > 0
     for word in ("speedup_local-2", "overhead_local-1", "overhead by parts", "same event-log hashes"):
         assert word in proc.stdout
+
+
+def test_profile_example_quick(tmp_path):
+    """benchmarks/profile_example.py --quick: one example under cProfile, split by area."""
+    out_json = tmp_path / "profile.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "profile_example.py"), "--quick", "--top", "5",
+         "--json", str(out_json)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out_json.read_text())
+    areas = res["areas_s"]
+    assert set(areas) == {"engine", "models", "event log", "simpy", "invariants", "numpy/pandas", "other"}
+    # The areas split the whole profile, and the engine's own code is found (not "other").
+    assert abs(sum(areas.values()) - res["total_s"]) < 1e-9
+    assert areas["engine"] > 0 and areas["invariants"] > 0 and areas["models"] > 0
+    assert len(res["top"]) == 5 and res["faults"]
