@@ -8,7 +8,7 @@ of each is reported with its calls and event-log hash (which must agree across t
 behaviour-preserving change).
 
     python benchmarks/cpu_interleaved.py --tree before=/tmp/a/inst --tree after=/tmp/b/inst \\
-        --profiles none hardened --duration 60 --rounds 5
+        --profiles none hardened --duration 60 --rounds 5 [--keep-events]
 
 A tree is a directory to put on PYTHONPATH (e.g. ``git archive C | tar -x -C /tmp/c/src``
 then ``pip install --no-deps --target /tmp/c/inst /tmp/c/src``); ``--tree here=`` (empty)
@@ -29,13 +29,14 @@ import gc, sys, time
 from hailan_sim import default_scenario, simulate
 prof = None if sys.argv[1] == "none" else sys.argv[1]
 sc = default_scenario().with_run(duration_s=float(sys.argv[2]), warmup_s=0, seed=int(sys.argv[3]))
+keep = sys.argv[4] == "keep"
 warm = default_scenario().with_run(duration_s=0.5, warmup_s=0, seed=int(sys.argv[3]))
 if prof:
     sc, warm = sc.with_profile(prof), warm.with_profile(prof)
 simulate(warm, progress=False)
 gc.collect()
 t = time.process_time()
-r = simulate(sc, progress=False)
+r = simulate(sc, progress=False, keep_events=keep)
 t = time.process_time() - t
 print(t, int(r.services["total"].sum()), r.event_log_sha256)
 """
@@ -48,6 +49,8 @@ def main(argv=None) -> int:
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--keep-events", action="store_true",
+                    help="keep the event log, as the checker's runs do (simulate(..., keep_events=True))")
     a = ap.parse_args(argv)
     trees = dict(t.split("=", 1) for t in a.tree)
     cases = [(t, p) for t in trees for p in a.profiles]
@@ -58,7 +61,8 @@ def main(argv=None) -> int:
             env = dict(os.environ)
             if trees[tree]:
                 env["PYTHONPATH"] = trees[tree]
-            out = subprocess.run([sys.executable, "-c", _CHILD, prof, str(a.duration), str(a.seed)],
+            out = subprocess.run([sys.executable, "-c", _CHILD, prof, str(a.duration), str(a.seed),
+                                  "keep" if a.keep_events else "nokeep"],
                                  env=env, capture_output=True, text=True, check=True).stdout.split()
             runs.setdefault(f"{tree}/{prof}", []).append((float(out[0]), int(out[1]), out[2]))
             print(f"round {i + 1}: {tree}/{prof} {float(out[0]):.3f} s cpu, load {os.getloadavg()[0]:.1f}",

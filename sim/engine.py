@@ -337,6 +337,16 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
         if at <= now:
             raise ValueError(f"until ({at}) must be greater than the current simulation time")
         stop = (now + (at - now), URGENT, next(env.eid))
+        # NOTE: for speed, an entry due strictly before the stop's time is before the stop
+        # whatever its priority and id: one float comparison per event instead of a tuple
+        # comparison (three rich comparisons in C). Entries due at the stop's very instant
+        # are then compared by their whole key, so the entries run are the same, in the
+        # same order.
+        t_stop = stop[0]
+        while queue and queue[0][0] < t_stop:
+            env.cur = ev = heappop(queue)
+            env.now = ev[0]
+            ev[3](ev[4])
         while queue and queue[0] < stop:
             env.cur = ev = heappop(queue)
             env.now = ev[0]

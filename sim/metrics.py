@@ -124,14 +124,17 @@ class Recorder:
         rows, w, key = rows[order], w[order], key[order]
         group = w * len(self.keys) + key
         starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-        ends = np.r_[starts[1:], len(rows)]
-        for s, e in zip(starts.tolist(), ends.tolist()):
-            lat = rows[s:e, 3]
-            counts = np.bincount(rows[s:e, 2].astype(np.int64), minlength=4)
-            self._rows.append((
-                int(key[s]), float(w[s]) * self.width, *counts.tolist(),
-                nearest_rank(lat, 0.5), nearest_rank(lat, 0.99),
-            ))
+        n = np.diff(np.r_[starts, len(rows)])
+        # NOTE: for speed, every (window, key) group at once instead of a Python loop per group
+        # (1.5-2% of a run): counts by outcome by one bincount, and each percentile picked by
+        # the nearest-rank rule of nearest_rank (index max(1, ceil(q * n)) - 1 of the group's
+        # sorted latencies, the same float64 arithmetic), so the rows are the same numbers.
+        group_no = np.repeat(np.arange(len(starts)), n)
+        counts = np.bincount(group_no * 4 + rows[:, 2].astype(np.int64), minlength=len(starts) * 4)
+        lat = rows[:, 3]
+        p50, p99 = (lat[starts + np.maximum(1, np.ceil(q * n)).astype(np.int64) - 1] for q in (0.5, 0.99))
+        self._rows.extend(zip(key[starts].tolist(), (w[starts] * self.width).tolist(),
+                              *counts.reshape(-1, 4).T.tolist(), p50.tolist(), p99.tolist()))
 
     def summary(self, index: int) -> dict:
         """Counts by outcome and latency figures (ms) of one key's tracked completions."""
