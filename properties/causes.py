@@ -170,12 +170,26 @@ class _Faults:
         k = int(np.searchsorted(rows, row, side="right")) - 1
         return ss[max(k, 0)] != "up"
 
+    def restarted(self, inst: str, row: int) -> Optional[tuple[int, int]]:
+        """If ``inst`` was up at log row ``row`` after having been down or hung: the rows at
+        which it last went down and came back up; else None (not up, never down, or down
+        only before the log began, as a cold start)."""
+        st = self.states.get(inst)
+        if st is None:
+            return None
+        rows, _, ss = st
+        k = int(np.searchsorted(rows, row, side="right")) - 1
+        if k < 1 or ss[k] != "up":
+            return None
+        down = next((int(rows[j]) for j in range(k - 1, -1, -1) if ss[j] != "up"), -1)
+        return (down, int(rows[k])) if down >= 0 else None
+
     def _registry_status(self) -> dict[str, tuple[list[int], list[float], list[str]]]:
         """Per instance, the rows at which the registry set its health status, and the
         status: a check's ``status`` row; a (re-)registration, which starts the check in
-        ``initial_status`` (Consul's default ``critical``: "the check starts in critical",
-        agent/structs CheckType; resilience-semantics.md, Consul); a deregistration, after
-        which discovery lists the instance no more ("critical" here)."""
+        ``initial_status`` (Consul: "A new check is critical until its first pass unless
+        status is set", models/registry.py HealthCheckConfig, ref 4); a deregistration,
+        after which discovery lists the instance no more ("critical" here)."""
         if self._listed is None:
             log = self._log
             out: dict[str, tuple[list[int], list[float], list[str]]] = {}
@@ -214,20 +228,11 @@ class _Faults:
         the check saw leaves it critical until then; a cached view shows that for up to its
         TTL more. Either way the caller's "no instance" is the fault's own recovery, not a
         cascade."""
-        st = self.states.get(inst)
-        if st is None:
-            return False
-        rows, _, ss = st
-        k = int(np.searchsorted(rows, row, side="right")) - 1
-        if k < 1 or ss[k] != "up":
-            return False
-        # The last logged time it went down or hung before this spell up.
-        down = next((int(rows[j]) for j in range(k - 1, -1, -1) if ss[j] != "up"), -1)
-        if down < 0:
-            return False  # never down (or only before the log began, as a cold start)
+        spell = self.restarted(inst, row)
         listed = self._registry_status().get(inst)
-        if listed is None:
+        if spell is None or listed is None:
             return False
+        down, _ = spell
         lrows, lts, lss = listed
         # The registry's last word before ``row``, and before the oldest view the caller
         # may still be using.
@@ -242,17 +247,10 @@ class _Faults:
         instance is back are the crash's recovery: the breaker waits out ``wait_in_open_s``
         and its half-open probes before it closes (resilience4j CircuitBreaker; the
         spec's 3.5.1), the same for a restarted instance as for a healthy one."""
-        st = self.states.get(key)
-        if st is None or source is None:
+        spell = self.restarted(key, row) if source is not None else None
+        if spell is None:
             return False
-        rows, _, ss = st
-        k = int(np.searchsorted(rows, row, side="right")) - 1
-        if k < 1 or ss[k] != "up":
-            return False
-        up = int(rows[k])
-        down = next((int(rows[j]) for j in range(k - 1, -1, -1) if ss[j] != "up"), -1)
-        if down < 0:
-            return False
+        down, up = spell
         log = self._log
         br = self._breakers.get((source, key))
         if br is None:
