@@ -126,7 +126,7 @@ class Recorder:
         starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
         n = np.diff(np.r_[starts, len(rows)])
         # NOTE: for speed, every (window, key) group at once instead of a Python loop per group
-        # (1.5-2% of a run): counts by outcome by one bincount, and each percentile picked by
+        # (the loop was about 0.4% of a run; benchmarks/README.md, h12g): counts by outcome by one bincount, and each percentile picked by
         # the nearest-rank rule of nearest_rank (index max(1, ceil(q * n)) - 1 of the group's
         # sorted latencies, the same float64 arithmetic), so the rows are the same numbers.
         group_no = np.repeat(np.arange(len(starts)), n)
