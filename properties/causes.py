@@ -109,7 +109,9 @@ class _Faults:
         self.on = [(f["index"], f["start_s"],
                     end if f["end_s"] is None or f["kind"] == "key_rotation" else f["end_s"])
                    for f in record.faults_fired]
-        self.states = record.instance_states
+        # Per instance, its transitions' rows as a Python list and its states: looked up
+        # with bisect for each failed request (a numpy searchsorted per scalar cost more).
+        self.states = {k: (rows.tolist(), ss) for k, (rows, _, ss) in record.instance_states.items()}
         self.registry_out = record.registry_unreachable
         self.registry = _registry_name(sc)
         self._node: dict[str, Optional[str]] = {}
@@ -166,9 +168,8 @@ class _Faults:
         st = self.states.get(inst) if inst is not None else None
         if st is None:
             return False
-        rows, _, ss = st
-        k = int(np.searchsorted(rows, row, side="right")) - 1
-        return ss[max(k, 0)] != "up"
+        rows, ss = st
+        return ss[max(bisect.bisect_right(rows, row) - 1, 0)] != "up"
 
     def restarted(self, inst: str, row: int) -> Optional[tuple[int, int]]:
         """If ``inst`` was up at log row ``row`` after having been down or hung: the rows at
@@ -177,12 +178,12 @@ class _Faults:
         st = self.states.get(inst)
         if st is None:
             return None
-        rows, _, ss = st
-        k = int(np.searchsorted(rows, row, side="right")) - 1
+        rows, ss = st
+        k = bisect.bisect_right(rows, row) - 1
         if k < 1 or ss[k] != "up":
             return None
-        down = next((int(rows[j]) for j in range(k - 1, -1, -1) if ss[j] != "up"), -1)
-        return (down, int(rows[k])) if down >= 0 else None
+        down = next((rows[j] for j in range(k - 1, -1, -1) if ss[j] != "up"), -1)
+        return (down, rows[k]) if down >= 0 else None
 
     def _registry_status(self) -> dict[str, tuple[list[int], list[float], list[str]]]:
         """Per instance, the rows at which the registry set its health status, and the

@@ -540,7 +540,7 @@ def breaker_legality(record: Record) -> Verdict:
     calls_by_src: dict[str, tuple[np.ndarray, list, list]] = {}
     # The callers' call_start rows by integer code (one factorize; an object comparison
     # per caller instance over every call_start row cost more).
-    scodes, snames = pd.factorize(log.source[cs])
+    scodes, snames = log.codes("source", "call_start")
     code_of = {v: i for i, v in enumerate(snames.tolist())}
     for src in sorted({k[0] for k in by}):
         sel = cs[scodes == code_of.get(src, -2)]
@@ -821,16 +821,21 @@ def token_safety(record: Record) -> Verdict:
                 (r, {"exp": float(log.outcome[r]), "kid": int(kid[1:]) if kid[1:].isdigit() else 0,
                      "issued_s": t, "issuer": log.instance[r]}))
     else:
-        for r in cs.tolist():
-            if log.target[r] == issuer_svc and log.operation[r] == issuer_op:
-                e = end_row(int(log.call[r]))
-                if e is not None and log.outcome[e] == "ok" and log.source[r] is not None:
-                    t = float(log.t[e])
-                    iss = log.instance[e]
-                    iat = math.floor(t + skew(node_of(iss), t))
-                    fetches.setdefault(log.source[r], []).append(
-                        (e, {"exp": iat + tok.ttl_s, "kid": sum(1 for x in rotations if x <= t),
-                             "issued_s": t, "issuer": iss}))
+        # The calls to the issuer's operation, picked by the log's shared codes (no Python
+        # test per call_start row).
+        tcodes, targets = log.codes("target", "call_start")
+        ocodes, ops = log.codes("operation", "call_start")
+        tc = next((i for i, x in enumerate(targets.tolist()) if x == issuer_svc), -2)
+        oc = -1 if issuer_op is None else next((i for i, x in enumerate(ops.tolist()) if x == issuer_op), -2)
+        for r in cs[(tcodes == tc) & (ocodes == oc)].tolist():
+            e = end_row(int(log.call[r]))
+            if e is not None and log.outcome[e] == "ok" and log.source[r] is not None:
+                t = float(log.t[e])
+                iss = log.instance[e]
+                iat = math.floor(t + skew(node_of(iss), t))
+                fetches.setdefault(log.source[r], []).append(
+                    (e, {"exp": iat + tok.ttl_s, "kid": sum(1 for x in rotations if x <= t),
+                         "issued_s": t, "issuer": iss}))
     for v in fetches.values():
         v.sort(key=lambda x: x[0])
     fetch_rows = {k: np.array([x[0] for x in v]) for k, v in fetches.items()}
@@ -987,8 +992,12 @@ def token_safety(record: Record) -> Verdict:
 def _calls_per_request(log: _Log, brokers: Sequence[str] = ()) -> pd.DataFrame:
     """Calls per (request, target, operation); calls from ``brokers`` (message deliveries)
     and every call below them are left out. Rows in order of each triple's first call;
-    ``operation`` is None for a component's calls (they name no operation)."""
+    ``operation`` is None for a component's calls (they name no operation); ``what`` is
+    ``target.operation`` (``target`` alone for a component's calls)."""
     cs = log.rows("call_start")
+    # The log's shared codes of every call_start's target and operation (None -> -1).
+    tcodes, targets = log.codes("target", "call_start")
+    ocodes, ops = log.codes("operation", "call_start")
     if brokers:
         # A call is asynchronous if a broker made it or its parent call is asynchronous (a
         # parent's call_start comes before its children's): marked from the brokers' calls
@@ -1005,27 +1014,25 @@ def _calls_per_request(log: _Log, brokers: Sequence[str] = ()) -> pd.DataFrame:
             if (more == async_).all():
                 break
             async_ = more
-        cs = cs[~async_]
-    request, tcodes, targets = log.request[cs], *pd.factorize(log.target[cs])
-    ocodes, ops = pd.factorize(log.operation[cs])  # None -> -1
+        cs, tcodes, ocodes = cs[~async_], tcodes[~async_], ocodes[~async_]
+    request = log.request[cs]
     known = tcodes >= 0  # groupby leaves out a missing target
     request, tcodes, ocodes = request[known], tcodes[known], ocodes[known] + 1
     O = np.int64(len(ops) + 1)
-    triple, _ = pd.factorize((request * np.int64(len(targets) + 1) + tcodes) * O + ocodes)  # first-seen order
+    pair = tcodes * O + ocodes
+    triple, _ = pd.factorize(request * np.int64(len(targets) + 1) * O + pair)  # first-seen order
     counts = np.bincount(triple)
     _, first = np.unique(triple, return_index=True)
-    op_names = np.asarray([None] + list(ops), dtype=object)
+    op_names = np.asarray([None, *ops.tolist()], dtype=object)
+    # One label per distinct (target, operation) pair, not per row.
+    pcodes, pairs = pd.factorize(pair[first])
+    labels = np.asarray([str(targets[p // O]) if p % O == 0 else f"{targets[p // O]}.{op_names[p % O]}"
+                         for p in pairs.tolist()], dtype=object)
     return pd.DataFrame({"request": request[first],
-                         "target": pd.Series(np.asarray(targets, dtype=object)[tcodes[first]], dtype=object),
+                         "target": pd.Series(targets[tcodes[first]], dtype=object),
                          "operation": pd.Series(op_names[ocodes[first]], dtype=object),
-                         "calls": counts.astype(np.int64)})
-
-
-def _call_label(calls: pd.DataFrame) -> pd.Series:
-    """``target.operation`` (``target`` alone for a component's calls), one label per row of
-    :func:`_calls_per_request`."""
-    return pd.Series([t if o is None else f"{t}.{o}" for t, o in zip(calls["target"], calls["operation"])],
-                     index=calls.index, dtype=object)
+                         "calls": counts.astype(np.int64),
+                         "what": pd.Series(labels[pcodes], dtype=object)})
 
 
 def _repeats_by_caller(log: _Log, brokers: Sequence[str], skip_targets: Sequence[str] = ()) -> pd.DataFrame:
@@ -1034,15 +1041,17 @@ def _repeats_by_caller(log: _Log, brokers: Sequence[str], skip_targets: Sequence
     and operation as an earlier one (retries, and a ``repeat`` node's siblings: the
     baseline has those too)."""
     cs = log.rows("call_start")
-    src = log.source[cs]
-    keep = ~np.isin(src, list(brokers)) & (log.parent[cs] >= 0)
+    # Work on the log's shared codes: the callers' names are derived once per distinct
+    # source instance.
+    scodes, sources = log.codes("source", "call_start")
+    tcodes, targets = log.codes("target", "call_start")
+    ocodes, ops = log.codes("operation", "call_start")
+    keep = log.parent[cs] >= 0
+    if brokers:
+        keep &= ~np.isin(sources, list(brokers))[np.maximum(scodes, 0)] | (scodes < 0)
     if skip_targets:
-        keep &= ~np.isin(log.target[cs], list(skip_targets))
-    cs = cs[keep]
-    # Work on codes: the callers' names are derived once per distinct source instance.
-    scodes, sources = pd.factorize(log.source[cs])
-    tcodes, targets = pd.factorize(log.target[cs])
-    ocodes, ops = pd.factorize(log.operation[cs])
+        keep &= ~np.isin(targets, list(skip_targets))[np.maximum(tcodes, 0)] | (tcodes < 0)
+    cs, scodes, tcodes, ocodes = cs[keep], scodes[keep], tcodes[keep], ocodes[keep]
     T, O = len(targets) + 1, len(ops) + 1
     key = (log.parent[cs] * np.int64(T) + (tcodes + 1)) * np.int64(O) + (ocodes + 1)
     repeat = pd.Series(key).duplicated(keep="first").to_numpy()
@@ -1114,13 +1123,11 @@ def bounded_retry_amplification(record: Record, *, factor: Optional[float] = Non
     def baseline_most() -> pd.Series:
         b = _calls_per_request(record.baseline_log, brokers)
         b["endpoint"] = b["request"].map(breq["endpoint"])
-        b["what"] = _call_label(b)
         return b.groupby(["endpoint", "what"], sort=False)["calls"].max()
 
     # The baseline's most per (endpoint, target, operation): once per baseline, not per example.
     ref = record.baseline_log.memo(("most_calls_by_operation", brokers), baseline_most)
     f["endpoint"] = f["request"].map(req["endpoint"])
-    f["what"] = _call_label(f)
     keys = pd.MultiIndex.from_arrays([f["endpoint"], f["what"]])
     f["ref"] = np.maximum(ref.reindex(keys).fillna(1).to_numpy(), 1)
     f["ratio"] = f["calls"] / f["ref"]
@@ -1451,11 +1458,20 @@ def fair_share(record: Record, *, window_s: float = 5.0, min_calls: int = 50) ->
     states = record.instance_states
 
     def shares(log: _Log) -> pd.DataFrame:
+        # Grouped on the log's shared integer codes of call_end's target and instance (a
+        # code of -1, None, reads the last entry: not counted), then named and sorted by
+        # (service, window, instance) names, the order a groupby on the names gives.
         ce = log.rows("call_end")
-        ce = ce[by_value(log.target[ce], lambda t: t in services, bool) & (log.instance[ce] != None)]  # noqa: E711
-        df = pd.DataFrame({"svc": log.target[ce], "inst": log.instance[ce],
-                           "j": np.floor(log.t[ce] / window_s).astype(np.int64), "row": ce})
-        g = df.groupby(["svc", "j", "inst"], sort=True).size().rename("n").reset_index()
+        tcodes, targets = log.codes("target", "call_end")
+        icodes, insts = log.codes("instance", "call_end")
+        counted = np.array([t in services for t in targets.tolist()] + [False], dtype=bool)
+        keep = counted[tcodes] & (icodes >= 0)
+        df = pd.DataFrame({"tc": tcodes[keep], "j": np.floor(log.t[ce[keep]] / window_s).astype(np.int64),
+                           "ic": icodes[keep]})
+        g = df.groupby(["tc", "j", "ic"], sort=False).size().rename("n").reset_index()
+        g = pd.DataFrame({"svc": pd.Series(targets[g["tc"].to_numpy()], dtype=object), "j": g["j"],
+                          "inst": pd.Series(insts[g["ic"].to_numpy()], dtype=object), "n": g["n"]})
+        g = g.sort_values(["svc", "j", "inst"], kind="stable").reset_index(drop=True)
         g["total"] = g.groupby(["svc", "j"])["n"].transform("sum")
         return g
 

@@ -64,6 +64,16 @@ class _Log:
             return np.flatnonzero(self._codes == codes[0])
         return np.flatnonzero(np.isin(self._codes, codes))
 
+    def codes(self, column: str, event: str) -> tuple[np.ndarray, np.ndarray]:
+        """``column`` over ``event``'s rows (:meth:`rows`, in log order) as integer codes
+        (-1: None) and the distinct values, in order of first appearance (``pd.factorize``):
+        computed once per log, column and event, and shared by the invariants that group
+        calls by caller, callee or operation (issue 12)."""
+        def make() -> tuple[np.ndarray, np.ndarray]:
+            codes, uniques = pd.factorize(getattr(self, column)[self.rows(event)])
+            return codes, np.asarray(uniques, dtype=object)
+        return self.memo(("codes", column, event), make)
+
     def call_rows(self, event: str) -> np.ndarray:
         """A lookup table from call id to the row of that call's last ``event`` row (-1:
         none), indexed by call id + 1 (a missing id, -1, at 0): the last row of an id wins,
