@@ -75,7 +75,6 @@ from hailan_sim.properties.reach import (  # noqa: F401 (re-exported)
 from hailan_sim.properties.record import (  # noqa: F401 (re-exported)
     Record,
     _Log,
-    by_value,
     _up_since,
     applicable,
     without_faults,
@@ -820,14 +819,17 @@ def token_safety(record: Record) -> Verdict:
             fetches.setdefault(log.source[r], []).append(
                 (r, {"exp": float(log.outcome[r]), "kid": int(kid[1:]) if kid[1:].isdigit() else 0,
                      "issued_s": t, "issuer": log.instance[r]}))
-    else:
-        # The calls to the issuer's operation, picked by the log's shared codes (no Python
-        # test per call_start row).
-        tcodes, targets = log.codes("target", "call_start")
-        ocodes, ops = log.codes("operation", "call_start")
-        tc = next((i for i, x in enumerate(targets.tolist()) if x == issuer_svc), -2)
-        oc = -1 if issuer_op is None else next((i for i, x in enumerate(ops.tolist()) if x == issuer_op), -2)
-        for r in cs[(tcodes == tc) & (ocodes == oc)].tolist():
+    # The call_starts' callers, callees and operations as the log's shared codes: the
+    # calls to the issuer's operation and the accepted calls below are picked by code (no
+    # Python test, no comparison of strings, per call_start row).
+    scodes, sources = log.codes("source", "call_start")
+    tcodes, targets = log.codes("target", "call_start")
+    ocodes, ops = log.codes("operation", "call_start")
+    tc = next((i for i, x in enumerate(targets.tolist()) if x == issuer_svc), -2)
+    oc = -1 if issuer_op is None else next((i for i, x in enumerate(ops.tolist()) if x == issuer_op), -2)
+    to_issuer = (tcodes == tc) & (ocodes == oc)
+    if not local:
+        for r in cs[to_issuer].tolist():
             e = end_row(int(log.call[r]))
             if e is not None and log.outcome[e] == "ok" and log.source[r] is not None:
                 t = float(log.t[e])
@@ -853,14 +855,15 @@ def token_safety(record: Record) -> Verdict:
     # token each call carried is the caller's latest fetch that ended before it started.
     served = log.rows("work_end", "orphan_end")
     ok_calls = log.call[served[log.outcome[served] == "ok"]]
-    src_cs, tgt_cs = log.source[cs], log.target[cs]
+    src_cs = log.source[cs]
     # Membership by a table indexed by call id + 1 (O(n); np.isin sorts both sides).
     is_ok = np.zeros(int(max(log.call.max(initial=-1), 0)) + 2, dtype=bool)
     is_ok[ok_calls + 1] = True
-    keep = (is_ok[log.call[cs] + 1]
-            & by_value(tgt_cs, lambda t: t in services, bool)
-            & by_value(src_cs, lambda s: s is not None and _caller_service(sc, s) is not None, bool)
-            & ~((tgt_cs == issuer_svc) & (log.operation[cs] == issuer_op) & (not local)))
+    # Per code, then per row (code -1, None, reads the appended False).
+    to_service = np.array([t in services for t in targets.tolist()] + [False], dtype=bool)
+    from_service = np.array([_caller_service(sc, x) is not None for x in sources.tolist()] + [False], dtype=bool)
+    keep = (is_ok[log.call[cs] + 1] & to_service[tcodes] & from_service[scodes]
+            & ~(to_issuer & (not local)))
     cand, cand_src = cs[keep], src_cs[keep]
     rot = np.asarray(rotations, dtype=float)
     found: list[tuple[int, dict]] = []
@@ -1442,6 +1445,28 @@ def bounded_wasted_work(record: Record, *, share: Optional[float] = None) -> Ver
                    (t0, t1), details)
 
 
+def _shares(log: _Log, services: set[str], window_s: float) -> pd.DataFrame:
+    """Calls served per (service, window, instance) (``call_end`` rows of ``services`` with
+    an instance; window ``j`` is [j, j + 1) x ``window_s``) and the service's calls in that
+    window (``total``), sorted by service, window and instance name. Grouped on the log's
+    shared integer codes of call_end's target and instance (issue 12; a code of -1, None,
+    reads the appended False: not counted), then named and sorted as a groupby on the
+    names would be."""
+    ce = log.rows("call_end")
+    tcodes, targets = log.codes("target", "call_end")
+    icodes, insts = log.codes("instance", "call_end")
+    counted = np.array([t in services for t in targets.tolist()] + [False], dtype=bool)
+    keep = counted[tcodes] & (icodes >= 0)
+    df = pd.DataFrame({"tc": tcodes[keep], "j": np.floor(log.t[ce[keep]] / window_s).astype(np.int64),
+                       "ic": icodes[keep]})
+    g = df.groupby(["tc", "j", "ic"], sort=False).size().rename("n").reset_index()
+    g = pd.DataFrame({"svc": pd.Series(targets[g["tc"].to_numpy()], dtype=object), "j": g["j"],
+                      "inst": pd.Series(insts[g["ic"].to_numpy()], dtype=object), "n": g["n"]})
+    g = g.sort_values(["svc", "j", "inst"], kind="stable").reset_index(drop=True)
+    g["total"] = g.groupby(["svc", "j"])["n"].transform("sum")
+    return g
+
+
 @register("fair_share")
 def fair_share(record: Record, *, window_s: float = 5.0, min_calls: int = 50) -> Verdict:
     """No instance takes more than ``objectives.fair_share_factor`` times its fair share (1 /
@@ -1457,27 +1482,10 @@ def fair_share(record: Record, *, window_s: float = 5.0, min_calls: int = 50) ->
     services = {s.name for s in sc.services if s.instances >= 2}
     states = record.instance_states
 
-    def shares(log: _Log) -> pd.DataFrame:
-        # Grouped on the log's shared integer codes of call_end's target and instance (a
-        # code of -1, None, reads the last entry: not counted), then named and sorted by
-        # (service, window, instance) names, the order a groupby on the names gives.
-        ce = log.rows("call_end")
-        tcodes, targets = log.codes("target", "call_end")
-        icodes, insts = log.codes("instance", "call_end")
-        counted = np.array([t in services for t in targets.tolist()] + [False], dtype=bool)
-        keep = counted[tcodes] & (icodes >= 0)
-        df = pd.DataFrame({"tc": tcodes[keep], "j": np.floor(log.t[ce[keep]] / window_s).astype(np.int64),
-                           "ic": icodes[keep]})
-        g = df.groupby(["tc", "j", "ic"], sort=False).size().rename("n").reset_index()
-        g = pd.DataFrame({"svc": pd.Series(targets[g["tc"].to_numpy()], dtype=object), "j": g["j"],
-                          "inst": pd.Series(insts[g["ic"].to_numpy()], dtype=object), "n": g["n"]})
-        g = g.sort_values(["svc", "j", "inst"], kind="stable").reset_index(drop=True)
-        g["total"] = g.groupby(["svc", "j"])["n"].transform("sum")
-        return g
-
     blog = record.baseline_log  # its shares are computed once per baseline (not modified below)
-    run = shares(record.log)
-    base = None if blog is None else blog.memo(("shares", tuple(sorted(services)), window_s), lambda: shares(blog))
+    run = _shares(record.log, services, window_s)
+    base = None if blog is None else blog.memo(("shares", tuple(sorted(services)), window_s),
+                                               lambda: _shares(blog, services, window_s))
     run = run[run["total"] >= min_calls]
     # Windows in which a fault degrades one of the service's instances are left out: moving
     # calls away from a slow or failing instance is what a balancer should do, not a herd.

@@ -97,14 +97,6 @@ class _Log:
             return value
 
 
-def by_value(values: np.ndarray, fn: Callable[[object], object], dtype) -> np.ndarray:
-    """``fn`` of every element of an object column, calling ``fn`` once per distinct value
-    (None included): most columns hold a few dozen names over a million rows."""
-    codes, uniques = pd.factorize(values)  # None -> -1
-    out = np.array([fn(u) for u in uniques.tolist()] + [fn(None)], dtype=dtype)
-    return out[codes]
-
-
 _LOGS: dict[int, _Log] = {}
 
 

@@ -24,7 +24,7 @@ from tests.properties.test_invariants import AUTH_CRASH, _fails, _holds, _record
 
 # Event-log columns (sim/eventlog.py COLUMNS): t, event, request, call, parent, source,
 # target, instance, operation, outcome.
-EVENT, CALL, SOURCE, TARGET, OP, OUTCOME = 1, 3, 5, 6, 8, 9
+EVENT, CALL, SOURCE, TARGET, INSTANCE, OP, OUTCOME = 1, 3, 5, 6, 7, 8, 9
 
 
 def _doctored(record: Record, events: list[tuple]) -> Record:
@@ -316,21 +316,68 @@ def test_call_rows_is_each_calls_last_row_like_a_dict_in_log_order(seed_crash):
     assert log.call_rows("call_end") is tab  # built once per log
 
 
-def test_by_value_applies_the_function_to_every_element_none_included():
+def test_codes_are_the_columns_values_over_an_events_rows_built_once(seed_crash):
+    """_Log.codes (issue 12): integer codes of a column over one event's rows, -1 for None,
+    that read back as the column itself; shared, not rebuilt."""
+    from hailan_sim.properties.record import _Log
+
+    log = _Log(KeptLog.from_records(seed_crash.result._kept()).columns())
+    for column, event in (("source", "call_start"), ("operation", "call_start"), ("instance", "call_end")):
+        codes, values = log.codes(column, event)
+        col = getattr(log, column)[log.rows(event)]
+        assert len(codes) == len(col)
+        back = [None if c < 0 else values[c] for c in codes.tolist()]
+        assert back == col.tolist()
+        assert (codes < 0).any() == any(x is None for x in col.tolist())
+        assert len(set(values.tolist())) == len(values)
+        assert log.codes(column, event)[0] is codes  # built once per log
+
+
+def test_calls_per_request_labels_and_counts_each_request_target_operation(seed_crash):
+    """_calls_per_request (issue 12: labelled per distinct pair, not per row): one row per
+    (request, target, operation) in order of first call, counting its call_starts, labelled
+    ``target.operation`` (``target`` for a component's calls), as a dict built in log order."""
+    from hailan_sim.properties.invariants import _calls_per_request
+    from hailan_sim.properties.record import _Log
+
+    log = _Log(KeptLog.from_records(seed_crash.result._kept()).columns())
+    want: dict = {}
+    for r in log.rows("call_start").tolist():
+        if log.target[r] is None:
+            continue
+        key = (int(log.request[r]), log.target[r], log.operation[r])
+        want[key] = want.get(key, 0) + 1
+    f = _calls_per_request(log)
+    got = {(int(q), t, o): int(n) for q, t, o, n in zip(f["request"], f["target"], f["operation"], f["calls"])}
+    assert list(got) == list(want) and got == want
+    assert f["what"].tolist() == [t if o is None else f"{t}.{o}" for t, o in zip(f["target"], f["operation"])]
+    assert f["operation"].isna().any() and f["operation"].notna().any()  # both kinds of label checked
+
+
+def test_shares_are_each_instances_calls_per_window_as_a_groupby_on_names(seed_crash):
+    """fair_share's table (issue 12: grouped on codes): the calls each instance of a
+    multi-instance service served per 5 s window and its service's total in that window,
+    ordered by (service, window, instance) name, as a groupby on the names gives."""
     import numpy as np
 
-    from hailan_sim.properties.record import by_value
+    from hailan_sim.properties.invariants import _shares
+    from hailan_sim.properties.record import _Log
 
-    col = np.array(["a-0", None, "b", "a-0", None, "c-1"], dtype=object)
-    seen = []
-
-    def fn(x):
-        seen.append(x)
-        return x is not None and x.endswith("0")
-
-    assert by_value(col, fn, bool).tolist() == [fn(x) for x in col.tolist()]
-    assert by_value(col[:0], fn, bool).tolist() == []
-    assert seen.count("a-0") == 1 + 2  # once in by_value, twice in the list comprehension
+    events = seed_crash.result._kept()
+    services = {s.name for s in seed_crash.scenario.services if s.instances >= 2}
+    # A call_end with no instance (as a call failed before it reached one): not counted.
+    k = next(i for i, e in enumerate(events) if e[EVENT] == "call_end" and e[TARGET] in services)
+    events = events[:k] + [events[k][:INSTANCE] + (None,) + events[k][INSTANCE + 1:]] + events[k + 1:]
+    log = _Log(KeptLog.from_records(events).columns())
+    ce = log.rows("call_end")
+    keep = np.array([t in services and i is not None for t, i in zip(log.target[ce], log.instance[ce])])
+    df = pd.DataFrame({"svc": log.target[ce][keep], "inst": log.instance[ce][keep],
+                       "j": np.floor(log.t[ce][keep] / 5.0).astype(np.int64)})
+    want = df.groupby(["svc", "j", "inst"], sort=True).size().rename("n").reset_index()
+    want["total"] = want.groupby(["svc", "j"])["n"].transform("sum")
+    got = _shares(log, services, 5.0)
+    assert len(got) > 10 and got["inst"].nunique() > 2
+    pd.testing.assert_frame_equal(got[["svc", "j", "inst", "n", "total"]], want, check_dtype=False)
 
 
 def test_window_table_is_the_per_window_nearest_rank_p99_of_finished_requests():
