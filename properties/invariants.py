@@ -1120,8 +1120,9 @@ def bounded_retry_amplification(record: Record, *, factor: Optional[float] = Non
     brokers = () if messages else queues
     registries = tuple(c.name for c in sc.infrastructure if c.kind == "registry")
     f = _calls_per_request(record.log, brokers)
-    lookups = f["calls"][f["target"].isin(registries)]
-    f = f[~f["target"].isin(registries)].reset_index(drop=True)
+    to_registry = f["target"].isin(registries).to_numpy()
+    lookups = f["calls"][to_registry]
+    f = f[~to_registry].reset_index(drop=True)
 
     def baseline_most() -> pd.Series:
         b = _calls_per_request(record.baseline_log, brokers)
