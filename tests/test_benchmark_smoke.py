@@ -139,3 +139,31 @@ def test_profile_example_quick(tmp_path):
     assert abs(sum(areas.values()) - res["total_s"]) < 1e-9
     assert areas["engine"] > 0 and areas["invariants"] > 0 and areas["models"] > 0
     assert len(res["top"]) == 5 and res["faults"]
+
+
+def test_profile_mechanisms_quick(tmp_path):
+    """benchmarks/profile_mechanisms.py: hardened's counts over no policies, by mechanism.
+
+    The mechanisms split the whole count, and the attribution finds the code of each
+    mechanism where it is (with the package's files unmatched every line went to "other").
+    """
+    out_json = tmp_path / "mech.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "profile_mechanisms.py"), "--duration", "1",
+         "--json", str(out_json)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out_json.read_text())
+    none, hard = res["runs"]["none"], res["runs"]["hardened"]
+    assert none["requests"] == hard["requests"] > 0  # the same requests: per-request figures compare
+    for name in ("none", "hardened"):
+        per = res["runs"][name]["per_1000_requests"]
+        assert abs(sum(v["bytecodes"] for v in per.values()) - res["totals"][name]["bytecodes"]) < 1e-6
+        assert per["engine: per-call steps"]["bytecodes"] > per["numpy, pandas, other"]["bytecodes"]
+    hp, np_ = hard["per_1000_requests"], none["per_1000_requests"]
+    for mech in ("breakers", "outlier detection", "tokens (cache, sign, verify)", "gateway policies",
+                 "balancer (P2C)", "retries + budget", "timers: arm, fire, compact"):
+        assert hp[mech]["bytecodes"] > np_[mech]["bytecodes"], mech
+    assert np_["gateway policies"]["bytecodes"] == 0 and np_["outlier detection"]["py_calls"] == 0
+    assert "total" in proc.stdout and "breakers" in proc.stdout
