@@ -1050,10 +1050,11 @@ def _repeats_by_caller(log: _Log, brokers: Sequence[str], skip_targets: Sequence
     tcodes, targets = log.codes("target", "call_start")
     ocodes, ops = log.codes("operation", "call_start")
     keep = log.parent[cs] >= 0
+    # Per code, then per row (code -1, None, reads the appended False: kept).
     if brokers:
-        keep &= ~np.isin(sources, list(brokers))[np.maximum(scodes, 0)] | (scodes < 0)
+        keep &= ~np.append(np.isin(sources, list(brokers)), False)[scodes]
     if skip_targets:
-        keep &= ~np.isin(targets, list(skip_targets))[np.maximum(tcodes, 0)] | (tcodes < 0)
+        keep &= ~np.append(np.isin(targets, list(skip_targets)), False)[tcodes]
     cs, scodes, tcodes, ocodes = cs[keep], scodes[keep], tcodes[keep], ocodes[keep]
     T, O = len(targets) + 1, len(ops) + 1
     key = (log.parent[cs] * np.int64(T) + (tcodes + 1)) * np.int64(O) + (ocodes + 1)
