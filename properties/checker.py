@@ -168,7 +168,7 @@ class Runner:
         self._baselines: dict[int, object] = {}
         self._verdicts: dict[str, dict] = {}
         self._hashes: dict[str, str] = {}
-        self._confirmed: dict[str, bool] = {}  # counterexamples re-run (confirm), by key
+        self._confirmed: set[str] = set()  # keys of the counterexamples re-run (confirm)
         self.simulations = 0
         self.fault_kinds_fired: dict[str, int] = {}
         self.witnessed: dict[str, int] = {}
@@ -209,7 +209,7 @@ class Runner:
         key = self.key(faults, seed)
         sha = self.event_log_sha256(faults, seed)
         if sha is not None and key not in self._confirmed:
-            self._confirmed[key] = True
+            self._confirmed.add(key)
             self.determinism.note("counterexamples", faults, seed, sha, _rerun_sha(self.scenario_for(faults, seed)))
 
     def record(self, faults: list, seed: int):
