@@ -21,6 +21,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -141,10 +142,15 @@ class Determinism:
             self.mismatches.append({"run": what.rstrip("s"), "seed": seed, "faults": [describe(f) for f in faults],
                                     "expected": expected, "got": got})
 
+    def ordered(self) -> list:
+        """The mismatches in an order of their own (kind of run, seed, faults), not the order
+        the re-runs finished in, which depends on the workers."""
+        return sorted(self.mismatches, key=lambda m: (m["run"], m["seed"], m["faults"], m["expected"], m["got"]))
+
     def to_dict(self) -> dict:
         return {"every": self.every, "reruns": self.reruns, "baselines": self.baselines,
                 "examples": self.examples, "counterexamples": self.counterexamples,
-                "mismatches": list(self.mismatches)}
+                "mismatches": self.ordered()}
 
 
 def _rerun_sha(scenario: Scenario) -> str:
@@ -325,26 +331,136 @@ class Runner:
                 self.verdicts(f, s)
             return
         global _WORKER
-        missing = sorted({s for _, s in todo} - set(self._baselines))
         try:
             _WORKER = self
-            if missing:
-                # Baselines first (every example needs its seed's), back to this process
-                # so that the examples' workers, forked after, share them.
-                with _Pool(min(self.jobs, len(missing)), ctx) as pool:
-                    for seed, (result, again) in zip(missing, pool.map(_baseline_in_worker, missing)):
-                        self._baselines[seed] = result
-                        self.simulations += 1
-                        self.determinism.note("baselines", [], seed, result.event_log_sha256, again)
-            # The baselines' log columns too, so that the workers inherit them.
-            for seed in sorted({s for _, s in todo}):
-                inv.Record.warm_baseline(self._baselines[seed])
+            self._baselines_in_workers(sorted({s for _, s in todo}), ctx)
             with _Pool(min(self.jobs, len(todo)), ctx) as pool:
                 for (f, s), (out, seen, sha, again) in zip(todo, pool.map(_example_in_worker, todo)):
                     self.simulations += 1
                     self._store(f, s, out, seen, sha, again)
                     if self.progress is not None:
                         self.progress()
+        finally:
+            _WORKER = None
+
+
+    def _baselines_in_workers(self, seeds: Sequence[int], ctx) -> None:
+        """Simulate the baselines of ``seeds`` not yet here, in forked workers, and keep them
+        here (with their log columns), so that the examples' workers, forked after, inherit
+        them. Each baseline's determinism re-run is a task of its own beside it: nothing
+        waits for it, so the second core need not idle while the first simulates a seed's
+        baseline (the cover phase's one seed, issue 12 item 6). ``_WORKER`` must be set."""
+        missing = [s for s in seeds if s not in self._baselines]
+        if missing:
+            tasks = [(_baseline_in_worker, s) for s in missing] + [(_baseline_rerun_in_worker, s) for s in missing]
+            with _Pool(min(self.jobs, len(tasks)), ctx) as pool:
+                futures = [pool.submit(fn, s) for fn, s in tasks]
+                results = [f.result() for f in futures]
+            for seed, result, again in zip(missing, results, results[len(missing):]):
+                self._baselines[seed] = result
+                self.simulations += 1
+                self.determinism.note("baselines", [], seed, result.event_log_sha256, again)
+        for seed in seeds:
+            inv.Record.warm_baseline(self._baselines[seed])
+
+    def cover(self, faults: Sequence, report: Callable[[str, int, list], None]) -> None:
+        """Judge each single fault of ``faults`` (the cover phase's, simulation seed 0) and
+        report every invariant one of them violates as soon as its counterexample is known:
+        ``report(name, examples, [fault])``.
+
+        An invariant's counterexample is the first fault, in the order given, that violates
+        it, shortened to the shortest rung of :func:`_shorter`'s ladder that still does (the
+        full fault if none does), and confirmed by a determinism re-run
+        (:meth:`confirm`); ``examples`` counts the faults judged up to it and its ladder.
+        Which fault that is depends on the verdicts alone, so it is known once every fault
+        before it is judged. So the faults are judged in order, and a fault's ladder and a
+        counterexample's re-run go ahead of the faults still waiting: the first invariants
+        are reported after a few simulations, not after the whole phase (which took the
+        default seed check 150 s; issue 12, "finding what it found before in less time").
+
+        With ``jobs`` > 1 (and ``fork``), ``jobs`` forked workers take the next task by that
+        priority as each one finishes, so both cores stay busy through the ladders and the
+        re-runs. The set of simulations, the verdicts, the counterexamples and the counts are
+        those of ``jobs=1``; only when each report comes depends on the workers."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        faults = list(faults)
+        first_bad: dict[str, int] = {}  # invariant -> index of the first fault violating it
+        ladders: dict[int, list] = {}  # index of a first violating fault -> its shorter rungs
+        reported: set[str] = set()
+        queue: list = []  # (priority, order, task, faults); task: "judge" or "rerun"
+        queued: set[tuple[str, str]] = set()  # (task, key) ever queued
+
+        def push(priority: tuple, task: str, fs: list) -> None:
+            key = self.key(fs, 0)
+            done = self.cached(fs, 0) is not None if task == "judge" else key in self._confirmed
+            if (task, key) not in queued and not done:
+                queued.add((task, key))
+                heappush(queue, (priority, len(queued), task, fs))
+
+        def advance(judged: list) -> None:
+            # The prefix of faults judged: each fault's verdicts name the invariants it is
+            # the first to violate; their ladders go ahead of every fault still waiting.
+            while judged[0] < len(faults) and self.cached([faults[judged[0]]], 0) is not None:
+                i = judged[0]
+                judged[0] += 1
+                verdicts = self.cached([faults[i]], 0)
+                for n in self.names:
+                    if n not in first_bad and not verdicts[n].holds:
+                        first_bad[n] = i
+                        if i not in ladders:
+                            ladders[i] = _shorter(faults[i])
+                            for j, g in enumerate(ladders[i]):
+                                push((1, i, j), "judge", [g])
+            for n in self.names:  # a fixed order: reports come in it when several are ready
+                i = first_bad.get(n)
+                if i is None or n in reported or any(self.cached([g], 0) is None for g in ladders[i]):
+                    continue
+                best = next((g for g in ladders[i] if not self.cached([g], 0)[n].holds), faults[i])
+                if self.key([best], 0) not in self._confirmed:
+                    push((0, i), "rerun", [best])  # first of all: it is all the report waits for
+                    continue
+                reported.add(n)
+                report(n, i + 1 + len(ladders[i]), [best])
+
+        for i, f in enumerate(faults):
+            push((2, i), "judge", [f])
+        judged = [0]
+        advance(judged)
+        ctx = _fork_context()
+        if self.jobs == 1 or ctx is None:
+            while queue:
+                _, _, task, fs = heappop(queue)
+                if task == "judge":
+                    self.verdicts(fs, 0)
+                else:
+                    self.confirm(fs, 0)
+                advance(judged)
+            return
+        global _WORKER
+        try:
+            _WORKER = self
+            self._baselines_in_workers([0], ctx)
+            running: dict = {}  # future -> (order, task, faults)
+            with _Pool(self.jobs, ctx) as pool:
+                while queue or running:
+                    while queue and len(running) < self.jobs:
+                        _, order, task, fs = heappop(queue)
+                        fn = _example_in_worker if task == "judge" else _rerun_in_worker
+                        running[pool.submit(fn, (fs, 0))] = (order, task, fs)
+                    done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    for future in sorted(done, key=lambda d: running[d][0]):
+                        _, task, fs = running.pop(future)
+                        if task == "judge":
+                            self.simulations += 1
+                            self._store(fs, 0, *future.result())
+                            if self.progress is not None:
+                                self.progress()
+                        else:
+                            self._confirmed.add(self.key(fs, 0))
+                            self.determinism.note("counterexamples", fs, 0, self.event_log_sha256(fs, 0),
+                                                  future.result())
+                    advance(judged)
         finally:
             _WORKER = None
 
@@ -547,8 +663,16 @@ def _fork_context():
 
 
 def _baseline_in_worker(seed: int):
-    sc = _WORKER.scenario_for([], seed)
-    return simulate(sc, keep_events=True), _rerun_sha(sc)
+    return simulate(_WORKER.scenario_for([], seed), keep_events=True)
+
+
+def _baseline_rerun_in_worker(seed: int) -> str:
+    return _rerun_sha(_WORKER.scenario_for([], seed))
+
+
+def _rerun_in_worker(example: tuple[list, int]) -> str:
+    faults, seed = example
+    return _rerun_sha(_WORKER.scenario_for(faults, seed))
 
 
 def _example_in_worker(example: tuple[list, int]) -> tuple[dict, dict, str, Optional[str]]:
@@ -645,22 +769,11 @@ def check(
     def _phases() -> None:
         covers.extend(cover_faults(scenario, horizon, kinds=kinds, targets=targets) if cover else [])
         if covers:
-            runner.prefetch([([f], 0) for f in covers])
-            first_bad: dict[str, tuple[int, object]] = {}
-            for i, f in enumerate(covers):
+            runner.cover(covers, lambda n, examples, faults: violated(n, faults, 0, examples, "cover"))
+            for f in covers:
                 verdicts = runner.cached([f], 0)
                 cover_table.append({"fault": describe(f), "kind": f.kind,
                                     "violated": [n for n in names if not verdicts[n].holds]})
-                for n in names:
-                    if n not in first_bad and not verdicts[n].holds:
-                        first_bad[n] = (i, f)
-            shorter = {n: _shorter(f) for n, (_, f) in first_bad.items()}
-            runner.prefetch([([g], 0) for gs in shorter.values() for g in gs])
-            for n in names:
-                if n in first_bad:
-                    i, f = first_bad[n]
-                    best = next((g for g in shorter[n] if not runner.cached([g], 0)[n].holds), f)
-                    violated(n, [best], 0, i + 1 + len(shorter[n]), "cover")
 
         search = settings(
             max_examples=max_examples,
@@ -712,7 +825,7 @@ def check(
                                                len(covers) + searched.get(n, 0)) for n in names]
     det = runner.determinism
     if det.mismatches and "determinism" not in found:
-        m = det.mismatches[0]
+        m = det.ordered()[0]
         reports.append(InvariantReport(
             "determinism", "violated", det.reruns,
             f"a re-run of a {m['run']} (seed {m['seed']}; faults: {', '.join(m['faults']) or 'none'}) gave "

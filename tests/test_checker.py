@@ -113,6 +113,68 @@ def test_a_cover_counterexample_is_the_shortest_that_still_violates(small_report
             assert inv.get(r.name)(record).holds, (r.name, g)
 
 
+def test_a_cover_counterexample_comes_from_the_first_fault_that_violates(small_reports):
+    """Whichever worker finishes first, an invariant's cover counterexample is cut from the
+    first cover fault, in cover order, that violates it (the report's cover table), and its
+    example count is that fault's place plus its ladder."""
+    for report in small_reports[:2]:
+        covers = cover_faults(small_reports[2], fault_horizon(small_reports[2]))
+        for r in (r for r in report.invariants if r.found_by == "cover"):
+            i = next(i for i, row in enumerate(report.cover) if r.name in row["violated"])
+            assert r.faults[0].model_copy(update={"duration_s": covers[i].duration_s}) == covers[i]
+            assert r.examples == i + 1 + len(_shorter(covers[i]))
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_the_cover_phase_reports_an_invariant_before_judging_every_fault(jobs):
+    """An invariant is reported as soon as the faults before its first violating one, that
+    fault's ladder and its counterexample's re-run are done; not after every cover fault
+    (issue 12: the default seed check reported nothing for its first 150 s)."""
+    from hailan_sim.properties.checker import Runner
+
+    sc = _check_scenario(load_scenario(SMALL))
+    # The first eight of small.yaml's: the node crash (third) and the hang (sixth) each break
+    # two invariants, the two after break none.
+    covers = cover_faults(sc, fault_horizon(sc))[:8]
+    names = [n for n in inv.INVARIANTS if n != "determinism"]
+    runner = Runner(sc, names, jobs=jobs)
+    seen = []
+
+    def report(name, examples, faults):
+        judged = [runner.cached([c], 0) is not None for c in covers]
+        first = next(k for k, c in enumerate(covers) if faults[0].model_copy(update={"duration_s": c.duration_s}) == c)
+        seen.append((name, first, judged))
+        # Ready: its counterexample has been simulated and re-run, every fault before it judged.
+        assert runner.event_log_sha256(faults, 0) is not None
+        assert Runner.key(faults, 0) in runner._confirmed
+        assert all(judged[:first + 1])
+        assert examples == first + 1 + len(_shorter(covers[first]))
+
+    runner.cover(covers, report)
+    assert seen and len(seen) == len({n for n, *_ in seen})  # each invariant reported once
+    assert not all(seen[0][2]), "the first report waited for every cover fault"
+    if jobs == 1:
+        # One at a time, ladders and re-runs first: nothing after the reported fault is judged.
+        for name, first, judged in seen:
+            assert judged == [k <= first for k in range(len(covers))], name
+    # In the end every cover fault is judged, and every invariant one violates reported.
+    assert all(runner.cached([c], 0) is not None for c in covers)
+    assert {n for n, *_ in seen} == {n for c in covers for n in names if not runner.cached([c], 0)[n].holds}
+
+
+def test_determinism_mismatches_are_listed_in_an_order_of_their_own():
+    from hailan_sim.properties.checker import Determinism
+
+    a, b = Determinism(), Determinism()
+    notes = [("examples", [], 2, "a", "b"), ("baselines", [], 1, "a", "c"), ("counterexamples", [], 0, "a", "d")]
+    for what in notes:
+        a.note(*what)
+    for what in reversed(notes):
+        b.note(*what)
+    assert a.to_dict() == b.to_dict()
+    assert [m["run"] for m in a.to_dict()["mismatches"]] == ["baseline", "counterexample", "example"]
+
+
 def test_report_separates_unwitnessed_from_inapplicable_mechanisms(small_reports):
     one, _, sc = small_reports
     can = inv.applicable(sc)
