@@ -712,7 +712,8 @@ def check(
     Two phases. **Cover** (``cover=True``): one single fault of every kind, each where it
     hurts most (:func:`hailan_sim.properties.alphabet.cover_faults`), simulation seed 0; an invariant
     one of them violates gets that fault as its counterexample, shortened to the shortest
-    of 1 s, half and the full duration that still violates it. **Search**: for every
+    of 1 s, half and the full duration that still violates it, and is reported as soon as
+    that is known (:meth:`Runner.cover`). **Search**: for every
     invariant the cover phase did not break, Hypothesis searches ``max_examples`` schedules
     of up to ``max_faults`` faults (and a simulation seed among ``n_seeds``) and shrinks the
     first violation it finds (fewer, shorter, later, simpler faults).
