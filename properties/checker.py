@@ -428,6 +428,8 @@ class Runner:
         judged = [0]
         advance(judged)
         ctx = _fork_context()
+        if not queue:  # nothing to judge (no faults, or all cached): no baseline needed either
+            return
         if self.jobs == 1 or ctx is None:
             while queue:
                 _, _, task, fs = heappop(queue)

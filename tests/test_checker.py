@@ -162,6 +162,14 @@ def test_the_cover_phase_reports_an_invariant_before_judging_every_fault(jobs):
     assert {n for n, *_ in seen} == {n for c in covers for n in names if not runner.cached([c], 0)[n].holds}
 
 
+def test_a_cover_phase_without_faults_simulates_nothing():
+    from hailan_sim.properties.checker import Runner
+
+    runner = Runner(load_scenario(SMALL), ["conservation"], jobs=2)
+    runner.cover([], lambda *a: pytest.fail("nothing to report"))
+    assert runner.simulations == 0 and runner.determinism.reruns == 0
+
+
 def test_determinism_mismatches_are_listed_in_an_order_of_their_own():
     from hailan_sim.properties.checker import Determinism
 
