@@ -343,7 +343,6 @@ class Runner:
         finally:
             _WORKER = None
 
-
     def _baselines_in_workers(self, seeds: Sequence[int], ctx) -> None:
         """Simulate the baselines of ``seeds`` not yet here, in forked workers, and keep them
         here (with their log columns), so that the examples' workers, forked after, inherit
