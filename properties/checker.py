@@ -206,17 +206,27 @@ class Runner:
         digest = hashlib.sha256(self.key(faults, seed).encode("utf-8")).digest()
         return int.from_bytes(digest[:8], "big") % k == 0
 
-    def confirm(self, faults: list, seed: int) -> None:
+    def confirm(self, faults: list, seed: int, again: Optional[str] = None) -> None:
         """Re-run a counterexample before it is reported (its hash must be reproduced): once
         per schedule and seed, however many invariants it violates. A second re-run of the
         same scenario proves nothing the first did not, and each one is a whole simulation
         in the report's critical path (the default seed check reports one schedule under six
-        invariants; issue 12 item 3)."""
+        invariants; issue 12 item 3). ``again``: the re-run's hash, if a worker made it."""
         key = self.key(faults, seed)
         sha = self.event_log_sha256(faults, seed)
         if sha is not None and key not in self._confirmed:
             self._confirmed.add(key)
-            self.determinism.note("counterexamples", faults, seed, sha, _rerun_sha(self.scenario_for(faults, seed)))
+            if again is None:
+                again = _rerun_sha(self.scenario_for(faults, seed))
+            self.determinism.note("counterexamples", faults, seed, sha, again)
+
+    def took(self, faults: list, seed: int, judged: tuple) -> None:
+        """Store what a worker or a speculative copy judged (:func:`_judge`'s result), counted
+        as one simulation here."""
+        self.simulations += 1
+        self._store(faults, seed, *judged)
+        if self.progress is not None:
+            self.progress()
 
     def record(self, faults: list, seed: int):
         record = self._record(faults, seed, self.baseline(seed))
@@ -335,11 +345,8 @@ class Runner:
             _WORKER = self
             self._baselines_in_workers(sorted({s for _, s in todo}), ctx)
             with _Pool(min(self.jobs, len(todo)), ctx) as pool:
-                for (f, s), (out, seen, sha, again) in zip(todo, pool.map(_example_in_worker, todo)):
-                    self.simulations += 1
-                    self._store(f, s, out, seen, sha, again)
-                    if self.progress is not None:
-                        self.progress()
+                for (f, s), judged in zip(todo, pool.map(_example_in_worker, todo)):
+                    self.took(f, s, judged)
         finally:
             _WORKER = None
 
@@ -397,12 +404,15 @@ class Runner:
                 queued.add((task, key))
                 heappush(queue, (priority, len(queued), task, fs))
 
-        def advance(judged: list) -> None:
+        judged = 0  # the faults before this one are judged
+
+        def advance() -> None:
             # The prefix of faults judged: each fault's verdicts name the invariants it is
             # the first to violate; their ladders go ahead of every fault still waiting.
-            while judged[0] < len(faults) and self.cached([faults[judged[0]]], 0) is not None:
-                i = judged[0]
-                judged[0] += 1
+            nonlocal judged
+            while judged < len(faults) and self.cached([faults[judged]], 0) is not None:
+                i = judged
+                judged += 1
                 verdicts = self.cached([faults[i]], 0)
                 for n in self.names:
                     if n not in first_bad and not verdicts[n].holds:
@@ -424,8 +434,7 @@ class Runner:
 
         for i, f in enumerate(faults):
             push((2, i), "judge", [f])
-        judged = [0]
-        advance(judged)
+        advance()
         ctx = _fork_context()
         if not queue:  # nothing to judge (no faults, or all cached): no baseline needed either
             return
@@ -436,7 +445,7 @@ class Runner:
                     self.verdicts(fs, 0)
                 else:
                     self.confirm(fs, 0)
-                advance(judged)
+                advance()
             return
         global _WORKER
         try:
@@ -453,15 +462,10 @@ class Runner:
                     for future in sorted(done, key=lambda d: running[d][0]):
                         _, task, fs = running.pop(future)
                         if task == "judge":
-                            self.simulations += 1
-                            self._store(fs, 0, *future.result())
-                            if self.progress is not None:
-                                self.progress()
+                            self.took(fs, 0, future.result())
                         else:
-                            self._confirmed.add(self.key(fs, 0))
-                            self.determinism.note("counterexamples", fs, 0, self.event_log_sha256(fs, 0),
-                                                  future.result())
-                    advance(judged)
+                            self.confirm(fs, 0, future.result())
+                    advance()
         finally:
             _WORKER = None
 
@@ -558,11 +562,7 @@ class _Speculation:
             runner.speculation["wasted"] += 1
             return
         runner.speculation["used"] += 1
-        out, seen, sha, again = judged
-        runner.simulations += 1
-        runner._store(faults, seed, out, seen, sha, again)
-        if runner.progress is not None:
-            runner.progress()
+        runner.took(faults, seed, judged)
 
     def drop(self, runner: Runner) -> None:
         for pid, f in self.children:

@@ -117,8 +117,8 @@ def test_a_cover_counterexample_comes_from_the_first_fault_that_violates(small_r
     """Whichever worker finishes first, an invariant's cover counterexample is cut from the
     first cover fault, in cover order, that violates it (the report's cover table), and its
     example count is that fault's place plus its ladder."""
+    covers = cover_faults(small_reports[2], fault_horizon(small_reports[2]))
     for report in small_reports[:2]:
-        covers = cover_faults(small_reports[2], fault_horizon(small_reports[2]))
         for r in (r for r in report.invariants if r.found_by == "cover"):
             i = next(i for i, row in enumerate(report.cover) if r.name in row["violated"])
             assert r.faults[0].model_copy(update={"duration_s": covers[i].duration_s}) == covers[i]
