@@ -401,7 +401,7 @@ class _Logical:
             return
         self._choose(names)
 
-    def _choose(self, names: list) -> None:
+    def _choose(self, names: Optional[list]) -> None:
         eng = self.eng
         edge = self.edge
         cl = self.client
