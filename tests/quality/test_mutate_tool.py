@@ -21,7 +21,7 @@ def _mutate(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, cwd=ROOT)
 
 
-@pytest.mark.parametrize("catalogue", ["mutants.yaml", "invariants-mutants.yaml"])
+@pytest.mark.parametrize("catalogue", ["mutants.yaml", "invariants-mutants.yaml", "benchmarks-mutants.yaml"])
 def test_every_shipped_mutant_applies_to_the_current_source(catalogue):
     path = ROOT / "tools" / catalogue
     out = _mutate("--catalogue", str(path), "--list")
