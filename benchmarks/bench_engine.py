@@ -32,6 +32,7 @@ imports the package, so the growth is visible.
 
 Usage: python benchmarks/bench_engine.py [--quick] [--json FILE] [--rounds N] [--big-memory]
        [--no-memory] [--label TEXT] [--strict]    (see benchmarks/README.md)
+       python benchmarks/bench_engine.py --run-only CASE SECONDS    (one case, for callgrind)
 """
 
 from __future__ import annotations
@@ -532,6 +533,35 @@ def format_report(res: dict) -> str:
     return "\n".join(lines)
 
 
+_RUN_ONLY = {"simpy_mm1": None, "hailan_default": None, "hailan_seed": "seed", "hailan_hardened": "hardened"}
+
+
+def run_only(case: str, seconds: float) -> int:
+    """One case, warmed up, then measured inside ``functools.reduce`` for callgrind:
+
+        OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 PYTHONHASHSEED=0 setarch $(uname -m) -R \\
+          valgrind --tool=callgrind --collect-atstart=no --toggle-collect=functools_reduce \\
+          python benchmarks/bench_engine.py --run-only hailan_hardened 10
+
+    Instructions per unit are deterministic where this machine's CPU ratios are not
+    (benchmarks/README.md, "The 0.9x target in instructions")."""
+    import functools
+
+    if case not in _RUN_ONLY:
+        print(f"--run-only: unknown case {case!r}; one of {', '.join(_RUN_ONLY)}", file=sys.stderr)
+        return 2
+    if case == "simpy_mm1":
+        run_simpy_mm1(2.0)
+        out = functools.reduce(lambda _a, _b: run_simpy_mm1(seconds), [0, 1])
+    else:
+        profile = _RUN_ONLY[case]
+        sc = default_for_bench(seconds, profile=profile)
+        run_hailan_default(default_for_bench(0.5, profile=profile))
+        out = functools.reduce(lambda _a, _b: run_hailan_default(sc), [0, 1])
+    print(f"{case} units {out[0]} events {out[3]}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, one round (seconds)")
@@ -543,6 +573,11 @@ def main(argv=None) -> int:
                          "requests vs windows)")
     ap.add_argument("--label", help="free text kept with the figures (e.g. the commit of an exported tree)")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target ratio is missed")
+    ap.add_argument("--run-only", nargs=2, metavar=("CASE", "SECONDS"),
+                    help="one case (simpy_mm1, hailan_default, hailan_seed, hailan_hardened) for "
+                         "SECONDS simulated, inside functools.reduce so that callgrind's "
+                         "--toggle-collect=functools_reduce counts that run alone; prints its units "
+                         "(customers or calls) and kernel events")
     ap.add_argument("--child", choices=("import", "mem"), help=argparse.SUPPRESS)
     ap.add_argument("--requests", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--window", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -551,6 +586,8 @@ def main(argv=None) -> int:
     if args.child:
         _child_main(args.child, args.requests, args.window)
         return 0
+    if args.run_only:
+        return run_only(args.run_only[0], float(args.run_only[1]))
 
     res = run_benchmark(args.quick, args.rounds, not args.no_memory, args.big_memory)
     res["command"] = shlex.join([Path(sys.executable).name, *sys.argv])

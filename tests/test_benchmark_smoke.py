@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "bench_engine.py"
 
@@ -55,6 +57,23 @@ def test_bench_engine_quick(tmp_path):
     assert run["maxrss_bytes"] > 0 and "growth_bytes" in run
     assert run["has_events"] is False
 
+
+
+@pytest.mark.parametrize("case, seconds, unit_floor", [("simpy_mm1", "5", 300), ("hailan_hardened", "1", 500)])
+def test_bench_engine_run_only(case, seconds, unit_floor):
+    """--run-only CASE SECONDS: one case's run alone (for callgrind), with its units and events."""
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--run-only", case, seconds],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    name, _, units, _, events = proc.stdout.split()
+    assert name == case and int(units) > unit_floor and int(events) > int(units)
+
+
+def test_bench_engine_run_only_names_the_cases():
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--run-only", "nope", "1"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2
+    assert "unknown case 'nope'" in proc.stderr and "hailan_hardened" in proc.stderr
 
 CHECKER = ROOT / "benchmarks" / "bench_checker.py"
 CHECKER_CASES = ("seed --jobs 1", "seed --jobs 2", "hardened --jobs 1", "hardened --jobs 2")
