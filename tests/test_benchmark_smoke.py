@@ -58,7 +58,6 @@ def test_bench_engine_quick(tmp_path):
     assert run["has_events"] is False
 
 
-
 def _run_only(case: str, seconds: str) -> tuple[int, int]:
     proc = subprocess.run([sys.executable, str(SCRIPT), "--run-only", case, seconds],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -84,6 +83,7 @@ def test_bench_engine_run_only_names_the_cases():
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 2
     assert "unknown case 'nope'" in proc.stderr and "hailan_hardened" in proc.stderr
+
 
 CHECKER = ROOT / "benchmarks" / "bench_checker.py"
 CHECKER_CASES = ("seed --jobs 1", "seed --jobs 2", "hardened --jobs 1", "hardened --jobs 2")
