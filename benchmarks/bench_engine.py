@@ -587,7 +587,12 @@ def main(argv=None) -> int:
         _child_main(args.child, args.requests, args.window)
         return 0
     if args.run_only:
-        return run_only(args.run_only[0], float(args.run_only[1]))
+        case, seconds = args.run_only
+        try:
+            length = float(seconds)
+        except ValueError:
+            ap.error(f"--run-only: SECONDS must be a number of simulated seconds, not {seconds!r}")
+        return run_only(case, length)
 
     res = run_benchmark(args.quick, args.rounds, not args.no_memory, args.big_memory)
     res["command"] = shlex.join([Path(sys.executable).name, *sys.argv])

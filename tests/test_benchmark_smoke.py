@@ -83,6 +83,10 @@ def test_bench_engine_run_only_names_the_cases():
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 2
     assert "unknown case 'nope'" in proc.stderr and "hailan_hardened" in proc.stderr
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--run-only", "simpy_mm1", "ten"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "SECONDS must be a number of simulated seconds, not 'ten'" in proc.stderr
 
 
 CHECKER = ROOT / "benchmarks" / "bench_checker.py"
