@@ -228,13 +228,6 @@ class Runner:
         if self.progress is not None:
             self.progress()
 
-    def record(self, faults: list, seed: int):
-        record = self._record(faults, seed, self.baseline(seed))
-        self.simulations += 1
-        if self.progress is not None:
-            self.progress()
-        return record
-
     def _record(self, faults: list, seed: int, baseline):
         """Simulate the schedule and pair it with ``baseline`` (no counting, no progress:
         a worker process calls this too)."""
@@ -253,12 +246,9 @@ class Runner:
         hit = self.cached(faults, seed)
         if hit is not None:
             return hit
-        record = self.record(faults, seed)
-        out = {v.name: v for v in inv.evaluate(record, self.names)}
-        sha = record.result.event_log_sha256
-        again = _rerun_sha(record.scenario) if self.sampled(faults, seed) else None
-        self._store(faults, seed, out, inv.witnessed(record), sha, again)
-        return out
+        self.baseline(seed)
+        self.took(faults, seed, _judge(self, faults, seed))
+        return self.cached(faults, seed)
 
     def violates(self, name: str, faults: list, seed: int) -> bool:
         """Whether this example violates ``name``: what :func:`check`'s searches ask.
