@@ -26,6 +26,14 @@ Two parts, both on the built-in default scenario as ``hailan-sim check --profile
               neighbours); throughput is given per wall minute and per CPU minute (this
               process and its workers).
 
+  check       the whole default check, as a user runs it (``hailan-sim check --profile P
+              --jobs 2 --json``, in a subprocess, from an empty folder), for each profile: its
+              own examples a minute (``examples_per_minute`` in its report: simulations over
+              wall minutes) and CPU time. This is the figure issue 12's target names ("30
+              examples a minute for the default check"); the throughput cases above judge a
+              small fixed budget that carries three baselines, so they understate it. About
+              two minutes a profile per round; ``--no-whole-check`` leaves it out.
+
   shrink      (``--shrink``) the wall and CPU time of one check that finds a violation early
               and shrinks it (issue 12 item 6), with ``--jobs 1`` and ``--jobs 2``: the default
               scenario under ``seed`` as ``check`` runs it, ``bounded_recovery`` searched over
@@ -39,7 +47,7 @@ Cases are interleaved over ``--rounds`` rounds (order rotated each round) and me
 reported, as in bench_engine.py: this 2-core machine is shared and drifts by 50%.
 
 Usage: python benchmarks/bench_checker.py [--quick] [--json FILE] [--rounds N] [--examples N]
-       [--no-throughput] [--no-split] [--shrink [--shrink-kinds KIND ...] [--shrink-max-faults N]]
+       [--no-throughput] [--no-split] [--no-whole-check] [--shrink [--shrink-kinds KIND ...] [--shrink-max-faults N]]
        [--label TEXT]    (see benchmarks/README.md)
 """
 
@@ -50,8 +58,11 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -150,6 +161,36 @@ def run_shrink(sc, jobs: int, case: dict) -> dict:
             "shrink_wall_s": t1 - tf, "shrink_cpu_s": (c1 - cf) + (k1 - kf)}
 
 
+#: What ``--quick`` adds to the whole check: the shortest run the check accepts, one
+#: example of one invariant, no cover phase (seconds instead of minutes).
+QUICK_CHECK_ARGS = ("--duration", "125", "--max-examples", "1", "--max-faults", "1", "--no-cover",
+                    "--invariant", "conservation")
+
+
+def run_check(profile: str, quick: bool) -> dict:
+    """The whole default check under ``profile``, run as a user runs it: the installed CLI
+    in a subprocess, from an empty folder (its counterexamples are written there and
+    removed). The rate is the check's own (its report's ``examples_per_minute``)."""
+    work = Path(tempfile.mkdtemp(prefix=f"bench-check-{profile}-"))
+    cmd = [sys.executable, "-c", "import sys, hailan_sim.cli as c; sys.exit(c.main())", "check",
+           "--profile", profile, "--jobs", "2", "--json", "--out", str(work / "out"),
+           *(QUICK_CHECK_ARGS if quick else ())]
+    try:
+        k0, t0 = _children_cpu(), time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
+        wall, cpu = time.perf_counter() - t0, _children_cpu() - k0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if proc.returncode not in (0, 1):  # 1: an invariant was violated, as the default seed check finds
+        raise SystemExit(f"bench_checker: {shlex.join(cmd[3:])} exited {proc.returncode}:\n{proc.stderr}")
+    report = json.loads(proc.stdout)
+    return {"profile": report["profile"], "jobs": report["settings"]["jobs"],
+            "simulations": report["simulations"], "wall_s": report["wall_s"],
+            "per_minute": report["examples_per_minute"], "process_wall_s": wall, "cpu_s": cpu,
+            "reruns": report["determinism"]["reruns"],
+            "violated": sorted(n for n, v in report["invariants"].items() if v["status"] == "violated")}
+
+
 def _children_cpu() -> float:
     import resource
 
@@ -215,7 +256,8 @@ def machine_info() -> dict:
 
 
 def run_benchmark(quick: bool, rounds: int | None, n_examples: int | None, throughput: bool = True,
-                  split: bool = True, shrink: bool = False, shrink_case: dict | None = None) -> dict:
+                  split: bool = True, shrink: bool = False, shrink_case: dict | None = None,
+                  whole_check: bool = True) -> dict:
     machine = machine_info()
     rounds = rounds or (1 if quick else 2)
     n_examples = n_examples or (2 if quick else 8)
@@ -225,7 +267,8 @@ def run_benchmark(quick: bool, rounds: int | None, n_examples: int | None, throu
     split_example = {p: next((e for e in budgets[p] if e[0]), budgets[p][0]) for p in PROFILES}
     cases = ([("throughput", p, j) for p in PROFILES for j in JOBS] if throughput else []) + \
         ([("split", p, None) for p in PROFILES] if split else []) + \
-        ([("shrink", "seed", j) for j in JOBS] if shrink else [])
+        ([("shrink", "seed", j) for j in JOBS] if shrink else []) + \
+        ([("check", p, 2) for p in PROFILES] if whole_check else [])
     shrink_case = dict(SHRINK_CASE, **(shrink_case or {}),
                        **({"max_examples": 2, "horizon": (1.0, 4.0)} if quick else {}))
     raw: dict[str, list] = {}
@@ -233,19 +276,22 @@ def run_benchmark(quick: bool, rounds: int | None, n_examples: int | None, throu
     for r in range(rounds):
         order = cases[r % len(cases):] + cases[:r % len(cases)]
         for kind, p, j in order:
-            key = {"throughput": f"{p} --jobs {j}", "split": f"split {p}", "shrink": f"shrink {p} --jobs {j}"}[kind]
+            key = {"throughput": f"{p} --jobs {j}", "split": f"split {p}", "shrink": f"shrink {p} --jobs {j}",
+                   "check": f"check --profile {p} --jobs {j}"}[kind]
             print(f"round {r + 1}/{rounds}: {key}", file=sys.stderr, flush=True)
             if kind == "throughput":
                 raw.setdefault(key, []).append(run_throughput(scenarios[p], budgets[p], j))
             elif kind == "shrink":
                 raw.setdefault(key, []).append(run_shrink(scenarios[p], j, shrink_case))
+            elif kind == "check":
+                raw.setdefault(key, []).append(run_check(p, quick))
             else:
                 raw.setdefault(key, []).append(run_split(scenarios[p], split_example[p]))
     res = {"quick": quick, "machine": machine, "code": code_info(("sim", "models", "properties"), "hailan_sim.properties"),
            "settings": {"rounds": rounds, "examples": n_examples,
                         "duration_s": {p: scenarios[p].run.duration_s for p in PROFILES},
                         "invariants": names()},
-           "wall_s": time.perf_counter() - t_start, "throughput": {}, "split": {}, "shrink": {}}
+           "wall_s": time.perf_counter() - t_start, "throughput": {}, "split": {}, "shrink": {}, "check": {}}
     res["machine"]["load_avg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     for p in PROFILES:
         for j in JOBS if throughput else ():
@@ -258,6 +304,13 @@ def run_benchmark(quick: bool, rounds: int | None, n_examples: int | None, throu
                 "median_per_cpu_minute": statistics.median(x["per_cpu_minute"] for x in runs),
                 "cpu_s": [x["cpu_s"] for x in runs],
                 "target_per_minute": TARGET_PER_MINUTE if j == 2 else None,
+            }
+        if whole_check:
+            runs = raw[f"check --profile {p} --jobs 2"]
+            res["check"][p] = {
+                "profile": p, "jobs": 2, "args": list(QUICK_CHECK_ARGS if quick else ()),
+                "median_per_minute": statistics.median(x["per_minute"] for x in runs),
+                "target_per_minute": TARGET_PER_MINUTE, "runs": runs,
             }
         if not split:
             continue
@@ -296,6 +349,16 @@ def format_report(res: dict) -> str:
         lines.append(f"{key:<22}{c['median_per_minute']:>14.1f}{c['median_per_cpu_minute']:>10.1f}"
                      f"{c['simulations']:>7}{c['reruns']:>9}   "
                      + " ".join(f"{x:.1f}" for x in c["per_minute"]) + target)
+    if res["check"]:
+        lines += ["", f"{'whole default check':<26}{'examples/min':>10}{'CPU s':>8}{'sims':>7}{'re-runs':>9}"
+                      f"   per round (wall s)   violated"]
+        for p, c in res["check"].items():
+            r0 = c["runs"][0]
+            lines.append(f"{'check --profile ' + p:<26}{c['median_per_minute']:>10.1f}"
+                         f"{statistics.median(x['cpu_s'] for x in c['runs']):>8.1f}{r0['simulations']:>7}{r0['reruns']:>9}   "
+                         + " ".join(f"{x['per_minute']:.1f} ({x['wall_s']:.0f})" for x in c["runs"])
+                         + f"   {len(r0['violated'])}  (target {c['target_per_minute']:g}, --jobs 2"
+                         + (f" {' '.join(c['args'])})" if c["args"] else ")"))
     for p, s in res["split"].items():
         lines += ["", f"split of one example, --profile {p} ({s['example']['faults']} fault(s), seed "
                       f"{s['example']['seed']}; {res['settings']['duration_s'][p]:g} s simulated), median CPU s:"]
@@ -326,6 +389,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-throughput", dest="throughput", action="store_false",
                     help="only the split of one example's time (minutes instead of tens of minutes)")
     ap.add_argument("--no-split", dest="split", action="store_false", help="leave out the split of one example")
+    ap.add_argument("--no-whole-check", dest="whole_check", action="store_false",
+                    help="leave out the whole default check per profile (hailan-sim check --profile P --jobs 2)")
     ap.add_argument("--shrink", action="store_true",
                     help="also time one check's shrink phase with --jobs 1 and 2 (issue 12 item 6)")
     ap.add_argument("--shrink-kinds", nargs="+", metavar="KIND",
@@ -335,7 +400,8 @@ def main(argv=None) -> int:
     ap.add_argument("--label", help="free text kept with the figures (e.g. 'before', a commit)")
     args = ap.parse_args(argv)
     case = {k: v for k, v in (("kinds", args.shrink_kinds), ("max_faults", args.shrink_max_faults)) if v}
-    res = run_benchmark(args.quick, args.rounds, args.examples, args.throughput, args.split, args.shrink, case)
+    res = run_benchmark(args.quick, args.rounds, args.examples, args.throughput, args.split, args.shrink, case,
+                        args.whole_check)
     res["command"] = shlex.join([Path(sys.executable).name, *sys.argv])
     res["label"] = args.label
     print(format_report(res))

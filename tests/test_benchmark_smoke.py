@@ -120,6 +120,18 @@ def test_bench_checker_quick(tmp_path):
         assert set(s["invariants"]) == set(invariants)
         assert s["invariants_total"] >= sum(s["invariants"].values())
         assert s["invariants_share_of_simulation"] > 0
+    # The whole default check per profile, run as a user runs it (issue 12's target names it).
+    assert "whole default check" in proc.stdout and "check --profile hardened" in proc.stdout
+    for profile in ("seed", "hardened"):
+        c = res["check"][profile]
+        (run,) = c["runs"]
+        assert run["profile"] == profile and run["jobs"] == 2 and c["target_per_minute"] == 30
+        assert run["simulations"] >= 2 and run["reruns"] >= 1  # a baseline, re-run, and an example
+        assert c["median_per_minute"] == run["per_minute"] > 0 and run["cpu_s"] > 0
+        # The check's own rate: its simulations over its own wall time (not the subprocess's).
+        assert run["per_minute"] == pytest.approx(run["simulations"] / run["wall_s"] * 60, rel=0.01)
+        assert run["process_wall_s"] > run["wall_s"]
+        assert isinstance(run["violated"], list)
     # --shrink: one check per --jobs, the same report either way (issue 12 item 6).
     assert "shrink wall" in proc.stdout and res["shrink_same_counterexample"] is True
     for jobs in (1, 2):
