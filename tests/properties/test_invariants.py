@@ -456,6 +456,52 @@ def test_cascade_a_breaker_opened_by_a_crash_still_open_after_the_restart(harden
     assert f.direct(**call) is None
 
 
+@pytest.mark.parametrize("fixture", ["seed_crash", "hardened_restart"])
+def test_direct_memo_decides_each_origin_as_an_empty_memo_would(fixture, request, monkeypatch):
+    # direct() keeps what it decides by names alone per (faults on, source, target,
+    # instance, mechanism, endpoint, op) (issue 12): every origin failure_origins asks
+    # about must get the decision a _Faults with an empty memo gives it, direct and
+    # collateral, during the faults and after them.
+    from hailan_sim.properties import causes
+
+    rec = request.getfixturevalue(fixture)
+    asked = []
+    direct = causes._Faults.direct
+
+    def spy(self, **kw):
+        out = direct(self, **kw)
+        asked.append((kw, out, len(self._scoped)))
+        return out
+
+    monkeypatch.setattr(causes._Faults, "direct", spy)
+    o = causes.failure_origins(rec)
+    monkeypatch.setattr(causes._Faults, "direct", direct)
+    assert len(asked) == (o["path"] != o["endpoint"]).sum() > 100  # one per traced failed request
+    fresh = causes._Faults(rec)
+    for kw, out, _ in asked:
+        fresh._scoped.clear()
+        assert fresh.direct(**kw) == out, kw
+    # The memo is shared (far fewer keys than origins) and the run has both kinds.
+    assert asked[-1][2] < len(asked) / 5
+    outs = {out for _, out, _ in asked}
+    assert None in outs and outs - {None, -1}
+
+
+def test_direct_memo_keeps_mechanisms_apart(seed_crash):
+    # The same names, the same fault on (auth-service-0 down, 30-60 s): front-0's breaker
+    # for the service short-circuiting is collateral, finding no instance of the service is
+    # the crash's cost. The memo of the first must not answer the second.
+    from hailan_sim.properties.causes import _Faults
+
+    f = _Faults(seed_crash)
+    row = _row(seed_crash, 40.0)
+    ask = dict(t0=40.0, t1=40.0, row0=row, row1=row, source="front-0", target="auth-service",
+               instance="auth-service", endpoint="browse")
+    assert f.direct(**ask, mechanism="short_circuit") is None
+    assert f.direct(**ask, mechanism="no_instance") == 0
+    assert f.direct(**ask, mechanism="short_circuit") is None
+
+
 def test_failure_origins_trace_each_failed_request_down_its_span_tree(seed_crash):
     from hailan_sim.properties.causes import failure_origins
 
