@@ -410,15 +410,18 @@ class _Tree:
         bad = log.outcome[end_rows] != "ok"
         self.kids: dict[int, list[int]] = {}
         self.tops: dict[int, list[int]] = {}
-        for c, r in zip((has[bad] - 1).tolist(), end_rows[bad].tolist()):
-            s = self.start_row.get(c)
-            if s is None:
-                continue
-            p = int(log.parent[s])
+        # Each failed call's start row, parent and request read at once from the table
+        # (issue 12: no lookup per failed call); calls without a call_start row are skipped.
+        starts = self.start_row.tab[has[bad]]
+        found = starts >= 0
+        starts = starts[found]
+        kids, tops = self.kids, self.tops
+        for p, q, r in zip(log.parent[starts].tolist(), log.request[starts].tolist(),
+                           end_rows[bad][found].tolist()):
             if p >= 0:
-                self.kids.setdefault(p, []).append(r)
+                kids.setdefault(p, []).append(r)
             else:
-                self.tops.setdefault(int(log.request[s]), []).append(r)
+                tops.setdefault(q, []).append(r)
         for r in log.rows(*REFUSALS).tolist():
             p = int(log.parent[r])
             if p >= 0:

@@ -502,6 +502,38 @@ def test_direct_memo_keeps_mechanisms_apart(seed_crash):
     assert f.direct(**ask, mechanism="short_circuit") is None
 
 
+@pytest.mark.parametrize("fixture", ["seed_crash", "hardened_restart"])
+def test_span_tree_failed_calls_by_parent_as_a_lookup_per_call_gives_them(fixture, request):
+    # _Tree reads the failed calls' start rows, parents and requests at once (issue 12):
+    # the same lists, in the same order, as looking each failed call up in turn.
+    from hailan_sim.properties.causes import REFUSALS, _Tree
+
+    log = request.getfixturevalue(fixture).log
+    tree = _Tree(log)
+    kids: dict = {}
+    tops: dict = {}
+    ends = log.rows("call_end")
+    first: dict = {}
+    for r in ends.tolist():
+        first.setdefault(int(log.call[r]), r)
+    for c in sorted(first):
+        r = first[c]
+        if log.outcome[r] == "ok":
+            continue
+        s = tree.start_row.get(c)
+        if s is None:
+            continue
+        if int(log.parent[s]) >= 0:
+            kids.setdefault(int(log.parent[s]), []).append(r)
+        else:
+            tops.setdefault(int(log.request[s]), []).append(r)
+    for r in log.rows(*REFUSALS).tolist():
+        if int(log.parent[r]) >= 0:
+            kids.setdefault(int(log.parent[r]), []).append(r)
+    assert tree.kids == kids and tree.tops == tops
+    assert len(tops) > 100 and sum(map(len, kids.values())) > 100
+
+
 def test_failure_origins_trace_each_failed_request_down_its_span_tree(seed_crash):
     from hailan_sim.properties.causes import failure_origins
 
