@@ -742,6 +742,19 @@ def _skews(scenario: Scenario, log: _Log):
     return skew
 
 
+def _groups(codes: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """The positions of each distinct code, ascending, codes in order of first appearance:
+    what ``{c: np.flatnonzero(codes == c) for c in dict.fromkeys(codes)}`` gives, from one
+    stable sort."""
+    if not len(codes):
+        return []
+    order = np.argsort(codes, kind="stable")
+    grouped = codes[order]
+    bounds = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1], True]).tolist()
+    spans = sorted(zip(bounds[:-1], bounds[1:]), key=lambda ab: int(order[ab[0]]))
+    return [(int(grouped[a]), order[a:b]) for a, b in spans]
+
+
 @register("token_safety")
 def token_safety(record: Record) -> Verdict:
     """Safety: no service-to-service call is accepted with a token that had expired, in
@@ -855,7 +868,6 @@ def token_safety(record: Record) -> Verdict:
     # token each call carried is the caller's latest fetch that ended before it started.
     served = log.rows("work_end", "orphan_end")
     ok_calls = log.call[served[log.outcome[served] == "ok"]]
-    src_cs = log.source[cs]
     # Membership by a table indexed by call id + 1 (O(n); np.isin sorts both sides).
     is_ok = np.zeros(int(max(log.call.max(initial=-1), 0)) + 2, dtype=bool)
     is_ok[ok_calls + 1] = True
@@ -864,16 +876,19 @@ def token_safety(record: Record) -> Verdict:
     from_service = np.array([_caller_service(sc, x) is not None for x in sources.tolist()] + [False], dtype=bool)
     keep = (is_ok[log.call[cs] + 1] & to_service[tcodes] & from_service[scodes]
             & ~(to_issuer & (not local)))
-    cand, cand_src = cs[keep], src_cs[keep]
+    cand, cand_codes = cs[keep], scodes[keep]
     rot = np.asarray(rotations, dtype=float)
     found: list[tuple[int, dict]] = []
     unsafe_excused = 0  # expired tokens accepted with clocks beyond the objective's skew
     checked = 0
-    for src in dict.fromkeys(cand_src.tolist()):
+    # The candidates by caller instance (issue 12: grouped by code, not by comparing every
+    # candidate's name with each caller's).
+    for code, at in _groups(cand_codes):
+        src = sources[code]
         v = fetches.get(src)
         if not v:
             continue
-        rows_src = cand[cand_src == src]
+        rows_src = cand[at]
         i = np.searchsorted(fetch_rows[src], rows_src, side="left") - 1
         has = i >= 0
         rows_src, i = rows_src[has], i[has]

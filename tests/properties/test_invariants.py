@@ -791,6 +791,16 @@ def test_tokens_local_signing_checks_every_accepted_call():
     assert v.details["calls_checked"] == len(_accepted_s2s(record)) > 0
 
 
+@pytest.mark.parametrize("codes", [[], [3], [2, 0, 2, -1, 0, 5, 2, -1, 5, 5, 0],
+                                   list(np.random.default_rng(7).integers(-1, 9, 500))])
+def test_groups_by_code_as_a_comparison_per_code_gives_them(codes):
+    # token_safety groups its candidate calls by caller with one stable sort of the source
+    # codes (issue 12): each code's positions ascending, codes in order of first appearance.
+    codes = np.asarray(codes, dtype=np.int64)
+    want = [(c, np.flatnonzero(codes == c).tolist()) for c in dict.fromkeys(codes.tolist())]
+    assert [(c, at.tolist()) for c, at in inv._groups(codes)] == want
+
+
 def _accepted_s2s(record) -> list:
     """The call_start rows of service-to-service calls the callee served and answered ok."""
     log = record.log
