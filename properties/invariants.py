@@ -1007,6 +1007,13 @@ def token_safety(record: Record) -> Verdict:
 # --------------------------------------------------------------------------- 7. retry amplification
 
 
+def _first_rows(codes: np.ndarray) -> np.ndarray:
+    """Where each code of ``pd.factorize`` (0, 1, ... in order of first appearance) first
+    appears, by code: what ``np.unique(codes, return_index=True)[1]`` gives, without the
+    sort (a code appears first exactly where it exceeds every code before it)."""
+    return np.flatnonzero(codes > np.maximum.accumulate(np.r_[np.int64(-1), codes[:-1]]))
+
+
 def _calls_per_request(log: _Log, brokers: Sequence[str] = ()) -> pd.DataFrame:
     """Calls per (request, target, operation); calls from ``brokers`` (message deliveries)
     and every call below them are left out. Rows in order of each triple's first call;
@@ -1040,7 +1047,7 @@ def _calls_per_request(log: _Log, brokers: Sequence[str] = ()) -> pd.DataFrame:
     pair = tcodes * O + ocodes
     triple, _ = pd.factorize(request * np.int64(len(targets) + 1) * O + pair)  # first-seen order
     counts = np.bincount(triple)
-    _, first = np.unique(triple, return_index=True)
+    first = _first_rows(triple)
     op_names = np.asarray([None, *ops.tolist()], dtype=object)
     # One label per distinct (target, operation) pair, not per row.
     pcodes, pairs = pd.factorize(pair[first])

@@ -838,6 +838,15 @@ def test_tokens_held_from_before_the_run_are_checked(signing):
 # --------------------------------------------------------------------------- 7. retry amplification
 
 
+@pytest.mark.parametrize("values", [[], [7], [5, 5, 5], [3, 1, 3, 2, 1, 9, 9, 2, 4],
+                                    list(np.random.default_rng(3).integers(0, 40, 1000))])
+def test_first_rows_of_factorized_codes_as_unique_gives_them(values):
+    # _calls_per_request finds each (request, target, operation)'s first call from the
+    # factorized codes without a sort (issue 12): the same rows as np.unique's.
+    codes, _ = pd.factorize(np.asarray(values, dtype=np.int64))
+    assert inv._first_rows(codes).tolist() == np.unique(codes, return_index=True)[1].tolist()
+
+
 def test_amplification_hardened_single_layer_retries_hold(hardened_crash):
     v = _holds(get("bounded_retry_amplification")(hardened_crash))
     assert v.details["mechanisms"]["retry_made"] and v.details["max_ratio"] <= 3.0 and v.details["predicted_factor"] == 3.0
