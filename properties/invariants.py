@@ -343,7 +343,16 @@ def bounded_recovery(record: Record, *, recovery_s: Optional[float] = None, alph
 
 def _unique_counts(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct ids, sorted, and how often each occurs. By sorting: numpy 2's hash-based
-    ``np.unique`` (also inside ``np.setdiff1d``) took 0.6-0.9 s on 140,000 call ids here."""
+    ``np.unique`` (also inside ``np.setdiff1d``) took 0.6-0.9 s on 140,000 call ids here.
+    Integer ids within a span not much wider than their number (the log's request and
+    call ids: dense from 0, -1 for None) are counted with ``np.bincount`` instead (issue
+    12: no sort of 280,000 call ids), which gives the same arrays."""
+    if len(ids) and ids.dtype.kind in "iu":
+        lo, hi = int(ids.min()), int(ids.max())
+        if hi - lo <= 4 * len(ids) + 1024:
+            counts = np.bincount((ids - lo).astype(np.intp), minlength=hi - lo + 1)
+            at = np.flatnonzero(counts)
+            return (at + lo).astype(ids.dtype), counts[at].astype(np.intp)
     a = np.sort(ids)
     if len(a) == 0:
         return a, np.zeros(0, dtype=np.intp)

@@ -599,6 +599,22 @@ def test_recovery_checks_nothing_when_the_run_ends_too_soon(seed_crash):
 # --------------------------------------------------------------------------- 3. conservation
 
 
+@pytest.mark.parametrize("ids", [[], [5], [-1, -1, 3, 0, 3], [7, 9, 7, 12, 9, 9],
+                                 list(np.random.default_rng(5).integers(-1, 900, 3000)),
+                                 [0, 10**12, 3, 10**12]])
+def test_unique_counts_as_sorting_gives_them(ids):
+    # conservation counts the log's request and call ids with np.bincount when they are
+    # dense (issue 12), by sorting otherwise: the same distinct ids, sorted, the same
+    # counts and dtypes, None (-1) and ids far from 0 included.
+    ids = np.asarray(ids, dtype=np.int64)
+    a = np.sort(ids)
+    first = np.r_[True, a[1:] != a[:-1]] if len(a) else np.zeros(0, dtype=bool)
+    at = np.flatnonzero(first)
+    u, n = inv._unique_counts(ids)
+    assert u.tolist() == a[at].tolist() and n.tolist() == np.diff(np.append(at, len(a))).tolist()
+    assert u.dtype == ids.dtype and n.dtype == np.intp
+
+
 def test_conservation_holds_with_messages(hardened_crash):
     v = _holds(get("conservation")(hardened_crash))
     assert v.details["messages"] > 0 and v.details["messages_lost"] == 0
