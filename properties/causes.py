@@ -127,6 +127,11 @@ class _Faults:
         self._listed: Optional[dict[str, tuple[list[int], list[float], list[str]]]] = None
         self._lag: dict[tuple[str, str], float] = {}
         self._breakers: dict[tuple[str, str], np.ndarray] = {}
+        # What direct() decides from the faults on and the names alone, per (faults on,
+        # source, target, instance, mechanism, endpoint, op): thousands of failed requests
+        # share a few hundred such keys (issue 12). Rows are not part of it: what depends
+        # on them (dead, opened_while_dead, unready) is decided after, for each request.
+        self._scoped: dict[tuple, Optional[int]] = {}
 
     def _caller_of(self, source: str) -> Optional[str]:
         c = self._caller.get(source, self)
@@ -274,13 +279,28 @@ class _Faults:
                op: Optional[str] = None) -> Optional[int]:
         """The fault (index) that makes an origin direct, or None (collateral); -1 for a
         dead instance whose fault already ended (a crash that left it dead)."""
-        sc = self.sc
-        caller = self._caller_of(source) if source else None
         # A refusal's "instance" is the breaker's or bulkhead's key: an instance, a service or "*".
         if instance is not None and instance not in self.states:
             instance = None
+        on = tuple(self.active(t0, t1))
+        key = (on, source, target, instance, mechanism, endpoint, op)
+        i = self._scoped.get(key, self)
+        if i is self:
+            i = self._scoped[key] = self._by_scope(on, source, target, instance, mechanism, endpoint, op)
+        if i is not None:
+            return i
+        return self._by_rows(t0=t0, t1=t1, row0=row0, row1=row1, source=source, target=target,
+                             instance=instance, mechanism=mechanism)
+
+    def _by_scope(self, on: tuple, source: Optional[str], target: str, instance: Optional[str],
+                  mechanism: str, endpoint: str, op: Optional[str]) -> Optional[int]:
+        """direct()'s first part: the first of the faults ``on`` whose scope takes in the
+        origin, by names alone (no row, no time: the same for every origin with these
+        arguments and these faults on), or None."""
+        sc = self.sc
+        caller = self._caller_of(source) if source else None
         inst_svc = self._service(instance) if instance else None
-        for i in self.active(t0, t1):
+        for i in on:
             s = self.scopes[i]
             if s["endpoint"] is not None:
                 if s["endpoint"] == endpoint or target in s["components"]:
@@ -315,13 +335,21 @@ class _Faults:
         # several being lost does not count: the callee could have used another.
         if mechanism in ("short_circuit", "timeout", "bulkhead_full"):
             deps = self.reach(target, op)
-            for i in self.active(t0, t1):
+            for i in on:
                 s = self.scopes[i]
                 # (A link counts when both its sides are whole components on that path.)
                 if s["endpoint"] is None and (set(s["components"]) & set(deps) or any(
                     a in deps and b in deps for a, b in s["links"]
                 )):
                     return i
+        return None
+
+    def _by_rows(self, *, t0: float, t1: float, row0: int, row1: int, source: Optional[str],
+                 target: str, instance: Optional[str], mechanism: str) -> Optional[int]:
+        """direct()'s second part, when no fault's scope took the origin in: -1 when it
+        failed at what a fault left behind at its rows and times (a dead instance, an
+        unreachable registry, a breaker opened while its instance was dead, a target with
+        no instance up or listed yet), else None."""
         if mechanism == "discovery_error" and any(a <= t1 and t0 <= b for a, b in self.registry_out):
             return -1
         if instance is not None and (self.dead(instance, row0) or self.dead(instance, row1)):
@@ -382,15 +410,18 @@ class _Tree:
         bad = log.outcome[end_rows] != "ok"
         self.kids: dict[int, list[int]] = {}
         self.tops: dict[int, list[int]] = {}
-        for c, r in zip((has[bad] - 1).tolist(), end_rows[bad].tolist()):
-            s = self.start_row.get(c)
-            if s is None:
-                continue
-            p = int(log.parent[s])
+        # Each failed call's start row, parent and request read at once from the table
+        # (issue 12: no lookup per failed call); calls without a call_start row are skipped.
+        starts = self.start_row.tab[has[bad]]
+        found = starts >= 0
+        starts = starts[found]
+        kids, tops = self.kids, self.tops
+        for p, q, r in zip(log.parent[starts].tolist(), log.request[starts].tolist(),
+                           end_rows[bad][found].tolist()):
             if p >= 0:
-                self.kids.setdefault(p, []).append(r)
+                kids.setdefault(p, []).append(r)
             else:
-                self.tops.setdefault(int(log.request[s]), []).append(r)
+                tops.setdefault(q, []).append(r)
         for r in log.rows(*REFUSALS).tolist():
             p = int(log.parent[r])
             if p >= 0:

@@ -456,6 +456,84 @@ def test_cascade_a_breaker_opened_by_a_crash_still_open_after_the_restart(harden
     assert f.direct(**call) is None
 
 
+@pytest.mark.parametrize("fixture", ["seed_crash", "hardened_restart"])
+def test_direct_memo_decides_each_origin_as_an_empty_memo_would(fixture, request, monkeypatch):
+    # direct() keeps what it decides by names alone per (faults on, source, target,
+    # instance, mechanism, endpoint, op) (issue 12): every origin failure_origins asks
+    # about must get the decision a _Faults with an empty memo gives it, direct and
+    # collateral, during the faults and after them.
+    from hailan_sim.properties import causes
+
+    rec = request.getfixturevalue(fixture)
+    asked = []
+    direct = causes._Faults.direct
+
+    def spy(self, **kw):
+        out = direct(self, **kw)
+        asked.append((kw, out, len(self._scoped)))
+        return out
+
+    monkeypatch.setattr(causes._Faults, "direct", spy)
+    o = causes.failure_origins(rec)
+    monkeypatch.setattr(causes._Faults, "direct", direct)
+    assert len(asked) == (o["path"] != o["endpoint"]).sum() > 100  # one per traced failed request
+    fresh = causes._Faults(rec)
+    for kw, out, _ in asked:
+        fresh._scoped.clear()
+        assert fresh.direct(**kw) == out, kw
+    # The memo is shared (far fewer keys than origins) and the run has both kinds.
+    assert asked[-1][2] < len(asked) / 5
+    outs = {out for _, out, _ in asked}
+    assert None in outs and outs - {None, -1}
+
+
+def test_direct_memo_keeps_mechanisms_apart(seed_crash):
+    # The same names, the same fault on (auth-service-0 down, 30-60 s): front-0's breaker
+    # for the service short-circuiting is collateral, finding no instance of the service is
+    # the crash's cost. The memo of the first must not answer the second.
+    from hailan_sim.properties.causes import _Faults
+
+    f = _Faults(seed_crash)
+    row = _row(seed_crash, 40.0)
+    ask = dict(t0=40.0, t1=40.0, row0=row, row1=row, source="front-0", target="auth-service",
+               instance="auth-service", endpoint="browse")
+    assert f.direct(**ask, mechanism="short_circuit") is None
+    assert f.direct(**ask, mechanism="no_instance") == 0
+    assert f.direct(**ask, mechanism="short_circuit") is None
+
+
+@pytest.mark.parametrize("fixture", ["seed_crash", "hardened_restart"])
+def test_span_tree_failed_calls_by_parent_as_a_lookup_per_call_gives_them(fixture, request):
+    # _Tree reads the failed calls' start rows, parents and requests at once (issue 12):
+    # the same lists, in the same order, as looking each failed call up in turn.
+    from hailan_sim.properties.causes import REFUSALS, _Tree
+
+    log = request.getfixturevalue(fixture).log
+    tree = _Tree(log)
+    kids: dict = {}
+    tops: dict = {}
+    ends = log.rows("call_end")
+    first: dict = {}
+    for r in ends.tolist():
+        first.setdefault(int(log.call[r]), r)
+    for c in sorted(first):
+        r = first[c]
+        if log.outcome[r] == "ok":
+            continue
+        s = tree.start_row.get(c)
+        if s is None:
+            continue
+        if int(log.parent[s]) >= 0:
+            kids.setdefault(int(log.parent[s]), []).append(r)
+        else:
+            tops.setdefault(int(log.request[s]), []).append(r)
+    for r in log.rows(*REFUSALS).tolist():
+        if int(log.parent[r]) >= 0:
+            kids.setdefault(int(log.parent[r]), []).append(r)
+    assert tree.kids == kids and tree.tops == tops
+    assert len(tops) > 100 and sum(map(len, kids.values())) > 100
+
+
 def test_failure_origins_trace_each_failed_request_down_its_span_tree(seed_crash):
     from hailan_sim.properties.causes import failure_origins
 
@@ -519,6 +597,22 @@ def test_recovery_checks_nothing_when_the_run_ends_too_soon(seed_crash):
 
 
 # --------------------------------------------------------------------------- 3. conservation
+
+
+@pytest.mark.parametrize("ids", [[], [5], [-1, -1, 3, 0, 3], [7, 9, 7, 12, 9, 9],
+                                 list(np.random.default_rng(5).integers(-1, 900, 3000)),
+                                 [0, 10**12, 3, 10**12]])
+def test_unique_counts_as_sorting_gives_them(ids):
+    # conservation counts the log's request and call ids with np.bincount when they are
+    # dense (issue 12), by sorting otherwise: the same distinct ids, sorted, the same
+    # counts and dtypes, None (-1) and ids far from 0 included.
+    ids = np.asarray(ids, dtype=np.int64)
+    a = np.sort(ids)
+    first = np.r_[True, a[1:] != a[:-1]] if len(a) else np.zeros(0, dtype=bool)
+    at = np.flatnonzero(first)
+    u, n = inv._unique_counts(ids)
+    assert u.tolist() == a[at].tolist() and n.tolist() == np.diff(np.append(at, len(a))).tolist()
+    assert u.dtype == ids.dtype and n.dtype == np.intp
 
 
 def test_conservation_holds_with_messages(hardened_crash):
@@ -713,6 +807,16 @@ def test_tokens_local_signing_checks_every_accepted_call():
     assert v.details["calls_checked"] == len(_accepted_s2s(record)) > 0
 
 
+@pytest.mark.parametrize("codes", [[], [3], [2, 0, 2, -1, 0, 5, 2, -1, 5, 5, 0],
+                                   list(np.random.default_rng(7).integers(-1, 9, 500))])
+def test_groups_by_code_as_a_comparison_per_code_gives_them(codes):
+    # token_safety groups its candidate calls by caller with one stable sort of the source
+    # codes (issue 12): each code's positions ascending, codes in order of first appearance.
+    codes = np.asarray(codes, dtype=np.int64)
+    want = [(c, np.flatnonzero(codes == c).tolist()) for c in dict.fromkeys(codes.tolist())]
+    assert [(c, at.tolist()) for c, at in inv._groups(codes)] == want
+
+
 def _accepted_s2s(record) -> list:
     """The call_start rows of service-to-service calls the callee served and answered ok."""
     log = record.log
@@ -748,6 +852,15 @@ def test_tokens_held_from_before_the_run_are_checked(signing):
 
 
 # --------------------------------------------------------------------------- 7. retry amplification
+
+
+@pytest.mark.parametrize("values", [[], [7], [5, 5, 5], [3, 1, 3, 2, 1, 9, 9, 2, 4],
+                                    list(np.random.default_rng(3).integers(0, 40, 1000))])
+def test_first_rows_of_factorized_codes_as_unique_gives_them(values):
+    # _calls_per_request finds each (request, target, operation)'s first call from the
+    # factorized codes without a sort (issue 12): the same rows as np.unique's.
+    codes, _ = pd.factorize(np.asarray(values, dtype=np.int64))
+    assert inv._first_rows(codes).tolist() == np.unique(codes, return_index=True)[1].tolist()
 
 
 def test_amplification_hardened_single_layer_retries_hold(hardened_crash):
