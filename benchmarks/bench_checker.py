@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checker throughput benchmark (not a test: nothing here is asserted in CI).
 
-Two parts, both on the built-in default scenario as ``hailan-sim check --profile P`` runs it
+Four parts, all on the built-in default scenario as ``hailan-sim check --profile P`` runs it
 (warm-up 10 s, duration ``check_duration``: 10 s + 40 s of faults + the recovery time):
 
   throughput  examples judged per minute by the checker's loop (``checker.Runner``, what
