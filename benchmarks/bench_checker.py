@@ -172,7 +172,7 @@ def run_check(profile: str, quick: bool) -> dict:
     in a subprocess, from an empty folder (its counterexamples are written there and
     removed). The rate is the check's own (its report's ``examples_per_minute``)."""
     work = Path(tempfile.mkdtemp(prefix=f"bench-check-{profile}-"))
-    cmd = [sys.executable, "-c", "import sys, hailan_sim.cli as c; sys.exit(c.main())", "check",
+    cmd = [sys.executable, "-m", "hailan_sim", "check",
            "--profile", profile, "--jobs", "2", "--json", "--out", str(work / "out"),
            *(QUICK_CHECK_ARGS if quick else ())]
     try:
