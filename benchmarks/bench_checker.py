@@ -33,6 +33,11 @@ Four parts, all on the built-in default scenario as ``hailan-sim check --profile
               examples a minute for the default check"); the throughput cases above judge a
               small fixed budget that carries three baselines, so they understate it. About
               two minutes a profile per round; ``--no-whole-check`` leaves it out.
+              With it, the check's measured ceiling (:func:`ceiling`: the same CPU seconds
+              on both cores with none idle, and the share of the cores it kept busy) and,
+              with the split, where its CPU goes (:func:`where_the_check_goes`: examples,
+              baselines, the re-runs issue 12 requires and the sampled ones, the rest) and
+              its ceiling without the sampled re-runs.
 
   shrink      (``--shrink``) the wall and CPU time of one check that finds a violation early
               and shrinks it (issue 12 item 6), with ``--jobs 1`` and ``--jobs 2``: the default
@@ -188,7 +193,39 @@ def run_check(profile: str, quick: bool) -> dict:
             "simulations": report["simulations"], "wall_s": report["wall_s"],
             "per_minute": report["examples_per_minute"], "process_wall_s": wall, "cpu_s": cpu,
             "reruns": report["determinism"]["reruns"],
-            "violated": sorted(n for n, v in report["invariants"].items() if v["status"] == "violated")}
+            "reruns_by": {k: report["determinism"][k] for k in ("baselines", "counterexamples", "examples")},
+            "violated": sorted(n for n, v in report["invariants"].items() if v["status"] == "violated"),
+            **ceiling(report["simulations"], report["settings"]["jobs"], wall, cpu)}
+
+
+def ceiling(simulations: int, jobs: int, wall_s: float, cpu_s: float) -> dict:
+    """The measured ceiling of one whole check: the rate it would reach with the same work
+    (the same CPU seconds) and no core ever idle, ``jobs`` cores busy from start to end.
+    ``utilisation`` is the share of ``jobs`` cores' time it kept busy (the subprocess's wall
+    time, start-up included, as its CPU is)."""
+    return {"utilisation": cpu_s / (jobs * wall_s), "ceiling_per_minute": 60.0 * simulations * jobs / cpu_s}
+
+
+def where_the_check_goes(run: dict, split: dict) -> dict:
+    """Where one whole check's CPU seconds go, estimated from its counts and the split's
+    per-item costs (one example of the same profile): the examples (simulation with its
+    log, log columns and invariants), the baselines (with their views), the determinism
+    re-runs the issue requires (baselines and counterexamples) and the sampled ones, and the
+    rest (start-up, Hypothesis, forks, pickling; and the error of taking one example for
+    all). With them, the ceiling without the sampled re-runs: the work issue 12 requires
+    (every baseline and every counterexample re-run), no core idle."""
+    sims, by = run["simulations"], run["reruns_by"]
+    baselines = by["baselines"]  # each baseline is re-run once
+    parts = {
+        "examples": (sims - baselines) * (split["simulation_with_log"] + split["invariants_total"]),
+        "baselines": baselines * (split["baseline"] + split["baseline_views"]),
+        "required re-runs": (by["baselines"] + by["counterexamples"]) * split["rerun"],
+        "sampled re-runs": by["examples"] * split["rerun"],
+    }
+    parts["rest"] = run["cpu_s"] - sum(parts.values())
+    without = run["cpu_s"] - parts["sampled re-runs"]
+    return {"cpu_s": parts, "share": {k: v / run["cpu_s"] for k, v in parts.items()},
+            "ceiling_without_sampled_reruns_per_minute": 60.0 * sims * run["jobs"] / without}
 
 
 def _children_cpu() -> float:
@@ -311,6 +348,8 @@ def run_benchmark(quick: bool, rounds: int | None, n_examples: int | None, throu
                 "profile": p, "jobs": 2, "args": list(QUICK_CHECK_ARGS if quick else ()),
                 "median_per_minute": statistics.median(x["per_minute"] for x in runs),
                 "target_per_minute": TARGET_PER_MINUTE, "runs": runs,
+                "median_utilisation": statistics.median(x["utilisation"] for x in runs),
+                "median_ceiling_per_minute": statistics.median(x["ceiling_per_minute"] for x in runs),
             }
         if not split:
             continue
@@ -323,6 +362,11 @@ def run_benchmark(quick: bool, rounds: int | None, n_examples: int | None, throu
         med["deterministic"] = all(x["deterministic"] for x in runs)
         med["example"] = {"faults": runs[0]["faults"], "seed": runs[0]["seed"]}
         res["split"][p] = med
+        if whole_check:  # the whole check's CPU by part, from its counts and this split
+            c = res["check"][p]
+            c["where"] = [where_the_check_goes(x, med) for x in c["runs"]]
+            c["median_ceiling_without_sampled_reruns_per_minute"] = statistics.median(
+                w["ceiling_without_sampled_reruns_per_minute"] for w in c["where"])
     for j in JOBS if shrink else ():
         runs = raw[f"shrink seed --jobs {j}"]
         res["shrink"][f"seed --jobs {j}"] = {
@@ -342,8 +386,9 @@ def format_report(res: dict) -> str:
     m = res["machine"]
     lines = [f"checker benchmark{' (QUICK: figures meaningless)' if res['quick'] else ''}: "
              f"{res['settings']['examples']} examples per case, {res['settings']['rounds']} round(s), "
-             f"{m['cpu_count']} CPUs, load {m['load_avg_at_start']} -> {m['load_avg_at_end']}",
-             "", f"{'throughput':<22}{'examples/min':>14}{'/CPU-min':>10}{'sims':>7}{'re-runs':>9}   per round"]
+             f"{m['cpu_count']} CPUs, load {m['load_avg_at_start']} -> {m['load_avg_at_end']}"]
+    if res["throughput"]:
+        lines += ["", f"{'throughput':<22}{'examples/min':>14}{'/CPU-min':>10}{'sims':>7}{'re-runs':>9}   per round"]
     for key, c in res["throughput"].items():
         target = f"  (target {c['target_per_minute']:g})" if c["target_per_minute"] else ""
         lines.append(f"{key:<22}{c['median_per_minute']:>14.1f}{c['median_per_cpu_minute']:>10.1f}"
@@ -359,6 +404,21 @@ def format_report(res: dict) -> str:
                          + " ".join(f"{x['per_minute']:.1f} ({x['wall_s']:.0f})" for x in c["runs"])
                          + f"   {len(r0['violated'])}  (target {c['target_per_minute']:g}, --jobs 2"
                          + (f" {' '.join(c['args'])})" if c["args"] else ")"))
+        lines += ["", "its ceiling: the same CPU seconds with both cores busy from start to end (median)",
+                  f"{'':<26}{'cores busy':>11}{'ceiling/min':>13}{'without sampled re-runs':>25}"]
+        for p, c in res["check"].items():
+            without = c.get("median_ceiling_without_sampled_reruns_per_minute")
+            lines.append(f"{'check --profile ' + p:<26}{100 * c['median_utilisation']:>10.1f}%"
+                         f"{c['median_ceiling_per_minute']:>13.1f}"
+                         + (f"{without:>25.1f}" if without is not None else f"{'(needs the split)':>25}"))
+        for p, c in res["check"].items():
+            if "where" not in c:
+                continue
+            w = c["where"][0]
+            lines += ["", f"where check --profile {p}'s CPU goes (first round, {c['runs'][0]['cpu_s']:.1f} CPU s; "
+                          f"estimated: its counts x the split's costs, re-runs {c['runs'][0]['reruns_by']}):"]
+            for k, v in w["cpu_s"].items():
+                lines.append(f"  {k:<32}{v:>8.1f}   {100 * w['share'][k]:>5.1f}%")
     for p, s in res["split"].items():
         lines += ["", f"split of one example, --profile {p} ({s['example']['faults']} fault(s), seed "
                       f"{s['example']['seed']}; {res['settings']['duration_s'][p]:g} s simulated), median CPU s:"]

@@ -132,6 +132,25 @@ def test_bench_checker_quick(tmp_path):
         assert run["per_minute"] == pytest.approx(run["simulations"] / run["wall_s"] * 60, rel=0.01)
         assert run["process_wall_s"] > run["wall_s"]
         assert isinstance(run["violated"], list)
+        # Its ceiling: the same CPU seconds on both cores, none idle (issue 12's "measured ceiling").
+        assert run["utilisation"] == pytest.approx(run["cpu_s"] / (2 * run["process_wall_s"]))
+        assert run["ceiling_per_minute"] == pytest.approx(run["simulations"] * 120 / run["cpu_s"])
+        by = run["reruns_by"]
+        assert by["baselines"] >= 1 and sum(by.values()) == run["reruns"]
+        # Where its CPU goes: its counts times the split's costs, the rest by difference.
+        (where,) = c["where"]
+        s = res["split"][profile]
+        assert sum(where["cpu_s"].values()) == pytest.approx(run["cpu_s"])
+        assert where["cpu_s"]["sampled re-runs"] == pytest.approx(by["examples"] * s["rerun"])
+        assert where["cpu_s"]["required re-runs"] == pytest.approx((by["baselines"] + by["counterexamples"]) * s["rerun"])
+        assert where["cpu_s"]["baselines"] == pytest.approx(by["baselines"] * (s["baseline"] + s["baseline_views"]))
+        assert where["cpu_s"]["examples"] == pytest.approx(
+            (run["simulations"] - by["baselines"]) * (s["simulation_with_log"] + s["invariants_total"]))
+        without = run["cpu_s"] - where["cpu_s"]["sampled re-runs"]
+        assert c["median_ceiling_without_sampled_reruns_per_minute"] == pytest.approx(run["simulations"] * 120 / without)
+        assert c["median_ceiling_per_minute"] == run["ceiling_per_minute"]
+        assert f"where check --profile {profile}'s CPU goes" in proc.stdout
+    assert "its ceiling" in proc.stdout and "without sampled re-runs" in proc.stdout
     # --shrink: one check per --jobs, the same report either way (issue 12 item 6).
     assert "shrink wall" in proc.stdout and res["shrink_same_counterexample"] is True
     for jobs in (1, 2):
@@ -212,6 +231,37 @@ def test_profile_mechanisms_quick(tmp_path):
         assert hp[mech]["bytecodes"] > np_[mech]["bytecodes"], mech
     assert np_["gateway policies"]["bytecodes"] == 0 and np_["outlier detection"]["py_calls"] == 0
     assert "total" in proc.stdout and "breakers" in proc.stdout
+
+
+def test_bench_checker_where_the_check_goes():
+    """bench_checker's estimate of a whole check's CPU: each part its count times the split's
+    cost (the sampled re-runs from the examples' re-runs, the required ones from the
+    baselines' and counterexamples'), the rest by difference, and the ceiling without the
+    sampled re-runs. A check as the default seed check runs: 49 simulations, 3 baselines, 4
+    counterexamples and 7 sampled examples re-run."""
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_checker_t", CHECKER)
+        bc = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bc)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    run = {"simulations": 49, "jobs": 2, "cpu_s": 260.0,
+           "reruns_by": {"baselines": 3, "counterexamples": 4, "examples": 7}}
+    split = {"simulation_with_log": 3.0, "invariants_total": 0.5, "baseline": 4.0, "baseline_views": 0.25,
+             "rerun": 2.5}
+    w = bc.where_the_check_goes(run, split)
+    assert w["cpu_s"] == pytest.approx({"examples": 46 * 3.5, "baselines": 3 * 4.25, "required re-runs": 7 * 2.5,
+                                        "sampled re-runs": 7 * 2.5, "rest": 260.0 - 161 - 12.75 - 35})
+    run["reruns_by"] = {"baselines": 3, "counterexamples": 1, "examples": 5}
+    w = bc.where_the_check_goes(run, split)
+    assert w["cpu_s"]["sampled re-runs"] == pytest.approx(12.5) and w["cpu_s"]["required re-runs"] == pytest.approx(10.0)
+    assert w["share"]["rest"] == pytest.approx(w["cpu_s"]["rest"] / 260.0)
+    assert w["ceiling_without_sampled_reruns_per_minute"] == pytest.approx(60 * 49 * 2 / (260.0 - 12.5))
+    c = bc.ceiling(49, 2, 130.0, 247.0)
+    assert c == pytest.approx({"utilisation": 0.95, "ceiling_per_minute": 60 * 49 * 2 / 247.0})
 
 
 def _compiled_kernel():
