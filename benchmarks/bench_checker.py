@@ -33,11 +33,11 @@ Four parts, all on the built-in default scenario as ``hailan-sim check --profile
               examples a minute for the default check"); the throughput cases above judge a
               small fixed budget that carries three baselines, so they understate it. About
               two minutes a profile per round; ``--no-whole-check`` leaves it out.
-              With it, the check's measured ceiling (:func:`ceiling`: the same CPU seconds
-              on both cores with none idle, and the share of the cores it kept busy) and,
-              with the split, where its CPU goes (:func:`where_the_check_goes`: examples,
-              baselines, the re-runs issue 12 requires and the sampled ones, the rest) and
-              its ceiling without the sampled re-runs.
+              With it, where the check's CPU went (its report's ``cpu_s``, measured by the
+              check: its examples' simulations and invariants, the baselines, the
+              determinism re-runs by kind, the rest) and its measured ceiling
+              (:func:`ceiling`: the same CPU seconds on both cores with none idle, with and
+              without the sampled re-runs, and the share of the cores it kept busy).
 
   shrink      (``--shrink``) the wall and CPU time of one check that finds a violation early
               and shrinks it (issue 12 item 6), with ``--jobs 1`` and ``--jobs 2``: the default
@@ -195,37 +195,22 @@ def run_check(profile: str, quick: bool) -> dict:
             "reruns": report["determinism"]["reruns"],
             "reruns_by": {k: report["determinism"][k] for k in ("baselines", "counterexamples", "examples")},
             "violated": sorted(n for n, v in report["invariants"].items() if v["status"] == "violated"),
-            **ceiling(report["simulations"], report["settings"]["jobs"], wall, cpu)}
+            **ceiling(report)}
 
 
-def ceiling(simulations: int, jobs: int, wall_s: float, cpu_s: float) -> dict:
-    """The measured ceiling of one whole check: the rate it would reach with the same work
-    (the same CPU seconds) and no core ever idle, ``jobs`` cores busy from start to end.
-    ``utilisation`` is the share of ``jobs`` cores' time it kept busy (the subprocess's wall
-    time, start-up included, as its CPU is)."""
-    return {"utilisation": cpu_s / (jobs * wall_s), "ceiling_per_minute": 60.0 * simulations * jobs / cpu_s}
-
-
-def where_the_check_goes(run: dict, split: dict) -> dict:
-    """Where one whole check's CPU seconds go, estimated from its counts and the split's
-    per-item costs (one example of the same profile): the examples (simulation with its
-    log, log columns and invariants), the baselines (with their views), the determinism
-    re-runs the issue requires (baselines and counterexamples) and the sampled ones, and the
-    rest (start-up, Hypothesis, forks, pickling; and the error of taking one example for
-    all). With them, the ceiling without the sampled re-runs: the work issue 12 requires
-    (every baseline and every counterexample re-run), no core idle."""
-    sims, by = run["simulations"], run["reruns_by"]
-    baselines = by["baselines"]  # each baseline is re-run once
-    parts = {
-        "examples": (sims - baselines) * (split["simulation_with_log"] + split["invariants_total"]),
-        "baselines": baselines * (split["baseline"] + split["baseline_views"]),
-        "required re-runs": (by["baselines"] + by["counterexamples"]) * split["rerun"],
-        "sampled re-runs": by["examples"] * split["rerun"],
-    }
-    parts["rest"] = run["cpu_s"] - sum(parts.values())
-    without = run["cpu_s"] - parts["sampled re-runs"]
-    return {"cpu_s": parts, "share": {k: v / run["cpu_s"] for k, v in parts.items()},
-            "ceiling_without_sampled_reruns_per_minute": 60.0 * sims * run["jobs"] / without}
+def ceiling(report: dict) -> dict:
+    """The measured ceiling of one whole check, from its report: the rate it would reach with
+    the same work (its CPU seconds, ``cpu_s.total``) and no core ever idle, and the same
+    without the sampled determinism re-runs (the work issue 12 requires: every example,
+    baseline and counterexample re-run). ``utilisation``: the share of its cores' time, over
+    its own wall time, that it kept busy. ``cpu_parts``: where its CPU went, as the check
+    measures it (``CPU_PARTS``, the rest, the total)."""
+    cpu, jobs, sims = report["cpu_s"], report["settings"]["jobs"], report["simulations"]
+    total = cpu["total"]
+    return {"utilisation": total / (jobs * report["wall_s"]),
+            "ceiling_per_minute": 60.0 * sims * jobs / total,
+            "ceiling_without_sampled_reruns_per_minute": 60.0 * sims * jobs / (total - cpu["re-runs: examples"]),
+            "cpu_parts": dict(cpu)}
 
 
 def _children_cpu() -> float:
@@ -350,6 +335,8 @@ def run_benchmark(quick: bool, rounds: int | None, n_examples: int | None, throu
                 "target_per_minute": TARGET_PER_MINUTE, "runs": runs,
                 "median_utilisation": statistics.median(x["utilisation"] for x in runs),
                 "median_ceiling_per_minute": statistics.median(x["ceiling_per_minute"] for x in runs),
+                "median_ceiling_without_sampled_reruns_per_minute": statistics.median(
+                    x["ceiling_without_sampled_reruns_per_minute"] for x in runs),
             }
         if not split:
             continue
@@ -362,11 +349,6 @@ def run_benchmark(quick: bool, rounds: int | None, n_examples: int | None, throu
         med["deterministic"] = all(x["deterministic"] for x in runs)
         med["example"] = {"faults": runs[0]["faults"], "seed": runs[0]["seed"]}
         res["split"][p] = med
-        if whole_check:  # the whole check's CPU by part, from its counts and this split
-            c = res["check"][p]
-            c["where"] = [where_the_check_goes(x, med) for x in c["runs"]]
-            c["median_ceiling_without_sampled_reruns_per_minute"] = statistics.median(
-                w["ceiling_without_sampled_reruns_per_minute"] for w in c["where"])
     for j in JOBS if shrink else ():
         runs = raw[f"shrink seed --jobs {j}"]
         res["shrink"][f"seed --jobs {j}"] = {
@@ -407,18 +389,18 @@ def format_report(res: dict) -> str:
         lines += ["", "its ceiling: the same CPU seconds with both cores busy from start to end (median)",
                   f"{'':<26}{'cores busy':>11}{'ceiling/min':>13}{'without sampled re-runs':>25}"]
         for p, c in res["check"].items():
-            without = c.get("median_ceiling_without_sampled_reruns_per_minute")
             lines.append(f"{'check --profile ' + p:<26}{100 * c['median_utilisation']:>10.1f}%"
                          f"{c['median_ceiling_per_minute']:>13.1f}"
-                         + (f"{without:>25.1f}" if without is not None else f"{'(needs the split)':>25}"))
-        for p, c in res["check"].items():
-            if "where" not in c:
-                continue
-            w = c["where"][0]
-            lines += ["", f"where check --profile {p}'s CPU goes (first round, {c['runs'][0]['cpu_s']:.1f} CPU s; "
-                          f"estimated: its counts x the split's costs, re-runs {c['runs'][0]['reruns_by']}):"]
-            for k, v in w["cpu_s"].items():
-                lines.append(f"  {k:<32}{v:>8.1f}   {100 * w['share'][k]:>5.1f}%")
+                         f"{c['median_ceiling_without_sampled_reruns_per_minute']:>25.1f}")
+        lines += ["", "where each check's CPU went (its report's cpu_s): CPU s per round, median share"]
+        lines.append(f"  {'':<26}" + "".join(f"{'--profile ' + p:>26}" for p in res["check"]))
+        for k in next(iter(res["check"].values()))["runs"][0]["cpu_parts"]:
+            cells = []
+            for c in res["check"].values():
+                seconds = " ".join(f"{x['cpu_parts'][k]:.1f}" for x in c["runs"])
+                share = statistics.median(x["cpu_parts"][k] / x["cpu_parts"]["total"] for x in c["runs"])
+                cells.append(f"{seconds:>16}{100 * share:>9.1f}%")
+            lines.append(f"  {k:<26}" + "".join(cells))
     for p, s in res["split"].items():
         lines += ["", f"split of one example, --profile {p} ({s['example']['faults']} fault(s), seed "
                       f"{s['example']['seed']}; {res['settings']['duration_s'][p]:g} s simulated), median CPU s:"]

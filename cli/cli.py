@@ -556,6 +556,12 @@ def _print_check(scenario: Scenario, report) -> None:
         sample = f"about one in {d['every']}" if d["every"] else "none: --rerun-every 0"
         print(f"\ndeterminism: {what} ({d['baselines']} baselines, {d['counterexamples']} "
               f"counterexamples, {d['examples']} sampled examples, {sample})")
+    c = report.cpu_s
+    if c:
+        reruns = sum(v for k, v in c.items() if k.startswith("re-runs"))
+        print(f"CPU: {c['total']:.0f} s, of which simulating examples {c['examples: simulation']:.0f}, "
+              f"their invariants {c['examples: invariants']:.0f}, baselines {c['baselines']:.0f}, "
+              f"determinism re-runs {reruns:.0f}, the rest {c['rest']:.0f} (--json: cpu_s)")
 
 
 def _check_exhaustive(args, scenario: Scenario, bar, settings: dict) -> int:

@@ -91,6 +91,9 @@ class CheckReport:
     # Runner.speculation: shrink requests judged ahead in forked copies (jobs > 1): forked,
     # used, wasted. Depends on jobs, as simulations and wall_s do; no verdict does.
     speculation: dict = field(default_factory=dict)
+    # Where the check's CPU seconds went (Runner.cpu, CPU_PARTS, and "rest" and "total"):
+    # measured, so it varies from run to run as wall_s does; no verdict depends on it.
+    cpu_s: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -112,11 +115,21 @@ class CheckReport:
             "not_applicable": self.not_applicable,
             "determinism": self.determinism,
             "speculation": self.speculation,
+            "cpu_s": {k: round(v, 3) for k, v in self.cpu_s.items()},
             "invariants": {r.name: r.to_dict() for r in self.invariants},
         }
 
 
 RERUN_EVERY = 10  # check's default: about one example in ten is re-run for determinism
+
+#: What a check spends its CPU on (:attr:`Runner.cpu`; the report's ``cpu_s`` adds ``rest``,
+#: everything else: Hypothesis, forking and pickling, discarded speculative copies, and
+#: ``total``): its examples' simulations (event log kept) and invariants (the log's columns
+#: included), the fault-free baselines (with the views derived from them), and the
+#: determinism re-runs by what is re-run. Each part is the CPU time of the process that did
+#: it, a worker's included (issue 12: "where the time goes").
+CPU_PARTS = ("examples: simulation", "examples: invariants", "baselines", "re-runs: baselines",
+             "re-runs: counterexamples", "re-runs: examples")
 
 
 @dataclass
@@ -157,6 +170,22 @@ def _rerun_sha(scenario: Scenario) -> str:
     return simulate(scenario).event_log_sha256
 
 
+def _timed(fn, *args, **kwargs) -> tuple:
+    """``fn(*args, **kwargs)`` and the CPU seconds this process spent on it."""
+    t0 = time.process_time()
+    out = fn(*args, **kwargs)
+    return out, time.process_time() - t0
+
+
+def _process_cpu() -> float:
+    """CPU seconds of this process and of its children that have been waited for (the
+    workers, once their pool is shut down; the speculative copies, once reaped)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 class Runner:
     """Simulates schedules and evaluates invariants, caching baselines and verdicts.
 
@@ -182,6 +211,8 @@ class Runner:
         # Speculative judgements (:meth:`speculating`): forked, used (the next request was the
         # one guessed), wasted (killed or discarded: the guess was wrong).
         self.speculation = {"forked": 0, "used": 0, "wasted": 0}
+        # CPU seconds by part (CPU_PARTS), whichever process spent them.
+        self.cpu = dict.fromkeys(CPU_PARTS, 0.0)
 
     def scenario_for(self, faults: list, seed: int) -> Scenario:
         return with_faults(self.scenario, faults).with_run(seed=seed)
@@ -191,9 +222,13 @@ class Runner:
         if b is None:
             # Events kept: retry amplification compares calls per request with the baseline's.
             sc = self.scenario_for([], seed)
-            b = self._baselines[seed] = simulate(sc, keep_events=True)
+            b, took = _timed(simulate, sc, keep_events=True)
+            self.cpu["baselines"] += took
+            self._baselines[seed] = b
             self.simulations += 1
-            self.determinism.note("baselines", [], seed, b.event_log_sha256, _rerun_sha(sc))
+            again, took = _timed(_rerun_sha, sc)
+            self.cpu["re-runs: baselines"] += took
+            self.determinism.note("baselines", [], seed, b.event_log_sha256, again)
         return b
 
     def sampled(self, faults: list, seed: int) -> bool:
@@ -206,18 +241,21 @@ class Runner:
         digest = hashlib.sha256(self.key(faults, seed).encode("utf-8")).digest()
         return int.from_bytes(digest[:8], "big") % k == 0
 
-    def confirm(self, faults: list, seed: int, again: Optional[str] = None) -> None:
+    def confirm(self, faults: list, seed: int, again: Optional[str] = None, cpu: float = 0.0) -> None:
         """Re-run a counterexample before it is reported (its hash must be reproduced): once
         per schedule and seed, however many invariants it violates. A second re-run of the
         same scenario proves nothing the first did not, and each one is a whole simulation
         in the report's critical path (the default seed check reports one schedule under six
-        invariants; issue 12 item 3). ``again``: the re-run's hash, if a worker made it."""
+        invariants; issue 12 item 3). ``again``: the re-run's hash, if a worker made it
+        (``cpu``: the CPU seconds it took there)."""
         key = self.key(faults, seed)
         sha = self.event_log_sha256(faults, seed)
+        self.cpu["re-runs: counterexamples"] += cpu
         if sha is not None and key not in self._confirmed:
             self._confirmed.add(key)
             if again is None:
-                again = _rerun_sha(self.scenario_for(faults, seed))
+                again, took = _timed(_rerun_sha, self.scenario_for(faults, seed))
+                self.cpu["re-runs: counterexamples"] += took
             self.determinism.note("counterexamples", faults, seed, sha, again)
 
     def took(self, faults: list, seed: int, judged: tuple) -> None:
@@ -303,8 +341,10 @@ class Runner:
         return self._hashes.get(self.key(faults, seed))
 
     def _store(self, faults: list, seed: int, out: dict, witnessed: dict, sha: str,
-               again: Optional[str] = None) -> None:
+               again: Optional[str] = None, cpu: Optional[dict] = None) -> None:
         self._hashes[self.key(faults, seed)] = sha
+        for part, took in (cpu or {}).items():
+            self.cpu[part] += took
         if again is not None:
             self.determinism.note("examples", faults, seed, sha, again)
         for kind in dict.fromkeys(f.kind for f in faults):
@@ -352,12 +392,15 @@ class Runner:
             with _Pool(min(self.jobs, len(tasks)), ctx) as pool:
                 futures = [pool.submit(fn, s) for fn, s in tasks]
                 results = [f.result() for f in futures]
-            for seed, result, again in zip(missing, results, results[len(missing):]):
+            for seed, (result, took), (again, again_took) in zip(missing, results, results[len(missing):]):
                 self._baselines[seed] = result
                 self.simulations += 1
+                self.cpu["baselines"] += took
+                self.cpu["re-runs: baselines"] += again_took
                 self.determinism.note("baselines", [], seed, result.event_log_sha256, again)
         for seed in seeds:
-            inv.Record.warm_baseline(self._baselines[seed])
+            _, took = _timed(inv.Record.warm_baseline, self._baselines[seed])
+            self.cpu["baselines"] += took
 
     def cover(self, faults: Sequence, report: Callable[[str, int, list], None]) -> None:
         """Judge each single fault of ``faults`` (the cover phase's, simulation seed 0) and
@@ -454,7 +497,7 @@ class Runner:
                         if task == "judge":
                             self.took(fs, 0, future.result())
                         else:
-                            self.confirm(fs, 0, future.result())
+                            self.confirm(fs, 0, *future.result())
                     advance()
         finally:
             _WORKER = None
@@ -653,32 +696,36 @@ def _fork_context():
     return multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
 
 
-def _baseline_in_worker(seed: int):
-    return simulate(_WORKER.scenario_for([], seed), keep_events=True)
+def _baseline_in_worker(seed: int) -> tuple:
+    """The baseline of ``seed`` and the CPU seconds it took (as the functions below)."""
+    return _timed(simulate, _WORKER.scenario_for([], seed), keep_events=True)
 
 
-def _baseline_rerun_in_worker(seed: int) -> str:
-    return _rerun_sha(_WORKER.scenario_for([], seed))
+def _baseline_rerun_in_worker(seed: int) -> tuple[str, float]:
+    return _timed(_rerun_sha, _WORKER.scenario_for([], seed))
 
 
-def _rerun_in_worker(example: tuple[list, int]) -> str:
+def _rerun_in_worker(example: tuple[list, int]) -> tuple[str, float]:
     faults, seed = example
-    return _rerun_sha(_WORKER.scenario_for(faults, seed))
+    return _timed(_rerun_sha, _WORKER.scenario_for(faults, seed))
 
 
-def _example_in_worker(example: tuple[list, int]) -> tuple[dict, dict, str, Optional[str]]:
+def _example_in_worker(example: tuple[list, int]) -> tuple[dict, dict, str, Optional[str], dict]:
     faults, seed = example
     # Every example's baseline is simulated (and inherited) before the workers are forked.
     return _judge(_WORKER, faults, seed)
 
 
-def _judge(runner: Runner, faults: list, seed: int) -> tuple[dict, dict, str, Optional[str]]:
+def _judge(runner: Runner, faults: list, seed: int) -> tuple[dict, dict, str, Optional[str], dict]:
     """Simulate and judge an example whose seed's baseline ``runner`` holds: its verdicts,
-    what it witnessed, its event-log hash and (if sampled) its determinism re-run's hash."""
-    record = runner._record(faults, seed, runner._baselines[seed])
-    again = _rerun_sha(record.scenario) if runner.sampled(faults, seed) else None
-    return ({v.name: v for v in inv.evaluate(record, runner.names)}, inv.witnessed(record),
-            record.result.event_log_sha256, again)
+    what it witnessed, its event-log hash, (if sampled) its determinism re-run's hash, and
+    the CPU seconds each part took here (:data:`CPU_PARTS`)."""
+    record, simulated = _timed(runner._record, faults, seed, runner._baselines[seed])
+    again, rerun = _timed(_rerun_sha, record.scenario) if runner.sampled(faults, seed) else (None, 0.0)
+    (verdicts, witnessed), judged = _timed(
+        lambda: ({v.name: v for v in inv.evaluate(record, runner.names)}, inv.witnessed(record)))
+    return (verdicts, witnessed, record.result.event_log_sha256, again,
+            {"examples: simulation": simulated, "examples: invariants": judged, "re-runs: examples": rerun})
 
 
 def check(
@@ -728,7 +775,7 @@ def check(
         inv.get(n)  # unknown names raise KeyError with the known ones
     if horizon is None:
         horizon = fault_horizon(scenario)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _process_cpu()
     runner = Runner(scenario, names, progress, jobs, rerun_every)
     # The simulation seed is drawn too, from a few values, so the fault-free baseline (one
     # run per seed) is shared by many examples; it shrinks towards seed 0.
@@ -825,6 +872,8 @@ def check(
             f"deterministic ({len(det.mismatches)} of {det.reruns} re-runs differed)", None,
             [], m["seed"], found_by="re-run", replay_hash=m["expected"]))
     can = inv.applicable(scenario)
+    total = _process_cpu() - cpu_started
+    cpu_s = dict(runner.cpu, rest=total - sum(runner.cpu.values()), total=total)
     return CheckReport(
         scenario=scenario.name,
         profile=scenario.profile,
@@ -839,6 +888,7 @@ def check(
         interrupted=interrupted,
         determinism=det.to_dict(),
         speculation=dict(runner.speculation),
+        cpu_s=cpu_s,
     )
 
 

@@ -13,7 +13,7 @@ from hailan_sim.models.faults import FAULT_KINDS
 from hailan_sim.models.loader import load_scenario
 from hailan_sim.properties import invariants as inv
 from hailan_sim.properties.alphabet import cover_faults
-from hailan_sim.properties.checker import _shorter, check, check_duration, fault_horizon
+from hailan_sim.properties.checker import CPU_PARTS, _shorter, check, check_duration, fault_horizon
 from hailan_sim.properties.strategies import with_faults
 
 SMALL = Path(__file__).parent / "scenarios" / "small.yaml"
@@ -92,6 +92,31 @@ def test_results_do_not_depend_on_jobs(small_reports):
     assert [r.to_dict() | {"seconds_to_find": None} for r in one.invariants] == \
            [r.to_dict() | {"seconds_to_find": None} for r in two.invariants]
     assert one.fault_kinds_fired.keys() == two.fault_kinds_fired.keys()
+
+
+def test_the_report_says_where_its_cpu_went(small_reports):
+    """``cpu_s``: each part is the CPU time of the process that did it (a worker's too),
+    ``total`` this process's and its reaped workers', ``rest`` the difference (issue 12:
+    where the time goes). A part is spent exactly when its work was done: a re-run of a
+    counterexample when there is one, of a sampled example when one was sampled."""
+    one, two, _ = small_reports
+    for report in (one, two):
+        c, d = report.cpu_s, report.determinism
+        assert list(c) == [*CPU_PARTS, "rest", "total"]
+        assert c["total"] == pytest.approx(sum(c[k] for k in CPU_PARTS) + c["rest"])
+        assert c["examples: simulation"] > 0 and c["examples: invariants"] > 0
+        assert c["baselines"] > 0 and c["re-runs: baselines"] > 0 and d["baselines"] == 2
+        assert (c["re-runs: counterexamples"] > 0) == (d["counterexamples"] > 0)
+        assert (c["re-runs: examples"] > 0) == (d["examples"] > 0)
+        # A re-run (no log kept) costs about a simulation: a baseline's is not a tenth of it.
+        assert c["re-runs: baselines"] > 0.3 * c["baselines"]
+        # The parts are measured where they ran and the total from the processes' usage, so
+        # the rest (Hypothesis, forks, pickling, imports) is never much below zero; the
+        # simulations and invariants are most of the check.
+        assert -0.02 * c["total"] < c["rest"] < 0.5 * c["total"], c
+    assert one.determinism["counterexamples"] > 0  # what the assertions above rely on
+    # jobs=1: everything ran in this process, within the check's wall time.
+    assert one.cpu_s["total"] <= one.wall_s * 1.05 + 0.5
 
 
 def test_a_cover_counterexample_is_the_shortest_that_still_violates(small_reports):

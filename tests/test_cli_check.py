@@ -11,6 +11,7 @@ import yaml
 
 from hailan_sim import __version__
 from hailan_sim.cli import main
+from hailan_sim.properties.checker import CPU_PARTS
 
 SMALL = Path(__file__).parent / "scenarios" / "small.yaml"
 
@@ -76,6 +77,10 @@ def test_check_json_reports_every_invariant_and_exits_accordingly(tmp_path, caps
     runs = {(json.dumps(r["faults"], sort_keys=True), r["seed"]) for r in d["invariants"].values()
             if r["status"] == "violated"}
     assert det["counterexamples"] == len(runs)
+    # Where its CPU went (issue 12): every part, the rest, and their total.
+    cpu = d["cpu_s"]
+    assert list(cpu) == [*CPU_PARTS, "rest", "total"] and cpu["examples: simulation"] > 0
+    assert cpu["total"] == pytest.approx(sum(v for k, v in cpu.items() if k != "total"), abs=0.01)
 
 
 def test_replay_reproduces_the_verdict_and_hash_and_plots(tmp_path, capsys):

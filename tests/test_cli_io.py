@@ -116,7 +116,12 @@ def test_check_without_a_terminal_writes_nothing_to_stderr(tmp_path, capsys):
     code = main(["check", SMALL, "--max-examples", "1", "--max-faults", "1", "--kinds", "crash_instance",
                  "--invariant", "conservation", "--no-cover", "--jobs", "1", "--out", str(tmp_path / "o")])
     assert code in (0, 1)
-    assert capsys.readouterr().err == ""
+    out = capsys.readouterr()
+    assert out.err == ""
+    # The human report ends with where the check's CPU went (issue 12).
+    cpu = next(line for line in out.out.splitlines() if line.startswith("CPU: "))
+    for part in ("simulating examples", "their invariants", "baselines", "determinism re-runs", "the rest"):
+        assert part in cpu, cpu
 
 
 # --------------------------------------------------------------------------- check --out
