@@ -141,9 +141,13 @@ def test_bench_checker_quick(tmp_path):
         assert run["ceiling_without_sampled_reruns_per_minute"] == pytest.approx(
             run["simulations"] * 120 / (parts["total"] - parts["re-runs: examples"]))
         assert c["median_ceiling_per_minute"] == run["ceiling_per_minute"]
+        required = (parts["examples: simulation"] + parts["baselines"] + parts["re-runs: baselines"]
+                    + parts["re-runs: counterexamples"])
+        assert run["ceiling_simulations_alone_per_minute"] == pytest.approx(run["simulations"] * 120 / required)
         by = run["reruns_by"]
         assert by["baselines"] >= 1 and sum(by.values()) == run["reruns"]
-    for word in ("its ceiling", "without sampled re-runs", "where each check's CPU went", "examples: invariants"):
+    for word in ("its ceiling", "without sampled re-runs", "simulations alone", "where each check's CPU went",
+                 "examples: invariants"):
         assert word in proc.stdout, word
     # --shrink: one check per --jobs, the same report either way (issue 12 item 6).
     assert "shrink wall" in proc.stdout and res["shrink_same_counterexample"] is True
@@ -248,6 +252,9 @@ def test_bench_checker_ceiling():
     assert c["utilisation"] == pytest.approx(0.95)
     assert c["ceiling_per_minute"] == pytest.approx(60 * 49 * 2 / 247.0)
     assert c["ceiling_without_sampled_reruns_per_minute"] == pytest.approx(60 * 49 * 2 / 227.0)
+    # The simulations issue 12 requires: the examples', the baselines', their re-runs and the
+    # counterexamples' (150 + 15 + 10 + 12).
+    assert c["ceiling_simulations_alone_per_minute"] == pytest.approx(60 * 49 * 2 / 187.0)
     assert c["cpu_parts"] == cpu
 
 
