@@ -179,9 +179,12 @@ def _timed(fn, *args, **kwargs) -> tuple:
 
 def _process_cpu() -> float:
     """CPU seconds of this process and of its children that have been waited for (the
-    workers, once their pool is shut down; the speculative copies, once reaped)."""
-    import resource
-
+    workers, once their pool is shut down; the speculative copies, once reaped). Where
+    ``resource`` is missing (Windows) there is no ``fork`` either: every part ran here."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return time.process_time()
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
