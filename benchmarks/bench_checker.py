@@ -36,8 +36,9 @@ Four parts, all on the built-in default scenario as ``hailan-sim check --profile
               With it, where the check's CPU went (its report's ``cpu_s``, measured by the
               check: its examples' simulations and invariants, the baselines, the
               determinism re-runs by kind, the rest) and its measured ceiling
-              (:func:`ceiling`: the same CPU seconds on both cores with none idle, with and
-              without the sampled re-runs, and the share of the cores it kept busy).
+              (:func:`ceiling`: the same CPU seconds on both cores with none idle; the same
+              without the sampled re-runs; the simulations the issue requires alone; and
+              the share of the cores it kept busy).
 
   shrink      (``--shrink``) the wall and CPU time of one check that finds a violation early
               and shrinks it (issue 12 item 6), with ``--jobs 1`` and ``--jobs 2``: the default
