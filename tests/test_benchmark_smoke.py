@@ -235,15 +235,7 @@ def test_bench_checker_ceiling():
     """bench_checker's measured ceiling of a whole check, from its report: its simulations
     over its CPU seconds spread on its cores with none idle; without the sampled re-runs,
     over its CPU less theirs (a report as the default seed check's: 49 simulations)."""
-    import importlib.util
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_checker_t", CHECKER)
-        bc = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bc)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    bc = _benchmark("bench_checker")
     cpu = {"examples: simulation": 150.0, "examples: invariants": 30.0, "baselines": 15.0,
            "re-runs: baselines": 10.0, "re-runs: counterexamples": 12.0, "re-runs: examples": 20.0,
            "rest": 10.0, "total": 247.0}
@@ -258,13 +250,24 @@ def test_bench_checker_ceiling():
     assert c["cpu_parts"] == cpu
 
 
-def _compiled_kernel():
+def _benchmark(name: str):
+    """The checkout's ``benchmarks/<name>.py`` as a module, imported as its script runs
+    (benchmarks/ on ``sys.path`` for its imports of the other scripts)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("compiled_kernel", ROOT / "benchmarks" / "compiled_kernel.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    here = str(ROOT / "benchmarks")
+    sys.path.insert(0, here)
+    try:
+        spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(here)
     return mod
+
+
+def _compiled_kernel():
+    return _benchmark("compiled_kernel")
 
 
 def test_compiled_kernel_declares_every_record():
