@@ -74,6 +74,7 @@ from hailan_sim.properties.reach import (  # noqa: F401 (re-exported)
 )
 from hailan_sim.properties.record import (  # noqa: F401 (re-exported)
     Record,
+    _first_rows,
     _Log,
     _up_since,
     applicable,
@@ -1014,13 +1015,6 @@ def token_safety(record: Record) -> Verdict:
 
 
 # --------------------------------------------------------------------------- 7. retry amplification
-
-
-def _first_rows(codes: np.ndarray) -> np.ndarray:
-    """Where each code of ``pd.factorize`` (0, 1, ... in order of first appearance) first
-    appears, by code: what ``np.unique(codes, return_index=True)[1]`` gives, without the
-    sort (a code appears first exactly where it exceeds every code before it)."""
-    return np.flatnonzero(codes > np.maximum.accumulate(np.r_[np.int64(-1), codes[:-1]]))
 
 
 def _calls_per_request(log: _Log, brokers: Sequence[str] = ()) -> pd.DataFrame:

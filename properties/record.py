@@ -8,6 +8,8 @@ witnessed) are derived once per record.
 
 from __future__ import annotations
 
+import ctypes
+import sys
 import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -33,6 +35,43 @@ def without_faults(scenario: Scenario) -> Scenario:
     return Scenario.model_validate(data)
 
 
+def _first_rows(codes: np.ndarray) -> np.ndarray:
+    """Where each code of ``pd.factorize`` (0, 1, ... in order of first appearance) first
+    appears, by code: what ``np.unique(codes, return_index=True)[1]`` gives, without the
+    sort (a code appears first exactly where it exceeds every code before it)."""
+    return np.flatnonzero(codes > np.maximum.accumulate(np.r_[np.int64(-1), codes[:-1]]))
+
+
+# Object arrays at least this long are factorized by identity first (:func:`factorize`).
+_BY_IDENTITY_FROM = 4096
+
+
+def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pd.factorize(values)`` of an object array: the same codes (-1 for None) and the same
+    distinct values, in order of first appearance (as an object array).
+
+    NOTE: for speed (issue 12 item 2): the log's text columns hold a few dozen distinct
+    strings, each written by the engine as one shared object (a service's name, an event
+    kind), in up to a million rows. Hashing and comparing them row by row is pandas' object
+    table (about 30 ns a row, plus its scan for all-strings). Here the rows are grouped by
+    object identity first, which in CPython is the array's own pointers read as integers
+    (pandas' integer table, 4-8 ns a row); then the few groups' first objects are factorized
+    by value, which merges equal strings held as distinct objects. The groups come in order
+    of first appearance, so the merged codes do too: the result is ``pd.factorize``'s, and
+    tests/properties/test_record_columns.py checks it against it."""
+    n = len(values)
+    if (values.dtype != object or n < _BY_IDENTITY_FROM or values.ndim != 1 or not values.flags.c_contiguous
+            or values.itemsize != ctypes.sizeof(ctypes.c_void_p) or sys.implementation.name != "cpython"):
+        codes, uniques = pd.factorize(values)
+        return codes, np.asarray(uniques, dtype=object)
+    # The pointers, read in place (a view that ``values`` keeps valid for this call: it
+    # holds a reference to every object, so no address is reused while we read).
+    pointers = np.ctypeslib.as_array((ctypes.c_ssize_t * n).from_address(values.ctypes.data))
+    by_object, _ = pd.factorize(pointers)
+    by_value, uniques = pd.factorize(values[_first_rows(by_object)])
+    return by_value[by_object], np.asarray(uniques, dtype=object)
+
+
 class _Log:
     """The event log as numpy columns (object arrays for strings, None for missing; -1 for a
     missing request, call or parent id): the arrays of the run's
@@ -50,19 +89,25 @@ class _Log:
         for name in COLUMNS:
             setattr(self, name, columns[name])
         self.n = len(self.t)
-        codes, kinds = pd.factorize(self.event)
+        codes, kinds = factorize(self.event)
         self._codes = codes
         self._code = {k: j for j, k in enumerate(kinds.tolist())}
         self._memo: dict = {}
 
     def rows(self, *events: str) -> np.ndarray:
-        """Row indices of the given events, in log order."""
-        codes = [self._code[e] for e in events if e in self._code]
-        if not codes:
-            return np.zeros(0, dtype=np.intp)
-        if len(codes) == 1:
-            return np.flatnonzero(self._codes == codes[0])
-        return np.flatnonzero(np.isin(self._codes, codes))
+        """Row indices of the given events, in log order: computed once per log and events
+        (several invariants read each kind's rows) and shared, so read-only."""
+        def make() -> np.ndarray:
+            codes = [self._code[e] for e in events if e in self._code]
+            if not codes:
+                out = np.zeros(0, dtype=np.intp)
+            elif len(codes) == 1:
+                out = np.flatnonzero(self._codes == codes[0])
+            else:
+                out = np.flatnonzero(np.isin(self._codes, codes))
+            out.flags.writeable = False
+            return out
+        return self.memo(("rows",) + events, make)
 
     def codes(self, column: str, event: str) -> tuple[np.ndarray, np.ndarray]:
         """``column`` over ``event``'s rows (:meth:`rows`, in log order) as integer codes
@@ -70,8 +115,7 @@ class _Log:
         computed once per log, column and event, and shared by the invariants that group
         calls by caller, callee or operation (issue 12)."""
         def make() -> tuple[np.ndarray, np.ndarray]:
-            codes, uniques = pd.factorize(getattr(self, column)[self.rows(event)])
-            return codes, np.asarray(uniques, dtype=object)
+            return factorize(getattr(self, column)[self.rows(event)])
         return self.memo(("codes", column, event), make)
 
     def call_rows(self, event: str) -> np.ndarray:
@@ -258,8 +302,13 @@ class Record:
 def _requests(log: _Log) -> pd.DataFrame:
     s = log.rows("request_start")
     e = log.rows("request_end")
-    starts = pd.DataFrame({"request": log.request[s], "endpoint": log.target[s], "start": log.t[s]})
-    ends = pd.DataFrame({"request": log.request[e], "end": log.t[e], "outcome": log.outcome[e]})
+    # Text as object columns, not pandas' inferred ``str`` (Arrow-backed): the invariants
+    # filter, map and compare these small frames many times per example, and each step on
+    # an Arrow column goes through pyarrow's compute functions (issue 12 item 2).
+    starts = pd.DataFrame({"request": log.request[s], "endpoint": pd.Series(log.target[s], dtype=object),
+                           "start": log.t[s]})
+    ends = pd.DataFrame({"request": log.request[e], "end": log.t[e],
+                         "outcome": pd.Series(log.outcome[e], dtype=object)})
     ends = ends.drop_duplicates("request", keep="first")
     df = starts.merge(ends, on="request", how="left", sort=False)
     df["latency_ms"] = (df["end"] - df["start"]) * 1000.0
