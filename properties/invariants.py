@@ -1437,9 +1437,11 @@ def static_stability(record: Record, *, alpha: float = 0.01, min_requests: int =
 def _orphans(log: _Log) -> tuple[int, float, int]:
     """(orphaned calls, busy seconds spent on them after their caller gave up, calls)."""
     o = log.rows("orphan_end")
-    ce = log.rows("call_end")
-    end_t = dict(zip(log.call[ce].tolist(), log.t[ce].tolist()))
-    busy = float(sum(t - end_t.get(c, t) for c, t in zip(log.call[o].tolist(), log.t[o].tolist())))
+    # Each orphan's call's (last) call_end row from the log's shared table (issue 12: no
+    # dict of every call_end), 0 busy seconds without one; summed in log order as before.
+    ended = log.call_rows("call_end")[log.call[o] + 1]
+    t = log.t[o]
+    busy = float(sum(np.where(ended >= 0, t - log.t[ended], 0.0).tolist()))
     return int(len(o)), busy, int(len(log.rows("call_start")))
 
 

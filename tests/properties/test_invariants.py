@@ -1023,6 +1023,18 @@ def test_wasted_work_seed_serves_abandoned_calls_hardened_drops_most():
     assert 0 < v.details["orphans"] and v.details["extra_share"] < 0.01
 
 
+def test_orphans_busy_seconds_as_a_dict_of_call_ends_gives_them():
+    # _orphans reads each orphan's call_end from the log's shared table (issue 12): the same
+    # count and busy seconds, to the bit, as a dict of every call's last call_end time.
+    slow = [{"kind": "slow", "target": "stock", "factor": 1000, "start_s": 20, "duration_s": 20}]
+    log = _record(mini("seed", slow, duration_s=60)).log
+    o, ce = log.rows("orphan_end"), log.rows("call_end")
+    end_t = dict(zip(log.call[ce].tolist(), log.t[ce].tolist()))
+    busy = float(sum(t - end_t.get(c, t) for c, t in zip(log.call[o].tolist(), log.t[o].tolist())))
+    assert len(o) > 0 and busy > 100
+    assert inv._orphans(log) == (len(o), busy, len(log.rows("call_start")))
+
+
 def test_fair_share_catches_a_herd_on_the_survivor_of_a_sticky_channel():
     # front -> catalog over gRPC channels that move only when a call fails: the crash of
     # catalog-0 moves channels, and sticky channels do not spread again when it comes back,
