@@ -1086,11 +1086,15 @@ def _repeats_by_caller(log: _Log, brokers: Sequence[str], skip_targets: Sequence
     repeat = pd.Series(key).duplicated(keep="first").to_numpy()
     callers = np.array([str(x).rsplit("-", 1)[0] for x in sources.tolist()], dtype=object)
     known = scodes >= 0
-    ccodes, cnames = pd.factorize(callers[scodes[known]], sort=True)
+    # Callers named and sorted per distinct source (a handful), then counted per row; the
+    # callers with no call left are dropped, as factorizing the rows' names would.
+    by_source, cnames = pd.factorize(callers, sort=True)
+    ccodes = by_source[scodes[known]]
     calls = np.bincount(ccodes, minlength=len(cnames))
     repeats = np.bincount(ccodes, weights=repeat[known], minlength=len(cnames)).astype(np.int64)
-    return pd.DataFrame({"calls": calls.astype(np.int64), "repeats": repeats},
-                        index=pd.Index(np.asarray(cnames, dtype=object), name="caller", dtype=object))
+    made = calls > 0
+    return pd.DataFrame({"calls": calls[made].astype(np.int64), "repeats": repeats[made]},
+                        index=pd.Index(np.asarray(cnames, dtype=object)[made], name="caller", dtype=object))
 
 
 @register("bounded_retry_amplification")

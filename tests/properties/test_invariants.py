@@ -854,6 +854,31 @@ def test_tokens_held_from_before_the_run_are_checked(signing):
 # --------------------------------------------------------------------------- 7. retry amplification
 
 
+def test_repeats_by_caller_as_a_groupby_of_the_callers_names_gives_them(hardened_crash):
+    # _repeats_by_caller names and sorts the callers once per distinct source (issue 12):
+    # the same table as grouping the kept call_start rows by caller name, callers whose
+    # calls were all left out (a broker's deliveries, top-level calls) absent from both.
+    log, sc = hardened_crash.log, hardened_crash.scenario
+    queues = tuple(c.name for c in sc.infrastructure if c.kind == "queue")
+    registries = tuple(c.name for c in sc.infrastructure if c.kind == "registry")
+    cs = log.rows("call_start")
+    rows = pd.DataFrame({"source": pd.Series(log.source[cs], dtype=object), "parent": log.parent[cs],
+                         "target": pd.Series(log.target[cs], dtype=object),
+                         "operation": pd.Series(log.operation[cs], dtype=object)})
+    assert queues and registries
+    for brokers, skip in [((), ()), (queues, ()), (queues, registries)]:
+        kept = rows[(rows["parent"] >= 0) & ~rows["source"].isin(brokers) & ~rows["target"].isin(skip)]
+        kept = kept.assign(caller=kept["source"].map(lambda x: None if x is None else x.rsplit("-", 1)[0]),
+                           repeat=kept.duplicated(["parent", "target", "operation"]))
+        want = kept.groupby("caller", sort=True).agg(calls=("repeat", "size"), repeats=("repeat", "sum"))
+        got = inv._repeats_by_caller(log, brokers, skip)
+        assert got.index.tolist() == want.index.tolist()
+        assert got["calls"].tolist() == want["calls"].tolist()
+        assert got["repeats"].tolist() == want["repeats"].tolist()
+        if brokers:
+            assert not set(got.index) & {q for q in queues}  # a broker's deliveries are not its calls
+
+
 @pytest.mark.parametrize("values", [[], [7], [5, 5, 5], [3, 1, 3, 2, 1, 9, 9, 2, 4],
                                     list(np.random.default_rng(3).integers(0, 40, 1000))])
 def test_first_rows_of_factorized_codes_as_unique_gives_them(values):
