@@ -798,6 +798,32 @@ def test_tokens_seed_skewed_clocks_accept_expired_tokens(signing):
     assert v.holds and "outside the objective" in v.explanation
 
 
+def test_tokens_401s_rescued_by_a_later_ok_attempt_as_every_call_start_shows_them():
+    # The default scenario's seed client: node-b1's verifiers 300 s ahead refuse tokens,
+    # and some of those calls are attempted again from the same parent and succeed. The
+    # invariant looks for such attempts only among the parents its 401s have (issue 12): the
+    # same count as searching every call_start row after each 401.
+    from hailan_sim.properties.strategies import with_faults
+
+    skew = {"kind": "clock_skew", "node": "node-b1", "skew_s": 300.0, "start_s": 10.0, "duration_s": 50.0}
+    sc = with_faults(default_scenario().with_profile("seed").with_run(duration_s=60, warmup_s=10, seed=0), [skew])
+    record = _record(sc)
+    log = record.log
+    cs, ce = log.rows("call_start").tolist(), log.rows("call_end").tolist()
+    start = {int(log.call[r]): r for r in cs}
+    ended_ok = {int(log.call[r]): log.outcome[r] == "ok" for r in ce}
+    rescued = 0
+    for r in log.rows("auth_401").tolist():
+        sr = start.get(int(log.call[r]))
+        parent = int(log.parent[sr]) if sr is not None else -1
+        rescued += any(x > r and int(log.parent[x]) == parent and log.target[x] == log.target[r]
+                       and log.operation[x] == log.operation[r] and ended_ok.get(int(log.call[x]), False)
+                       for x in cs)
+    v = get("token_safety")(record)
+    assert v.details["auth_401"] > rescued > 0
+    assert v.details["excused_401"]["rescued"] == rescued
+
+
 def test_tokens_local_signing_checks_every_accepted_call():
     # signing: local, no fault: every accepted service-to-service call carried a token the
     # log shows its caller signing (none is left unchecked for want of an issuer call),
