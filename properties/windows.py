@@ -100,7 +100,13 @@ def _compare_windows(record: Record, endpoints: Sequence[str], widths: dict, t0:
 def _compare_frames(record: Record, requests: pd.DataFrame, endpoints: Sequence[str], widths: dict,
                     t0: float, t1: float) -> pd.DataFrame:
     """:func:`_compare_windows` with the run's requests given (e.g. with some outcomes
-    recounted: ``no_cascading_failure`` counts direct failures as not collateral)."""
+    recounted: ``no_cascading_failure`` counts direct failures as not collateral).
+
+    Every (endpoint, window) either table has, for the endpoints given, in their order and
+    then by window: the outer join of the two tables on (endpoint, j), counts 0 and p99 NaN
+    where a side has no row. Joined with numpy (issue 12: a pandas merge, filter, fill and
+    sort cost about 8 ms a call, four calls an example); tests/properties/test_invariants.py
+    checks it against that merge."""
     f = _table_from_requests(requests, widths, t0, t1)
     if record.baseline_requests is not None:
         # The baseline's table depends on the windows only: computed once per baseline.
@@ -109,15 +115,33 @@ def _compare_frames(record: Record, requests: pd.DataFrame, endpoints: Sequence[
             lambda: _table_from_requests(record.baseline_requests, widths, t0, t1))
     else:
         b = _table_from_windows(record.baseline.windows, widths, t0, t1)
-    m = b.merge(f, on=["endpoint", "j"], how="outer", suffixes=("_0", "_1"))
-    m = m[m["endpoint"].isin(list(endpoints))].copy()
-    for c in ("n_0", "ok_0", "n_1", "ok_1"):
-        m[c] = m[c].fillna(0).astype(np.int64)
-    m["start"] = t0 + m["j"] * m["endpoint"].map(widths).astype(float)
-    m["end"] = np.minimum(m["start"] + m["endpoint"].map(widths).astype(float), t1)
     order = {e: i for i, e in enumerate(endpoints)}
-    m["_o"] = m["endpoint"].map(order)
-    return m.sort_values(["_o", "j"], kind="stable").drop(columns="_o").reset_index(drop=True)
+    sides = []
+    for t in (b, f):
+        o = np.array([order.get(e, -1) for e in t["endpoint"].tolist()], dtype=np.int64)
+        kept = o >= 0
+        sides.append((o[kept], t["j"].to_numpy(dtype=np.int64)[kept], t["n"].to_numpy(dtype=np.int64)[kept],
+                      t["ok"].to_numpy(dtype=np.int64)[kept], t["p99_ms"].to_numpy(dtype=float)[kept]))
+    o = np.concatenate([s[0] for s in sides])
+    j = np.concatenate([s[1] for s in sides])
+    by = np.lexsort((j, o))
+    new = np.r_[True, (o[by][1:] != o[by][:-1]) | (j[by][1:] != j[by][:-1])] if len(by) else np.zeros(0, bool)
+    at = np.empty(len(by), dtype=np.intp)
+    at[by] = np.cumsum(new) - 1  # each table row's place among the distinct (endpoint, j)
+    uo, uj = o[by][new], j[by][new]
+    cols: dict = {"endpoint": pd.Series(np.asarray(list(endpoints), dtype=object)[uo], dtype=object), "j": uj}
+    nb = len(sides[0][0])
+    for side, (_, _, n, ok, p99) in zip(("_0", "_1"), sides):
+        rows = at[:nb] if side == "_0" else at[nb:]
+        cols["n" + side] = np.zeros(len(uo), dtype=np.int64)
+        cols["ok" + side] = np.zeros(len(uo), dtype=np.int64)
+        cols["p99_ms" + side] = np.full(len(uo), math.nan)
+        cols["n" + side][rows], cols["ok" + side][rows], cols["p99_ms" + side][rows] = n, ok, p99
+    w = np.array([float(widths.get(e, math.nan)) for e in endpoints], dtype=float)[uo]
+    cols["start"] = t0 + uj * w
+    cols["end"] = np.minimum(cols["start"] + w, t1)
+    return pd.DataFrame({k: cols[k] for k in ("endpoint", "j", "n_0", "ok_0", "p99_ms_0", "n_1", "ok_1",
+                                             "p99_ms_1", "start", "end")})
 
 
 def _ratio_drop(m: pd.DataFrame, z: float, margin: float) -> np.ndarray:

@@ -557,6 +557,42 @@ def test_failure_origins_trace_each_failed_request_down_its_span_tree(seed_crash
     assert not b["direct"].any() if len(b) else True
 
 
+def test_compare_frames_as_a_pandas_outer_merge_gives_them(seed_crash):
+    # windows._compare_frames joins the run's and the baseline's window tables with numpy
+    # (issue 12): the rows, order, values and dtypes of the pandas outer merge on (endpoint,
+    # j), filtered to the endpoints given, counts filled with 0, sorted by endpoint order.
+    from hailan_sim.properties import windows
+
+    record = seed_crash
+    endpoints = [e.name for e in record.scenario.workload.endpoints]
+    widths = windows._widths(record, 50, None)
+    req = record.requests
+    recounted = req.assign(outcome=np.where(req["request"].to_numpy() % 3 == 0, "ok", req["outcome"]))
+    # No request of the first endpoint before 50 s: windows only the baseline has (filled with 0).
+    thinned = req[~((req["endpoint"] == endpoints[0]) & (req["start"] < 50.0))]
+    got = windows._compare_frames(record, thinned, endpoints, widths, 10.0, 120.0)
+    assert ((got["n_1"] == 0) & (got["n_0"] > 0)).any() and got["p99_ms_1"].isna().any()
+    for requests, some, t0, t1 in [(req, endpoints, 10.0, 120.0), (recounted, endpoints[::-1], 37.5, 80.0),
+                                   (thinned, endpoints, 10.0, 120.0),
+                                   (req, endpoints[1:], 60.0, 61.0), (req, endpoints, 200.0, 300.0)]:
+        f = windows._table_from_requests(requests, widths, t0, t1)
+        b = windows._table_from_requests(record.baseline_requests, widths, t0, t1)
+        m = b.merge(f, on=["endpoint", "j"], how="outer", suffixes=("_0", "_1"))
+        m = m[m["endpoint"].isin(list(some))].copy()
+        for c in ("n_0", "ok_0", "n_1", "ok_1"):
+            m[c] = m[c].fillna(0).astype(np.int64)
+        m["start"] = t0 + m["j"] * m["endpoint"].map(widths).astype(float)
+        m["end"] = np.minimum(m["start"] + m["endpoint"].map(widths).astype(float), t1)
+        m["_o"] = m["endpoint"].map({e: i for i, e in enumerate(some)})
+        want = m.sort_values(["_o", "j"], kind="stable").drop(columns="_o").reset_index(drop=True)
+        got = windows._compare_frames(record, requests, some, widths, t0, t1)
+        assert got.columns.tolist() == want.columns.tolist() and len(got) == len(want)
+        assert (len(got) > 0) == (t0 < record.scenario.run.duration_s)
+        if len(want):  # (pandas' empty merge has object columns; both are empty)
+            assert got["endpoint"].tolist() == want["endpoint"].tolist()
+            pd.testing.assert_frame_equal(got.drop(columns="endpoint"), want.drop(columns="endpoint"))
+
+
 # --------------------------------------------------------------------------- 2. bounded recovery
 
 
