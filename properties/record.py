@@ -67,6 +67,11 @@ def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # The pointers, read in place (a view that ``values`` keeps valid for this call: it
     # holds a reference to every object, so no address is reused while we read).
     pointers = np.ctypeslib.as_array((ctypes.c_ssize_t * n).from_address(values.ctypes.data))
+    if len(np.unique(pointers[:1024])) > 128:
+        # Not shared objects (strings made one per row, e.g. pandas' Arrow strings turned
+        # back into objects): grouping by identity would save nothing and cost twice.
+        codes, uniques = pd.factorize(values)
+        return codes, np.asarray(uniques, dtype=object)
     by_object, _ = pd.factorize(pointers)
     by_value, uniques = pd.factorize(values[_first_rows(by_object)])
     return by_value[by_object], np.asarray(uniques, dtype=object)

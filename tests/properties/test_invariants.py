@@ -916,6 +916,39 @@ def test_tokens_held_from_before_the_run_are_checked(signing):
 # --------------------------------------------------------------------------- 7. retry amplification
 
 
+def test_pair_lookup_as_reindexing_a_multiindex_gives_it():
+    # bounded_retry_amplification reads the baseline's most calls per (endpoint, what) once
+    # per distinct pair of its rows (issue 12), as reindexing by a MultiIndex of every row
+    # did: missing pairs and missing values (None, NaN) get the default, equal strings held
+    # as distinct objects match.
+    rng = np.random.default_rng(11)
+    names_a = ["login", "search", "".join(list("login")), None]
+    names_b = ["a.x", "b", "c.y", np.nan, "".join(list("a.x"))]
+    a = np.array([names_a[i] for i in rng.integers(0, len(names_a), 5000)], dtype=object)
+    b = np.array([names_b[i] for i in rng.integers(0, len(names_b), 5000)], dtype=object)
+    table = pd.Series([3, 5, 2], index=pd.MultiIndex.from_tuples([("login", "a.x"), ("search", "c.y"),
+                                                                   ("checkout", "b")]))
+    want = table.reindex(pd.MultiIndex.from_arrays([a, b])).fillna(1).to_numpy()
+    got = inv._pair_lookup(table, a, b, 1.0)
+    assert got.dtype == want.dtype and got.tolist() == want.tolist()
+    assert {3.0, 5.0, 1.0} <= set(got.tolist())
+
+
+def test_endpoints_of_as_mapping_request_ids_gives_them(seed_crash):
+    # bounded_retry_amplification reads each call's endpoint from a table by request id
+    # (issue 12): what Series.map over the requests indexed by id gives, NaN for an id no
+    # request has (one past the last, a negative one), an id asked twice read twice.
+    req = seed_crash.requests
+    first = int(req["request"].iloc[0])
+    ids = np.r_[req["request"].to_numpy()[::-1], req["request"].max() + 1, -1, first, first]
+    want = pd.Series(ids).map(req.set_index("request")["endpoint"]).tolist()
+    got = inv._endpoints_of(req, ids)
+    assert got.dtype == object and len(got) == len(want)
+    assert [x if isinstance(x, str) else "NaN" for x in got.tolist()] == \
+        [x if isinstance(x, str) else "NaN" for x in want]
+    assert all(isinstance(x, float) and math.isnan(x) for x in got[-4:-2]) and isinstance(got[-1], str)
+
+
 def test_repeats_by_caller_as_a_groupby_of_the_callers_names_gives_them(hardened_crash):
     # _repeats_by_caller names and sorts the callers once per distinct source (issue 12):
     # the same table as grouping the kept call_start rows by caller name, callers whose
