@@ -60,16 +60,15 @@ def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     of first appearance, so the merged codes do too: the result is ``pd.factorize``'s, and
     tests/properties/test_record_columns.py checks it against it."""
     n = len(values)
-    if (values.dtype != object or n < _BY_IDENTITY_FROM or values.ndim != 1 or not values.flags.c_contiguous
-            or values.itemsize != ctypes.sizeof(ctypes.c_void_p) or sys.implementation.name != "cpython"):
-        codes, uniques = pd.factorize(values)
-        return codes, np.asarray(uniques, dtype=object)
-    # The pointers, read in place (a view that ``values`` keeps valid for this call: it
-    # holds a reference to every object, so no address is reused while we read).
-    pointers = np.ctypeslib.as_array((ctypes.c_ssize_t * n).from_address(values.ctypes.data))
-    if len(np.unique(pointers[:1024])) > 128:
-        # Not shared objects (strings made one per row, e.g. pandas' Arrow strings turned
-        # back into objects): grouping by identity would save nothing and cost twice.
+    pointers = None
+    if (values.dtype == object and n >= _BY_IDENTITY_FROM and values.ndim == 1 and values.flags.c_contiguous
+            and values.itemsize == ctypes.sizeof(ctypes.c_void_p) and sys.implementation.name == "cpython"):
+        # The pointers, read in place (a view that ``values`` keeps valid for this call: it
+        # holds a reference to every object, so no address is reused while we read).
+        pointers = np.ctypeslib.as_array((ctypes.c_ssize_t * n).from_address(values.ctypes.data))
+    # Objects not shared (strings made one per row, e.g. pandas' Arrow strings turned back
+    # into objects) go to pandas too: grouping them by identity would save nothing.
+    if pointers is None or len(np.unique(pointers[:1024])) > 128:
         codes, uniques = pd.factorize(values)
         return codes, np.asarray(uniques, dtype=object)
     by_object, _ = pd.factorize(pointers)

@@ -125,14 +125,14 @@ def _compare_frames(record: Record, requests: pd.DataFrame, endpoints: Sequence[
     o = np.concatenate([s[0] for s in sides])
     j = np.concatenate([s[1] for s in sides])
     by = np.lexsort((j, o))
-    new = np.r_[True, (o[by][1:] != o[by][:-1]) | (j[by][1:] != j[by][:-1])] if len(by) else np.zeros(0, bool)
+    so, sj = o[by], j[by]
+    new = np.r_[True, (so[1:] != so[:-1]) | (sj[1:] != sj[:-1])] if len(by) else np.zeros(0, bool)
     at = np.empty(len(by), dtype=np.intp)
     at[by] = np.cumsum(new) - 1  # each table row's place among the distinct (endpoint, j)
-    uo, uj = o[by][new], j[by][new]
+    uo, uj = so[new], sj[new]
     cols: dict = {"endpoint": pd.Series(np.asarray(list(endpoints), dtype=object)[uo], dtype=object), "j": uj}
     nb = len(sides[0][0])
-    for side, (_, _, n, ok, p99) in zip(("_0", "_1"), sides):
-        rows = at[:nb] if side == "_0" else at[nb:]
+    for side, rows, (_, _, n, ok, p99) in zip(("_0", "_1"), (at[:nb], at[nb:]), sides):
         cols["n" + side] = np.zeros(len(uo), dtype=np.int64)
         cols["ok" + side] = np.zeros(len(uo), dtype=np.int64)
         cols["p99_ms" + side] = np.full(len(uo), math.nan)
