@@ -206,7 +206,9 @@ class Runner:
         self._baselines: dict[int, object] = {}
         self._verdicts: dict[str, dict] = {}
         self._hashes: dict[str, str] = {}
-        self._confirmed: set[str] = set()  # keys of the counterexamples re-run (confirm)
+        # Keys whose run has been re-run: counterexamples (confirm) and sampled examples
+        # (_store: a sampled example's re-run confirms it if it turns out a counterexample).
+        self._confirmed: set[str] = set()
         self.simulations = 0
         self.fault_kinds_fired: dict[str, int] = {}
         self.witnessed: dict[str, int] = {}
@@ -249,8 +251,9 @@ class Runner:
         per schedule and seed, however many invariants it violates. A second re-run of the
         same scenario proves nothing the first did not, and each one is a whole simulation
         in the report's critical path (the default seed check reports one schedule under six
-        invariants; issue 12 item 3). ``again``: the re-run's hash, if a worker made it
-        (``cpu``: the CPU seconds it took there)."""
+        invariants; issue 12 item 3). Nor is an example the sample re-ran (:meth:`sampled`):
+        that re-run already reproduced its hash, or recorded the mismatch. ``again``: the
+        re-run's hash, if a worker made it (``cpu``: the CPU seconds it took there)."""
         key = self.key(faults, seed)
         sha = self.event_log_sha256(faults, seed)
         self.cpu["re-runs: counterexamples"] += cpu
@@ -350,6 +353,7 @@ class Runner:
             self.cpu[part] += took
         if again is not None:
             self.determinism.note("examples", faults, seed, sha, again)
+            self._confirmed.add(self.key(faults, seed))
         for kind in dict.fromkeys(f.kind for f in faults):
             self.fault_kinds_fired[kind] = self.fault_kinds_fired.get(kind, 0) + 1
         for what, seen in witnessed.items():
