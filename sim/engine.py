@@ -101,7 +101,8 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
         self.last_call = None
         self._stop_pending = 0  # see run_until
         self._timers: dict = {}
-        self._parked: dict = {}  # timer queues whose heap entry is parked (see _compact)
+        self._parked: dict = {}  # timer queue (or lone call) -> its parked heap entry (see _compact)
+        self._one = self._timer_one  # one object, so that _compact knows a lone call's entry
         self._compact_at = self._prune_at = _COMPACT_AT
         self._gateway_last: dict = {}
         self._links: dict = {}
@@ -370,7 +371,7 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
         now = self.env.now
         # A parked timer entry (see _compact) is pending while its time has not passed
         # (it is NORMAL, so one due exactly now is behind the runner's URGENT stop).
-        parked = sum(1 for q in self._parked if q.parked[0] >= now)
+        parked = sum(1 for ev in self._parked.values() if ev[0] >= now)
         return next(self.env.eid) - len(self.env.queue) - self._stop_pending - parked
 
     def _compact(self) -> None:
@@ -392,19 +393,32 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
         """
         queue = self.env.queue
         parked = self._parked
+        timers = self._timers
+        one = self._one
         keep = []
         for ev in queue:
             q = ev[4]
-            if type(q) is _TimerQueue:
-                calls = q.calls
-                # Finished calls at the front are skipped by the pop and by _arm_head alike:
-                # dropping them now changes nothing, and each is looked at once.
-                while calls and calls[0].finished:
-                    calls.popleft()
-                if not calls:
-                    q.parked = ev
-                    parked[q] = None
+            if type(q) is not _TimerQueue:
+                if ev[3] is not one:
+                    keep.append(ev)
                     continue
+                x = timers.get(q.tkey)
+                if x is q:  # a lone call's timer (_arm)
+                    if q.finished:
+                        parked[q] = ev
+                        continue
+                    keep.append(ev)
+                    continue
+                q = x  # its entry stands for the queue it became (_as_queue)
+            calls = q.calls
+            # Finished calls at the front are skipped by the pop and by _arm_head alike:
+            # dropping them now changes nothing, and each is looked at once.
+            while calls and calls[0].finished:
+                calls.popleft()
+            if not calls:
+                q.parked = ev
+                parked[q] = ev
+                continue
             keep.append(ev)
         if len(keep) != len(queue):
             queue[:] = keep
@@ -414,13 +428,16 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
         if len(parked) < self._prune_at:
             return
         now = self.env.now
-        timers = self._timers
-        for q in [q for q in parked if q.parked[0] < now]:
+        for q in [q for q, ev in parked.items() if ev[0] < now]:
             # Its time has passed: it popped and did nothing but this. A queue left with
             # nothing is the same as a new one, so it is forgotten (this is for memory
             # only, so it is done when the parked queues have doubled; env_events and
             # _unpark tell a parked entry whose time has passed from one still pending).
             del parked[q]
+            if type(q) is not _TimerQueue:  # a lone call's timer: forgotten as its queue would be
+                if timers.get(q.tkey) is q:
+                    del timers[q.tkey]
+                continue
             q.parked = None
             q.armed = False
             q.calls.clear()
@@ -546,16 +563,61 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
         NOTE: for speed, calls with the same timeout share one FIFO queue (their deadlines
         arrive in order) and one scheduled event, for the earliest deadline of a call still
         open; calls that finished early are skipped instead of each firing a no-op event.
+        A call alone with its timeout is its own queue of one (no queue object: with
+        deadline propagation nearly every call's timeout is what is left of its caller's
+        deadline, so most are alone and finish long before it); it becomes a queue when
+        another call comes with the same timeout (:meth:`_as_queue`), and its entry does
+        what the queue's would (:meth:`_timer_one`): the same ids, taken at the same moments.
         """
-        q = self._timers.get(timeout)
-        if q is None:
-            q = self._timers[timeout] = _TimerQueue(timeout)
+        timers = self._timers
+        q = timers.get(timeout)
         c.expires = self.env.now + timeout
+        if type(q) is not _TimerQueue:
+            if q is not None:
+                q = self._as_queue(q, timeout)
+            elif _LONE:
+                timers[timeout] = c
+                c.tkey = timeout
+                env = self.env
+                if len(env.queue) >= self._compact_at:
+                    self._compact()
+                heappush(env.queue, (c.expires, NORMAL, next(env.eid), self._one, c))
+                return
+            else:
+                q = timers[timeout] = _TimerQueue(timeout)
         if q.parked is not None:
             self._unpark(q)
         q.calls.append(c)
         if not q.armed:
             self._arm_head(q)
+
+    def _as_queue(self, c: _Call, timeout: float) -> _TimerQueue:
+        """The queue a lone call's timer becomes when another call has the same timeout:
+        its entry (pending on the heap, or parked) is the queue's, armed."""
+        q = self._timers[timeout] = _TimerQueue(timeout)
+        q.calls.append(c)
+        q.armed = True
+        ev = self._parked.pop(c, None)
+        if ev is not None:
+            q.parked = ev
+            self._parked[q] = ev
+        return q
+
+    def _timer_one(self, c: _Call) -> None:
+        """A lone call's timer (:meth:`_arm`) is due: what :meth:`_timers_due` does for a
+        queue of one."""
+        timers = self._timers
+        x = timers.get(c.tkey)
+        if x is not c:
+            self._timers_due(x)  # it became a queue (_as_queue): this entry is the queue's
+            return
+        if c.finished:
+            # Popped and left empty: an empty queue is the same as none (as _prune forgets).
+            del timers[c.tkey]
+            return
+        q = timers[c.tkey] = _TimerQueue(c.tkey)  # a timeout: exactly as a queue of one
+        q.calls.append(c)
+        self._timers_due(q)
 
     def _arm_head(self, q: "_TimerQueue") -> None:
         calls = q.calls
@@ -786,6 +848,9 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
 # Heaps shorter than this are not worth compacting (see Engine._compact).
 _COMPACT_AT = 256
 _COMPACT_GROWTH = 2
+# A call alone with its timeout is its own timer queue (Engine._arm). Off: every timeout
+# gets a queue object (the tests compare both ways).
+_LONE = True
 
 _COUNTERS = (
     "retries", "short_circuits", "bulkhead_rejections", "fallbacks", "discovery_errors",

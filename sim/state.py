@@ -104,7 +104,8 @@ class _Service:
 class _Call:
     __slots__ = ("id", "req", "source", "src_svc", "op", "inst", "t0", "k",
                  "finished", "t_abandon", "status", "track", "t_arrive", "deadline",
-                 "token", "auth_failed", "lost", "expires", "route", "pushback", "refused")
+                 "token", "auth_failed", "lost", "expires", "route", "pushback", "refused",
+                 "tkey")  # tkey: set only on a call armed as a lone timer (Engine._arm)
 
     def __init__(self, cid, req, source, src_svc, op, t0, k, track, route, token):
         self.id = cid

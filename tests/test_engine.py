@@ -366,6 +366,8 @@ def test_parking_stale_timers_changes_no_run(monkeypatch, scenario):
 
     if scenario == "stale_timers":
         sc = _stale_timer_scenario()
+    elif scenario == "rearm_on_timeout":
+        sc = _rearm_on_timeout_scenario()
     else:
         sc = default_scenario().with_run(duration_s=20, warmup_s=0).with_profile("hardened")
     seen = {"pending": 0, "fired": 0}
@@ -390,6 +392,76 @@ def test_parking_stale_timers_changes_no_run(monkeypatch, scenario):
     if scenario == "stale_timers":
         assert seen["pending"] > 0 and seen["fired"] > 0, seen
         assert runs[0][2]["timeout"] == 0
+
+
+def _rearm_on_timeout_scenario():
+    """A call times out and its fallback's continuation at once starts a call with the same
+    timeout: the timer queue takes a call while it is being fired."""
+    return build(
+        [svc("a", 3001, {"run": op(1, calls={"seq": [
+            {"call": "b.slow", "timeout_s": 0.5, "fallback": True},
+            {"call": "b.fast", "timeout_s": 0.5}]})}, depends_on=["b"]),
+         svc("b", 3002, {"slow": op(1000), "fast": op(1)}, workers=8)],
+        [endpoint("a.run", trace(0.1, 3.0, 6.0))],
+        duration_s=10.0, run={"warmup_s": 0},
+    )
+
+
+@pytest.mark.parametrize("scenario", ["stale_timers", "default_hardened", "hardened_partition",
+                                      "rearm_on_timeout"])
+def test_lone_timers_change_no_run(monkeypatch, scenario):
+    """A call alone with its timeout is its own timer queue (Engine._arm: no queue object);
+    it becomes a queue when another call comes with the same timeout (Engine._as_queue),
+    and its entry does what the queue's would (Engine._timer_one). The log and sim_events
+    are those of a run where every timeout has a queue object, and every way in and out is
+    taken: a lone timer joined while its entry is pending and while it is parked, due with
+    its call finished, due with its call still open (a timeout), and due as a queue."""
+    from hailan_sim.models import default_scenario
+    from hailan_sim.sim import engine as E
+
+    if scenario == "stale_timers":
+        sc = _stale_timer_scenario()
+    elif scenario == "rearm_on_timeout":
+        sc = _rearm_on_timeout_scenario()
+    else:
+        sc = default_scenario().with_run(duration_s=30, warmup_s=0).with_profile("hardened")
+        if scenario == "hardened_partition":
+            # timeouts: calls from user-service to auth-service are dropped for 10 s
+            sc = type(sc).model_validate({**sc.model_dump(), "faults": [
+                {"kind": "partition", "a": "user-service", "b": "auth-service", "start_s": 10,
+                 "duration_s": 10}]})
+    seen = dict.fromkeys(("joined pending", "joined parked", "finished", "timed out", "as queue"), 0)
+    as_queue, one = E.Engine._as_queue, E.Engine._timer_one
+
+    def joined(self, c, timeout):
+        seen["joined parked" if c in self._parked else "joined pending"] += 1
+        return as_queue(self, c, timeout)
+
+    def due(self, c):
+        x = self._timers.get(c.tkey)
+        seen["as queue" if x is not c else "finished" if c.finished else "timed out"] += 1
+        one(self, c)
+
+    monkeypatch.setattr(E.Engine, "_as_queue", joined)
+    monkeypatch.setattr(E.Engine, "_timer_one", due)
+    runs = {}
+    usual = E._COMPACT_AT
+    for lone in (True, False):
+        for at in (0, usual):  # compact before every timer push (parks lone timers) / as usual
+            monkeypatch.setattr(E, "_LONE", lone)
+            monkeypatch.setattr(E, "_COMPACT_AT", at)
+            monkeypatch.setattr(E, "_COMPACT_GROWTH", 0 if at == 0 else 2)
+            r = simulate(sc)
+            runs[lone, at] = (r.event_log_sha256, r.sim_events, tuple(sorted(r.requests.items())))
+    assert len(set(runs.values())) == 1, runs
+    if scenario == "stale_timers":
+        assert seen["joined pending"] > 0 and seen["joined parked"] > 0, seen
+    elif scenario == "default_hardened":
+        assert seen["finished"] > 0 and seen["as queue"] > 0, seen
+    elif scenario == "rearm_on_timeout":
+        assert seen["timed out"] > 0, seen
+    else:
+        assert seen["timed out"] > 0, seen  # calls to the partitioned auth-service time out
 
 
 def test_stale_timers_do_not_fill_the_heap():
