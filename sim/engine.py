@@ -388,8 +388,10 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
         parked queue (another call with exactly the same timeout), :meth:`_unpark` puts the
         entry back with its own key, or, if its time has passed, does what its pop did. No
         id is taken or skipped, so every tie between events at one instant is broken as
-        before, and ``sim_events`` counts a parked entry when its time passes. Called
-        when a timer is pushed onto a heap that has doubled since the last compaction.
+        before, and ``sim_events`` counts a parked entry when its time passes. A lone
+        call's entry (:meth:`_arm`) is parked as its queue of one would be, kept in
+        ``_parked`` with the call as its key. Called when a timer is pushed onto a heap
+        that has doubled since the last compaction.
         """
         queue = self.env.queue
         parked = self._parked
@@ -612,7 +614,8 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
             self._timers_due(x)  # it became a queue (_as_queue): this entry is the queue's
             return
         if c.finished:
-            # Popped and left empty: an empty queue is the same as none (as _prune forgets).
+            # Popped and left empty: an empty queue is the same as none (as _compact's
+            # pruning forgets parked ones).
             del timers[c.tkey]
             return
         q = timers[c.tkey] = _TimerQueue(c.tkey)  # a timeout: exactly as a queue of one
