@@ -355,21 +355,46 @@ def _stale_timer_scenario():
     )
 
 
+def _rearm_on_timeout_scenario():
+    """A call times out and its fallback's continuation at once starts a call with the same
+    timeout: the timer queue takes a call while it is being fired."""
+    return build(
+        [svc("a", 3001, {"run": op(1, calls={"seq": [
+            {"call": "b.slow", "timeout_s": 0.5, "fallback": True},
+            {"call": "b.fast", "timeout_s": 0.5}]})}, depends_on=["b"]),
+         svc("b", 3002, {"slow": op(1000), "fast": op(1)}, workers=8)],
+        [endpoint("a.run", trace(0.1, 3.0, 6.0))],
+        duration_s=10.0, run={"warmup_s": 0},
+    )
+
+
+def _timer_scenario(name: str, duration_s: float):
+    """The runs the timer tests compare: a small scenario, or the default one with
+    ``hardened`` (``hardened_partition``: calls from user-service to auth-service dropped
+    for 10 s, so they time out)."""
+    from hailan_sim.models import default_scenario
+
+    if name == "stale_timers":
+        return _stale_timer_scenario()
+    if name == "rearm_on_timeout":
+        return _rearm_on_timeout_scenario()
+    sc = default_scenario().with_run(duration_s=duration_s, warmup_s=0).with_profile("hardened")
+    if name == "hardened_partition":
+        sc = type(sc).model_validate({**sc.model_dump(), "faults": [
+            {"kind": "partition", "a": "user-service", "b": "auth-service", "start_s": 10,
+             "duration_s": 10}]})
+    return sc
+
+
 @pytest.mark.parametrize("scenario", ["stale_timers", "default_hardened"])
 def test_parking_stale_timers_changes_no_run(monkeypatch, scenario):
     """Engine._compact takes timer entries that can only do nothing off the heap, and
     Engine._unpark puts one back (or does what its pop did) when a call joins its queue:
     the log and sim_events are those of a run that never compacts, whether it compacts
     at every timer push or never; both ways out of a parked state are taken."""
-    from hailan_sim.models import default_scenario
     from hailan_sim.sim import engine as E
 
-    if scenario == "stale_timers":
-        sc = _stale_timer_scenario()
-    elif scenario == "rearm_on_timeout":
-        sc = _rearm_on_timeout_scenario()
-    else:
-        sc = default_scenario().with_run(duration_s=20, warmup_s=0).with_profile("hardened")
+    sc = _timer_scenario(scenario, 20.0)
     seen = {"pending": 0, "fired": 0}
     unpark = E.Engine._unpark
 
@@ -394,19 +419,6 @@ def test_parking_stale_timers_changes_no_run(monkeypatch, scenario):
         assert runs[0][2]["timeout"] == 0
 
 
-def _rearm_on_timeout_scenario():
-    """A call times out and its fallback's continuation at once starts a call with the same
-    timeout: the timer queue takes a call while it is being fired."""
-    return build(
-        [svc("a", 3001, {"run": op(1, calls={"seq": [
-            {"call": "b.slow", "timeout_s": 0.5, "fallback": True},
-            {"call": "b.fast", "timeout_s": 0.5}]})}, depends_on=["b"]),
-         svc("b", 3002, {"slow": op(1000), "fast": op(1)}, workers=8)],
-        [endpoint("a.run", trace(0.1, 3.0, 6.0))],
-        duration_s=10.0, run={"warmup_s": 0},
-    )
-
-
 @pytest.mark.parametrize("scenario", ["stale_timers", "default_hardened", "hardened_partition",
                                       "rearm_on_timeout"])
 def test_lone_timers_change_no_run(monkeypatch, scenario):
@@ -416,20 +428,9 @@ def test_lone_timers_change_no_run(monkeypatch, scenario):
     are those of a run where every timeout has a queue object, and every way in and out is
     taken: a lone timer joined while its entry is pending and while it is parked, due with
     its call finished, due with its call still open (a timeout), and due as a queue."""
-    from hailan_sim.models import default_scenario
     from hailan_sim.sim import engine as E
 
-    if scenario == "stale_timers":
-        sc = _stale_timer_scenario()
-    elif scenario == "rearm_on_timeout":
-        sc = _rearm_on_timeout_scenario()
-    else:
-        sc = default_scenario().with_run(duration_s=30, warmup_s=0).with_profile("hardened")
-        if scenario == "hardened_partition":
-            # timeouts: calls from user-service to auth-service are dropped for 10 s
-            sc = type(sc).model_validate({**sc.model_dump(), "faults": [
-                {"kind": "partition", "a": "user-service", "b": "auth-service", "start_s": 10,
-                 "duration_s": 10}]})
+    sc = _timer_scenario(scenario, 30.0)
     seen = dict.fromkeys(("joined pending", "joined parked", "finished", "timed out", "as queue"), 0)
     as_queue, one = E.Engine._as_queue, E.Engine._timer_one
 
