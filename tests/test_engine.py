@@ -459,10 +459,8 @@ def test_lone_timers_change_no_run(monkeypatch, scenario):
         assert seen["joined pending"] > 0 and seen["joined parked"] > 0, seen
     elif scenario == "default_hardened":
         assert seen["finished"] > 0 and seen["as queue"] > 0, seen
-    elif scenario == "rearm_on_timeout":
+    else:  # b.slow, or calls to the partitioned auth-service, time out
         assert seen["timed out"] > 0, seen
-    else:
-        assert seen["timed out"] > 0, seen  # calls to the partitioned auth-service time out
 
 
 def test_stale_timers_do_not_fill_the_heap():
