@@ -594,8 +594,9 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
             self._arm_head(q)
 
     def _as_queue(self, c: _Call, timeout: float) -> _TimerQueue:
-        """The queue a lone call's timer becomes when another call has the same timeout:
-        its entry (pending on the heap, or parked) is the queue's, armed."""
+        """The queue a lone call's timer becomes when another call has the same timeout, or
+        when it times out (:meth:`_timer_one`): its entry (pending on the heap, or parked)
+        is the queue's, armed."""
         q = self._timers[timeout] = _TimerQueue(timeout)
         q.calls.append(c)
         q.armed = True
@@ -618,9 +619,7 @@ class Engine(ClientMixin, FaultsMixin, ControlPlaneMixin, MessagingMixin):
             # pruning forgets parked ones).
             del timers[c.tkey]
             return
-        q = timers[c.tkey] = _TimerQueue(c.tkey)  # a timeout: exactly as a queue of one
-        q.calls.append(c)
-        self._timers_due(q)
+        self._timers_due(self._as_queue(c, c.tkey))  # a timeout: exactly as a queue of one
 
     def _arm_head(self, q: "_TimerQueue") -> None:
         calls = q.calls
