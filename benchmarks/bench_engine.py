@@ -23,7 +23,11 @@ Rates:
 The targets are ratios of figures measured in the same run (this machine's absolute speed
 drifts by 50%): hailan_mm1 / simpy_mm1 >= 0.8, hailan_default (calls/s) / simpy_mm1
 (customers/s) >= 0.7 and hailan_hardened (calls/s, the default scenario with the
-``hardened`` profile: every mechanism on) / simpy_mm1 >= 0.9.
+``hardened`` profile: every mechanism on) / simpy_mm1 >= 0.9. Per request served (the same
+arrivals in every hailan case), hailan_hardened / hailan_default >= 0.8 (issue 12 item 5:
+every mechanism on at no more than 20% below no policies at all); and, with no target, the
+ceiling of the 0.9 one: hardened's calls per request at no profile's requests/s, the most
+any hardened would score if its mechanisms cost nothing (hailan_hardened_free_calls).
 
 Memory: the peak RSS (VmHWM, see ``_peak_rss``) of a fresh child process that runs a
 1,000,000-request M/M/1 (lambda 100/s for 10,000 simulated seconds; with --big-memory also
@@ -69,6 +73,9 @@ TARGET_PROFILE = 0.5
 # And with every mechanism on (hardened), a call costs at most 1/0.9 of a textbook SimPy
 # customer: hailan_hardened calls/s / simpy_mm1 customers/s >= 0.9 (issue 12 item 5).
 TARGET_HARDENED = 0.9
+# Issue 12 item 5's own words: every mechanism on at no more than 20% below no policies at
+# all, per request served (hailan_hardened requests/s / hailan_default requests/s >= 0.8).
+TARGET_HARDENED_REQUESTS = 0.8
 
 
 # --------------------------------------------------------------------------- the M/M/1 scenario
@@ -187,13 +194,14 @@ def default_for_bench(duration_s: float | None, seed: int = SEED, profile: str |
 
 
 def run_hailan_default(sc):
-    """Calls per wall second: sum of services['total'] over every row (warm-up 0)."""
+    """Calls per wall second: sum of services['total'] over every row (warm-up 0); and the
+    requests those calls served (sum of endpoints['total']), for the per-request ratios."""
     from hailan_sim.sim import simulate
 
     c0, t0 = time.process_time(), time.perf_counter()
     r = simulate(sc)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return int(r.services["total"].sum()), wall, cpu, r.sim_events
+    return int(r.services["total"].sum()), wall, cpu, r.sim_events, int(r.endpoints["total"].sum())
 
 
 # --------------------------------------------------------------------------- memory (child)
@@ -375,10 +383,11 @@ def run_benchmark(quick: bool, rounds: int | None, memory: bool, big_memory: boo
         order_log.append(list(order))
         for case in order:
             gc.collect()
-            n, wall, cpu, events = runners[case]()
+            n, wall, cpu, events, *requests = runners[case]()
             samples[case].append({"count": n, "wall_s": wall, "rate": n / wall, "cpu_s": cpu,
                                   "cpu_rate": n / cpu if cpu > 0 else None,
-                                  "kernel_events": events})
+                                  "kernel_events": events,
+                                  "requests": requests[0] if requests else None})
             print(f"  round {r + 1}/{rounds} {case:<15} {n:>9} {units[case]:<9} "
                   f"{wall:7.3f} s wall {cpu:7.3f} s cpu  {n / wall:>10,.0f}/s", file=sys.stderr, flush=True)
 
@@ -404,6 +413,11 @@ def run_benchmark(quick: bool, rounds: int | None, memory: bool, big_memory: boo
             "kernel_events_per_unit": (samples[case][0]["kernel_events"] / samples[case][0]["count"]
                                        if samples[case][0]["kernel_events"] else None),
         }
+        if samples[case][0]["requests"] is not None:
+            req = samples[case][0]["requests"]
+            cases[case]["requests"] = req
+            cases[case]["median_request_rate"] = statistics.median(req / s["wall_s"] for s in samples[case])
+            cases[case]["median_cpu_request_rate"] = statistics.median(req / s["cpu_s"] for s in samples[case])
 
     base = cases["simpy_mm1"]["median_rate"]
     # Per-round ratios pair measurements taken seconds apart, so they show how much of
@@ -436,9 +450,32 @@ def run_benchmark(quick: bool, rounds: int | None, memory: bool, big_memory: boo
         "value": cases["hailan_hardened"]["median_rate"] / base, "target": TARGET_HARDENED,
         "per_round": per_round("hailan_hardened"),
     }
+    # Issue 12 item 5 in its own terms: every mechanism on at no more than 20% below no
+    # policies at all, for the same work. The work is the requests (the same arrivals, seed
+    # and duration in both cases), not the calls: hardened's cached discovery makes fewer
+    # registry calls for the same requests, so its calls/s understates it.
+    hd, df = cases["hailan_hardened"], cases["hailan_default"]
+    ratios["hailan_hardened_requests/hailan_default_requests"] = {
+        "value": hd["median_request_rate"] / df["median_request_rate"], "target": TARGET_HARDENED_REQUESTS,
+        "per_round": [s["requests"] * b["wall_s"] / (s["wall_s"] * b["requests"])
+                      for s, b in zip(samples["hailan_hardened"], samples["hailan_default"])],
+        "cpu_value": hd["median_cpu_request_rate"] / df["median_cpu_request_rate"],
+    }
+    # The ceiling of the 0.9x target on this engine: hardened's calls per request served at
+    # no profile's requests/s, i.e. with every mechanism free. No hardened, however cheap its
+    # mechanisms, scores above it without the engine itself (every profile) getting faster.
+    per_request = hd["count"] / hd["requests"]
+    ratios["hailan_hardened_free_calls/simpy_mm1"] = {
+        "value": df["median_request_rate"] * per_request / base, "target": None,
+        "per_round": [b["requests"] / b["wall_s"] * per_request / m["rate"]
+                      for b, m in zip(samples["hailan_default"], samples["simpy_mm1"])],
+        "cpu_value": df["median_cpu_request_rate"] * per_request / cases["simpy_mm1"]["median_cpu_rate"],
+    }
     cpu_base = cases["simpy_mm1"]["median_cpu_rate"]
     for name, r in ratios.items():
         r["pass"] = None if r["target"] is None else bool(r["value"] >= r["target"])
+        if "cpu_value" in r:
+            continue
         # The same ratio on CPU time of this process: blind to time spent descheduled while
         # other processes ran, so steadier on a shared machine (a cross-check; the targets
         # are judged on wall time, as the issue states them).
@@ -509,14 +546,25 @@ def format_report(res: dict) -> str:
         lines.append(f"{case:<16}{c['median_rate']:>12,.0f}  {unit:<13}{rounds:<44}"
                      f"{c['spread_pct']:>7.1f}%{cpu:>10}{c['median_cpu_share']:>9.2f}{epu:>8}")
     lines.append("")
-    lines.append(f"{'ratio (of medians, wall)':<34}{'value':>7}{'target':>9}  {'result':<7}"
+    w = max(34, *(len(name) + 1 for name in res["ratios"]))
+    lines.append(f"{'ratio (of medians, wall)':<{w}}{'value':>7}{'target':>9}  {'result':<7}"
                  f"{'per round':<34}{'on cpu':>7}")
     for name, r in res["ratios"].items():
         tgt = f">= {r['target']:g}" if r["target"] is not None else "-"
         verdict = "-" if r["pass"] is None else ("PASS" if r["pass"] else "FAIL")
         pr = ", ".join(f"{x:.2f}" for x in r["per_round"])
         cv = f"{r['cpu_value']:.2f}" if r.get("cpu_value") else "-"
-        lines.append(f"{name:<34}{r['value']:>7.2f}{tgt:>9}  {verdict:<7}{pr:<34}{cv:>7}")
+        lines.append(f"{name:<{w}}{r['value']:>7.2f}{tgt:>9}  {verdict:<7}{pr:<34}{cv:>7}")
+    free = res["ratios"].get("hailan_hardened_free_calls/simpy_mm1")
+    if free is not None:
+        hd = res["cases"]["hailan_hardened"]
+        df = res["cases"]["hailan_default"]
+        same = " (the same arrivals)" if df["requests"] == hd["requests"] else ""
+        lines.append(f"  requests served: {df['requests']:,} with no profile, {hd['requests']:,} with hardened{same}.")
+        lines.append(f"  hailan_hardened_free_calls: hardened's {hd['count'] / hd['requests']:.2f} calls a "
+                     "request at no profile's requests/s, as if every mechanism cost nothing:")
+        lines.append("  the most any hardened scores on this engine in this run, "
+                     f"{'above' if free['value'] >= TARGET_HARDENED else 'below'} the {TARGET_HARDENED:g} target.")
     mem = res["memory"]
     if mem:
         lines.append("")

@@ -50,6 +50,22 @@ def test_bench_engine_quick(tmp_path):
     assert res["ratios"]["hailan_default_calls/simpy_mm1"]["target"] == 0.7
     assert isinstance(res["ratios"]["hailan_mm1/simpy_mm1"]["pass"], bool)
 
+    # Issue 12 item 5 per request served, and the ceiling of its 0.9x target: hardened's
+    # calls per request at no profile's requests/s, recomputed here from the cases.
+    default, hardened = res["cases"]["hailan_default"], res["cases"]["hailan_hardened"]
+    assert default["requests"] == hardened["requests"] > 0  # the same arrivals
+    per_req = res["ratios"]["hailan_hardened_requests/hailan_default_requests"]
+    assert per_req["target"] == 0.8 and isinstance(per_req["pass"], bool)
+    assert per_req["value"] == pytest.approx(
+        hardened["median_request_rate"] / default["median_request_rate"])
+    assert per_req["value"] == pytest.approx(
+        hardened["median_rate"] / hardened["count"] * default["count"] / default["median_rate"])
+    free = res["ratios"]["hailan_hardened_free_calls/simpy_mm1"]
+    assert free["target"] is None and free["pass"] is None
+    assert free["value"] == pytest.approx(
+        default["median_rate"] / default["count"] * hardened["count"] / res["cases"]["simpy_mm1"]["median_rate"])
+    assert "hailan_hardened_free_calls" in proc.stdout and "the same arrivals" in proc.stdout
+
     mem = res["memory"]
     assert mem["import_baseline_bytes"] > 0
     (run,) = mem["runs"]
