@@ -36,7 +36,7 @@ imports the package, so the growth is visible.
 
 Usage: python benchmarks/bench_engine.py [--quick] [--json FILE] [--rounds N] [--big-memory]
        [--no-memory] [--label TEXT] [--strict]    (see benchmarks/README.md)
-       python benchmarks/bench_engine.py --run-only CASE SECONDS    (one case, for callgrind)
+       python benchmarks/bench_engine.py --run-only CASE SECONDS [--keep-events]    (one case, for callgrind)
 """
 
 from __future__ import annotations
@@ -584,7 +584,7 @@ def format_report(res: dict) -> str:
 _RUN_ONLY = {"simpy_mm1": None, "hailan_default": None, "hailan_seed": "seed", "hailan_hardened": "hardened"}
 
 
-def run_only(case: str, seconds: float) -> int:
+def run_only(case: str, seconds: float, keep_events: bool = False) -> int:
     """One case, warmed up, then measured inside ``functools.reduce`` for callgrind:
 
         OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 PYTHONHASHSEED=0 setarch $(uname -m) -R \\
@@ -592,21 +592,30 @@ def run_only(case: str, seconds: float) -> int:
           python benchmarks/bench_engine.py --run-only hailan_hardened 10
 
     Instructions per unit are deterministic where this machine's CPU ratios are not
-    (benchmarks/README.md, "The 0.9x target in instructions")."""
+    (benchmarks/README.md, "The 0.9x target in instructions"). With ``keep_events`` the run
+    keeps its event log as the checker's do: the two counts give the log's cost (issue 12
+    item 4)."""
     import functools
 
     if case not in _RUN_ONLY:
         print(f"--run-only: unknown case {case!r}; one of {', '.join(_RUN_ONLY)}", file=sys.stderr)
         return 2
     if case == "simpy_mm1":
+        if keep_events:
+            print("--keep-events: simpy_mm1 has no event log; give a hailan case", file=sys.stderr)
+            return 2
         run_simpy_mm1(2.0)
         out = functools.reduce(lambda _a, _b: run_simpy_mm1(seconds), [0, 1])
-    else:
-        profile = _RUN_ONLY[case]
-        sc = default_for_bench(seconds, profile=profile)
-        run_hailan_default(default_for_bench(0.5, profile=profile))
-        out = functools.reduce(lambda _a, _b: run_hailan_default(sc), [0, 1])
-    print(f"{case} units {out[0]} events {out[3]}")
+        print(f"{case} units {out[0]} events {out[3]}")
+        return 0
+    from hailan_sim.sim import simulate
+
+    profile = _RUN_ONLY[case]
+    sc = default_for_bench(seconds, profile=profile)
+    simulate(default_for_bench(0.5, profile=profile), keep_events=keep_events)
+    r = functools.reduce(lambda _a, _b: simulate(sc, keep_events=keep_events), [0, 1])
+    kept = f" log kept {r.event_count} events {r.event_log_sha256[:12]}" if r.has_events else ""
+    print(f"{case} units {int(r.services['total'].sum())} events {r.sim_events}{kept}")
     return 0
 
 
@@ -626,6 +635,8 @@ def main(argv=None) -> int:
                          "SECONDS simulated, inside functools.reduce so that callgrind's "
                          "--toggle-collect=functools_reduce counts that run alone; prints its units "
                          "(customers or calls) and kernel events")
+    ap.add_argument("--keep-events", action="store_true",
+                    help="with --run-only and a hailan case: keep the event log, as the checker's runs do")
     ap.add_argument("--child", choices=("import", "mem"), help=argparse.SUPPRESS)
     ap.add_argument("--requests", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--window", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -640,7 +651,9 @@ def main(argv=None) -> int:
             length = float(seconds)
         except ValueError:
             ap.error(f"--run-only: SECONDS must be a number of simulated seconds, not {seconds!r}")
-        return run_only(case, length)
+        return run_only(case, length, args.keep_events)
+    if args.keep_events:
+        ap.error("--keep-events goes with --run-only (the benchmark's own cases run without the log)")
 
     res = run_benchmark(args.quick, args.rounds, not args.no_memory, args.big_memory)
     res["command"] = shlex.join([Path(sys.executable).name, *sys.argv])

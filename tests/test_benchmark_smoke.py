@@ -94,6 +94,25 @@ def test_bench_engine_run_only():
     assert 500 < hardened_calls < default_calls and events > hardened_calls
 
 
+def test_bench_engine_run_only_keeps_the_log_when_asked():
+    """--run-only ... --keep-events runs the same simulation with its event log kept, as the
+    checker's runs do (the pair of callgrind counts gives the log's cost, issue 12 item 4)."""
+    plain = subprocess.run([sys.executable, str(SCRIPT), "--run-only", "hailan_seed", "1"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+    kept = subprocess.run([sys.executable, str(SCRIPT), "--run-only", "hailan_seed", "1", "--keep-events"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert plain.returncode == 0 and kept.returncode == 0, (plain.stderr, kept.stderr)
+    assert "log kept" not in plain.stdout
+    head, _, tail = kept.stdout.partition(" log kept ")
+    assert head == plain.stdout.strip()  # the same calls and kernel events
+    rows, _, sha = tail.split()
+    assert int(rows) > 0 and len(sha) == 12
+    for argv in (["--run-only", "simpy_mm1", "1", "--keep-events"], ["--quick", "--keep-events"]):
+        proc = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True,
+                              cwd=ROOT, timeout=60)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--keep-events" in proc.stderr
+
+
 def test_bench_engine_run_only_names_the_cases():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--run-only", "nope", "1"],
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
