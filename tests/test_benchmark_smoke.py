@@ -344,3 +344,98 @@ def test_compiled_kernel_declares_every_record():
     tree = ast.parse(ck.without_slots(source))
     assert ck.slotted_classes(ast.unparse(tree)) == {}
     assert [n.name for n in tree.body if isinstance(n, ast.ClassDef)] == list(classes)
+
+
+def test_compiled_kernel_mypyc_sources_declare_what_mypyc_needs():
+    """benchmarks/compiled_kernel.py: the ``mypyc`` build's sources, from the installed tree.
+
+    mypyc compiles each class to a native class with no ``__dict__``, so every attribute
+    must be declared, and the engine's four mixins must become traits of one class. Checked
+    here, on the sources it would compile (the build needs mypy and a compiler, so it is
+    measured, not tested; its event logs are compared with tests/hash_baseline.py):
+
+    * every mixin is a ``@trait`` and declares, or defines, or stubs every ``self.X`` it
+      uses; ``Engine`` declares each attribute a trait declares, and forwards each stubbed
+      method that a trait defines (the stub would otherwise shadow it, or break the vtable);
+    * every other class declares every slot and every attribute its methods assign, the
+      record links typed as in the ``records`` build and nothing else;
+    * no annotation names ``float`` or ``int`` (mypyc would turn the clock's 0 into 0.0,
+      or refuse a float claim), and every module still parses.
+    """
+    import ast
+
+    import importlib.util
+
+    ck = _compiled_kernel()
+    sources = {m: Path(importlib.util.find_spec("hailan_sim." + m.replace("/", ".")).origin).read_text()
+               for m in ck.MYPYC}
+    out = ck.mypyc_sources(sources)
+    assert sorted(out) == sorted(ck.MYPYC)
+    parsed = {m: ast.parse(src) for m, src in out.items()}
+    classes = {c.name: c for t in parsed.values() for c in t.body if isinstance(c, ast.ClassDef)}
+
+    def level(cls):  # class-level annotations: name -> annotation text
+        return {st.target.id: ast.unparse(st.annotation) for st in cls.body
+                if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name)}
+
+    def methods(cls):
+        return {f.name: f for f in cls.body if isinstance(f, ast.FunctionDef)}
+
+    def stub(f):
+        return len(f.body) == 1 and isinstance(f.body[0], ast.Raise)
+
+    def forwarder(f):  # def m(self, *args, **kwargs): return Owner.m(self, *args, **kwargs)
+        return f.args.vararg is not None and ast.unparse(f.body[0]).startswith("return ")
+
+    engine = classes["Engine"]
+    bases = [b.id for b in engine.bases]
+    assert bases == ["ClientMixin", "FaultsMixin", "ControlPlaneMixin", "MessagingMixin"]
+    real = {m: name for name in ["Engine", *bases] for m, f in methods(classes[name]).items()
+            if not stub(f) and not (name == "Engine" and forwarder(f))}
+    stubbed = 0
+    for name in bases:
+        cls = classes[name]
+        assert [ast.unparse(d) for d in cls.decorator_list] == ["trait"], name
+        used = {a.attr for a in ast.walk(cls) if isinstance(a, ast.Attribute)
+                and isinstance(a.value, ast.Name) and a.value.id == "self"}
+        own = methods(cls)
+        for u in used:
+            assert u in level(cls) or u in own, (name, u)
+            if u in own and stub(own[u]):
+                stubbed += 1
+                assert u in real, (name, u)
+                if real[u] != "Engine":
+                    fwd = methods(engine)[u]
+                    assert forwarder(fwd) and f"{real[u]}.{u}(self" in ast.unparse(fwd), (name, u)
+        for a, ann in level(cls).items():
+            assert ann == "Any" and level(engine).get(a) == "Any", (name, a)
+    assert stubbed > 0
+    # the forwarders named in the build (ControlPlaneMixin's methods FaultsMixin uses, and back)
+    assert {"_drain", "_registry_events", "_net_fault"} <= set(methods(engine))
+
+    before = {c.name: level(c) for m in sources for c in ast.parse(sources[m]).body
+              if isinstance(c, ast.ClassDef)}
+    for cls in classes.values():
+        if cls.name in bases or cls.name == "Engine":
+            continue
+        decl = level(cls)
+        assigned = {t.attr for node in ast.walk(cls) for t in
+                    (node.targets if isinstance(node, ast.Assign) else
+                     [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else [])
+                    if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
+        slots = ck.slotted_classes(ast.unparse(ast.Module(body=[cls], type_ignores=[]))).get(cls.name, ())
+        for a in set(slots) | assigned:
+            assert a in decl or a in methods(cls), (cls.name, a)
+        links = ck.MYPYC_LINKS.get(cls.name, {})
+        for a in decl.keys() - before[cls.name].keys():  # what the build declared
+            assert decl[a] == links.get(a, "Any"), (cls.name, a, decl[a])
+    assert level(classes["_Call"])["inst"] == "Optional[_Instance]"
+    assert level(classes["_Instance"])["svc"] == "_Service"
+
+    for m, t in parsed.items():
+        for node in ast.walk(t):
+            anns = ([node.annotation] if isinstance(node, (ast.arg, ast.AnnAssign)) and node.annotation is not None
+                    else [node.returns] if isinstance(node, ast.FunctionDef) and node.returns is not None else [])
+            for a in anns:
+                names = {n.id for n in ast.walk(a) if isinstance(n, ast.Name)}
+                assert not names & {"float", "int"}, (m, ast.unparse(a))
