@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -128,8 +129,10 @@ MYPYC_LINKS = {
     "_Instance": {"svc": "_Service"},
     "_Op": {"svc": "_Service"},
 }
-# mypy's checks that would stop the build but change nothing mypyc generates for Any-typed
-# code (an attribute read on an Optional, an argument of a looser type).
+# The error codes mypy raises on these sources and mypyc can compile past (reads of an
+# Optional without a check, arguments of a looser type, overrides with other signatures):
+# where a type matters the compiled code checks it when the run reaches it, and
+# tests/hash_baseline.py compares the runs.
 MYPY_INI = """[mypy]
 follow_imports = silent
 ignore_missing_imports = True
@@ -212,10 +215,11 @@ def without_number_annotations(source: str) -> str:
 
 def declared_attributes(source: str, links: dict[str, dict[str, str]], extra: dict[str, list[str]] | None = None,
                         skip: tuple[str, ...] = ()) -> str:
-    """Each class declares, in its body, every attribute its methods assign (mypyc's native
-    classes have no ``__dict__``: an attribute must be declared to exist), as ``Any`` except
-    the typed ``links``; annotations on those assignments are dropped (one declaration each).
-    ``extra`` adds names per class (a mixin's attributes that the engine assigns)."""
+    """Each class not in ``skip`` declares, in its body, its slots and every attribute its
+    methods assign (mypyc's native classes have no ``__dict__``: an attribute must be
+    declared to exist), as ``Any`` except the typed ``links``; annotations on those
+    assignments are dropped (one declaration each). ``extra`` adds names per class (the
+    attributes that the engine's traits declare)."""
     tree = ast.parse(source)
     at = _line_starts(source)
     edits: list[tuple[int, int, str]] = []
@@ -332,7 +336,8 @@ def mypyc_sources(sources: dict[str, str]) -> dict[str, str]:
     sources.update(mypyc_kernel({m: sources[m] for m in kernel}))
     out = {}
     for m, src in sources.items():
-        src = declared_attributes(src, MYPYC_LINKS, skip=("Engine", *sorted(bases)))  # done above
+        # the kernel's own classes were declared by mypyc_kernel
+        src = declared_attributes(src, MYPYC_LINKS, skip=("Engine", *sorted(bases)))
         src = without_number_annotations(src)
         if "from typing import Any\n" not in src:
             src = _with_import(src, "from typing import Any")
@@ -396,6 +401,12 @@ def main(argv=None) -> int:
                     default=["untyped", "records", "mypyc"],
                     help="which builds (untyped and records need Cython, mypyc needs mypy)")
     a = ap.parse_args(argv)
+    for build, module, pin in (("untyped", "Cython", "Cython==3.3.2"), ("records", "Cython", "Cython==3.3.2"),
+                               ("mypyc", "mypyc", "mypy==2.4.1")):
+        if build in a.builds and importlib.util.find_spec(module) is None:
+            print(f"compiled_kernel.py: the {build} build needs {module}: pip install {pin} "
+                  f"(or --builds without {build})", file=sys.stderr)
+            return 2
     if "untyped" in a.builds:
         _build(a.tree, a.out / "untyped", UNTYPED, typed=False)
     if "records" in a.builds:

@@ -439,3 +439,19 @@ def test_compiled_kernel_mypyc_sources_declare_what_mypyc_needs():
             for a in anns:
                 names = {n.id for n in ast.walk(a) if isinstance(n, ast.Name)}
                 assert not names & {"float", "int"}, (m, ast.unparse(a))
+
+
+def test_compiled_kernel_names_the_compiler_a_build_needs(tmp_path, monkeypatch, capsys):
+    """benchmarks/compiled_kernel.py: a build whose compiler is not installed exits 2 with
+    the package to install, before it copies anything (no traceback from the build)."""
+    ck = _compiled_kernel()
+    present = {"Cython"}  # as if Cython were installed and mypy were not
+    monkeypatch.setattr(ck.importlib.util, "find_spec",
+                        lambda name: object() if name in present else None)
+    out = tmp_path / "out"
+    assert ck.main(["--tree", str(tmp_path), "--out", str(out), "--builds", "mypyc"]) == 2
+    assert "the mypyc build needs mypyc: pip install mypy==2.4.1" in capsys.readouterr().err
+    present.clear()
+    assert ck.main(["--tree", str(tmp_path), "--out", str(out), "--builds", "records", "mypyc"]) == 2
+    assert "the records build needs Cython: pip install Cython==3.3.2" in capsys.readouterr().err
+    assert not out.exists()
