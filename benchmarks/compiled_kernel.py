@@ -73,16 +73,21 @@ LINKS = {
 }
 
 
+def _slots(cls: ast.ClassDef) -> tuple[str, ...] | None:
+    """The class's literal ``__slots__``, or None if its body sets none."""
+    for st in cls.body:
+        if (isinstance(st, ast.Assign) and len(st.targets) == 1
+                and isinstance(st.targets[0], ast.Name) and st.targets[0].id == "__slots__"):
+            return tuple(ast.literal_eval(st.value))
+    return None
+
+
 def slotted_classes(source: str) -> dict[str, tuple[str, ...]]:
     """Every top-level class of ``source`` with a literal ``__slots__``, in source order."""
     out: dict[str, tuple[str, ...]] = {}
     for node in ast.parse(source).body:
-        if not isinstance(node, ast.ClassDef):
-            continue
-        for st in node.body:
-            if (isinstance(st, ast.Assign) and len(st.targets) == 1
-                    and isinstance(st.targets[0], ast.Name) and st.targets[0].id == "__slots__"):
-                out[node.name] = tuple(ast.literal_eval(st.value))
+        if isinstance(node, ast.ClassDef) and (slots := _slots(node)) is not None:
+            out[node.name] = slots
     return out
 
 
@@ -175,6 +180,16 @@ def _methods(cls: ast.ClassDef) -> dict[str, ast.FunctionDef]:
     return {f.name: f for f in cls.body if isinstance(f, ast.FunctionDef)}
 
 
+def _body_start(cls: ast.ClassDef, at: list[int]) -> tuple[int, str]:
+    """Where declarations go in a class: the offset of its first statement after the
+    docstring (before that statement's decorators), and that statement's indent."""
+    first = cls.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and len(cls.body) > 1:
+        first = cls.body[1]
+    line = min([first.lineno, *[d.lineno for d in getattr(first, "decorator_list", [])]])
+    return _offset(at, line, 0), " " * first.col_offset
+
+
 def _class_level(cls: ast.ClassDef) -> set[str]:
     """Names the class body binds itself (constants, annotations, ``__slots__``)."""
     out = set()
@@ -226,22 +241,16 @@ def declared_attributes(source: str, links: dict[str, dict[str, str]], extra: di
     for cls in [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]:
         if cls.name in skip:
             continue
-        slots = slotted_classes(ast.unparse(ast.Module(body=[cls], type_ignores=[]))).get(cls.name, ())
-        names = list(dict.fromkeys([*slots, *_assigned(cls), *(extra or {}).get(cls.name, [])]))
-        names = [n for n in names if n not in _class_level(cls) and n not in _methods(cls)]
+        bound = _class_level(cls) | set(_methods(cls))
+        names = list(dict.fromkeys([*(_slots(cls) or ()), *_assigned(cls), *(extra or {}).get(cls.name, [])]))
+        names = [n for n in names if n not in bound]
         for st in ast.walk(cls):
             if (isinstance(st, ast.AnnAssign) and _self_attr(st.target) in names and st.value is not None):
                 edits.append((_offset(at, st.target.end_lineno, st.target.end_col_offset),
                               _offset(at, st.value.lineno, st.value.col_offset), " = "))
         if not names:
             continue
-        first = cls.body[0]
-        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and len(cls.body) > 1:
-            first = cls.body[1]  # after the docstring
-        pos = _offset(at, first.lineno, 0)
-        for d in first.decorator_list if isinstance(first, ast.FunctionDef) else []:
-            pos = min(pos, _offset(at, d.lineno, 0))
-        indent = " " * first.col_offset
+        pos, indent = _body_start(cls, at)
         typed = links.get(cls.name, {})
         edits.append((pos, pos, "".join(f"{indent}{n}: {typed.get(n, 'Any')}\n" for n in names)))
     for start, end, text in sorted(edits, reverse=True):
@@ -269,7 +278,6 @@ def mypyc_kernel(sources: dict[str, str]) -> dict[str, str]:
     for name in mro:
         for meth in _methods(classes[name][1]):
             owner.setdefault(meth, name)
-    attrs = {a for name in mro for a in _assigned(classes[name][1])} - set(owner)
     out = dict(sources)
     engine_extra: list[str] = []
     forward: dict[str, str] = {}
@@ -285,7 +293,8 @@ def mypyc_kernel(sources: dict[str, str]) -> dict[str, str]:
             # each such method to the trait that defines it.
             if owner[u] != "Engine":
                 forward[u] = owner[u]
-        engine_extra += [d for d in declared + [a for a in _assigned(cls) if a not in mine] if d in attrs]
+        engine_extra += declared
+        # its own assignments are declared by declared_attributes below
         text = "".join(f"    {d}: Any\n" for d in declared if d not in _assigned(cls))
         for u in stubs:
             f = _methods(classes[owner[u]][1])[u]
@@ -300,13 +309,10 @@ def mypyc_kernel(sources: dict[str, str]) -> dict[str, str]:
             text += "    " + ast.unparse(ast.fix_missing_locations(stub)).replace("\n", "\n    ") + "\n"
         src = declared_attributes(out[mod], {}, skip=tuple(c for c in classes if c != mixin))
         src = src.replace(f"class {mixin}", f"@trait\nclass {mixin}", 1)
-        lines = src.splitlines(keepends=True)
-        body = ast.parse(src)
-        cls2 = next(c for c in body.body if isinstance(c, ast.ClassDef) and c.name == mixin)
-        first = cls2.body[1] if isinstance(cls2.body[0], ast.Expr) and len(cls2.body) > 1 else cls2.body[0]
-        lines.insert(first.lineno - 1, text)
-        out[mod] = _with_import(_with_import("".join(lines), "from mypy_extensions import trait"),
-                                "from typing import Any")
+        cls2 = next(c for c in ast.parse(src).body if isinstance(c, ast.ClassDef) and c.name == mixin)
+        pos, _ = _body_start(cls2, _line_starts(src))
+        src = src[:pos] + text + src[pos:]
+        out[mod] = _with_import(_with_import(src, "from mypy_extensions import trait"), "from typing import Any")
     engine_mod = classes["Engine"][0]
     src = declared_attributes(out[engine_mod], {}, {"Engine": sorted(set(engine_extra))},
                               skip=tuple(c for c in classes if c != "Engine"))
@@ -337,7 +343,7 @@ def mypyc_sources(sources: dict[str, str]) -> dict[str, str]:
     out = {}
     for m, src in sources.items():
         # the kernel's own classes were declared by mypyc_kernel
-        src = declared_attributes(src, MYPYC_LINKS, skip=("Engine", *sorted(bases)))
+        src = declared_attributes(src, MYPYC_LINKS, skip=("Engine", *bases))
         src = without_number_annotations(src)
         if "from typing import Any\n" not in src:
             src = _with_import(src, "from typing import Any")
@@ -346,25 +352,32 @@ def mypyc_sources(sources: dict[str, str]) -> dict[str, str]:
 
 
 def _build_mypyc(tree: Path, dest: Path) -> None:
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(tree, dest)
+    _fresh_copy(tree, dest)
     read = {m: (tree / "hailan_sim" / f"{m}.py").read_text() for m in MYPYC}
     for m, src in mypyc_sources(read).items():
         (dest / "hailan_sim" / f"{m}.py").write_text(src)
     (dest / "mypy.ini").write_text(MYPY_INI)
+    _compile([sys.executable, "-m", "mypyc", "--config-file", "mypy.ini",
+              *[f"hailan_sim/{m}.py" for m in MYPYC]], dest)
+
+
+def _fresh_copy(tree: Path, dest: Path) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(tree, dest)
+
+
+def _compile(cmd: list[str], dest: Path) -> None:
+    """Run a compiler's build in ``dest`` and say how many extension modules it made."""
+    # -ffp-contract=off: no fused multiply-add, so floats round as CPython's do on any CPU.
     env = dict(os.environ, CFLAGS=os.environ.get("CFLAGS", "") + " -ffp-contract=off")
-    subprocess.run([sys.executable, "-m", "mypyc", "--config-file", "mypy.ini",
-                    *[f"hailan_sim/{m}.py" for m in MYPYC]], cwd=dest, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, cwd=dest, env=env, check=True, stdout=subprocess.DEVNULL)
     built = sorted(p.name for p in (dest / "hailan_sim").rglob("*.so"))
     print(f"{dest}: {len(built)} compiled modules", file=sys.stderr)
 
 
 def _build(tree: Path, dest: Path, modules: tuple[str, ...], typed: bool) -> None:
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(tree, dest)
+    _fresh_copy(tree, dest)
     sim = dest / "hailan_sim" / "sim"
     if typed:
         state = (sim / "state.py").read_text()
@@ -384,12 +397,7 @@ def _build(tree: Path, dest: Path, modules: tuple[str, ...], typed: bool) -> Non
                                                           "annotation_typing": {typed!r}}}),
               script_args=["build_ext", "--inplace", "-j", "2"])
     """)
-    # -ffp-contract=off: no fused multiply-add, so floats round as CPython's do on any CPU.
-    env = dict(os.environ, CFLAGS=os.environ.get("CFLAGS", "") + " -ffp-contract=off")
-    subprocess.run([sys.executable, "-c", setup], cwd=dest, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
-    built = sorted(p.name for p in sim.glob("*.so"))
-    print(f"{dest}: {len(built)} compiled modules", file=sys.stderr)
+    _compile([sys.executable, "-c", setup], dest)
 
 
 def main(argv=None) -> int:
