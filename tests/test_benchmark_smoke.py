@@ -285,6 +285,55 @@ def test_bench_checker_ceiling():
     assert c["cpu_parts"] == cpu
 
 
+PREFIX = ROOT / "benchmarks" / "prefix_share.py"
+
+
+def test_prefix_share_quick(tmp_path):
+    """benchmarks/prefix_share.py --quick runs the check and notes every example simulation,
+    in whichever process ran it (the forked workers included): one row per example, so its
+    examples and baselines make up the simulations the check counts."""
+    out_json = tmp_path / "prefix.json"
+    proc = subprocess.run([sys.executable, str(PREFIX), "--quick", "--profiles", "seed", "--json", str(out_json)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out_json.read_text())
+    s = res["profiles"]["seed"]
+    assert s["examples"] == s["rows"] == s["simulations"] - s["baselines"] >= 2
+    assert s["baselines"] >= 1 and s["examples_cpu_s"] > 0 and 0 < s["share_of_check_exact"] < 1
+    assert any(r["starts"] for r in res["rows"]["seed"]), "no example with a fault: nothing measured"
+    row = res["rows"]["seed"][0]
+    assert set(row) == {"key", "seed", "starts", "kinds", "duration_s", "cpu_s"}
+    for word in ("share (exact)", "share (grid)", "of the check", "seed", "first fault"):
+        assert word in proc.stdout, (word, proc.stdout)
+    proc = subprocess.run([sys.executable, str(PREFIX), "--grid", "0"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60)
+    assert proc.returncode == 2 and "--grid must be a positive number of seconds, not 0" in proc.stderr
+
+
+def test_prefix_share_counts_each_example_once_up_to_its_first_fault():
+    """What prefix sharing could save: each example's CPU times its first fault's start over
+    its run's length (a snapshot at every instant), or up to the last grid point before it;
+    a schedule judged twice counts once; a run with no fault is all baseline."""
+    ps = _benchmark("prefix_share")
+    report = {"cpu_s": {"total": 40.0}, "simulations": 4, "wall_s": 30.0, "examples_per_minute": 8.0,
+              "determinism": {"baselines": 1}}
+    rows = [
+        {"key": "0|a", "starts": [120.0, 55.0], "kinds": ["slow", "hang"], "duration_s": 200.0, "cpu_s": 4.0},
+        {"key": "0|a", "starts": [120.0, 55.0], "kinds": ["slow", "hang"], "duration_s": 200.0, "cpu_s": 9.0},
+        {"key": "1|b", "starts": [10.0], "kinds": ["crash_instance"], "duration_s": 200.0, "cpu_s": 6.0},
+        {"key": "2|", "starts": [], "kinds": [], "duration_s": 200.0, "cpu_s": 10.0},
+    ]
+    s = ps.shares(report, rows, 20.0)
+    assert (s["examples"], s["rows"]) == (3, 4)
+    assert s["examples_cpu_s"] == pytest.approx(20.0)
+    assert s["prefix_cpu_s_exact"] == pytest.approx(4.0 * 55 / 200 + 6.0 * 10 / 200 + 10.0)
+    assert s["prefix_cpu_s_grid"] == pytest.approx(4.0 * 40 / 200 + 0.0 + 10.0)
+    assert s["share_exact"] == pytest.approx(s["prefix_cpu_s_exact"] / 20.0)
+    assert s["share_of_check_grid"] == pytest.approx(s["prefix_cpu_s_grid"] / 40.0)
+    assert s["per_minute_if_free_grid"] == pytest.approx(60 * 4 / (30.0 * (1 - s["prefix_cpu_s_grid"] / 40.0)))
+    assert s["first_fault_bins"] == {"10": 1, "50": 1, "none": 1}
+
+
 def _benchmark(name: str):
     """The checkout's ``benchmarks/<name>.py`` as a module, imported as its script runs
     (benchmarks/ on ``sys.path`` for its imports of the other scripts)."""
