@@ -523,7 +523,9 @@ def _print_check(scenario: Scenario, report) -> None:
 
     what = "checked" if not report.interrupted else "INTERRUPTED; checked so far"
     print(f"{what} {scenario.name}" + (f" (profile {scenario.profile})" if scenario.profile else "")
-          + f": {report.simulations} simulations in {report.wall_s:.0f} s")
+          + f": {report.simulations} simulations in {report.wall_s:.0f} s"
+          + (f" ({report.on_baseline} of them with no fault, judged on their baseline's run)"
+             if report.on_baseline else ""))
     print(f"objectives: {describe_objectives(scenario.objectives)}")
     print("fault kinds fired: " + (", ".join(f"{k} x{v}" for k, v in report.fault_kinds_fired.items()) or "none"))
     print("witnessed: " + (", ".join(f"{k} x{v}" for k, v in report.witnessed.items()) or "nothing"))

@@ -91,6 +91,9 @@ class CheckReport:
     # Runner.speculation: shrink requests judged ahead in forked copies (jobs > 1): forked,
     # used, wasted. Depends on jobs, as simulations and wall_s do; no verdict does.
     speculation: dict = field(default_factory=dict)
+    # Of the simulations, the examples with no fault: judged on their seed's baseline run,
+    # which is the same run, instead of simulating it again (Runner._record).
+    on_baseline: int = 0
     # Where the check's CPU seconds went (Runner.cpu, CPU_PARTS, and "rest" and "total"):
     # measured, so it varies from run to run as wall_s does; no verdict depends on it.
     cpu_s: dict = field(default_factory=dict)
@@ -106,6 +109,7 @@ class CheckReport:
             "ok": self.ok,
             "interrupted": self.interrupted,
             "simulations": self.simulations,
+            "on_baseline": self.on_baseline,
             "wall_s": round(self.wall_s, 3),
             "examples_per_minute": round(self.simulations / self.wall_s * 60, 2) if self.wall_s else None,
             "fault_kinds_fired": self.fault_kinds_fired,
@@ -209,7 +213,8 @@ class Runner:
         # Keys whose run has been re-run: counterexamples (confirm) and sampled examples
         # (_store: a sampled example's re-run confirms it if it turns out a counterexample).
         self._confirmed: set[str] = set()
-        self.simulations = 0
+        self.simulations = 0  # runs judged: baselines and examples
+        self.on_baseline = 0  # of those examples, the ones with no fault, judged on their baseline (_record)
         self.fault_kinds_fired: dict[str, int] = {}
         self.witnessed: dict[str, int] = {}
         self._spec: Optional[_Speculation] = None  # set inside speculating()
@@ -266,16 +271,27 @@ class Runner:
 
     def took(self, faults: list, seed: int, judged: tuple) -> None:
         """Store what a worker or a speculative copy judged (:func:`_judge`'s result), counted
-        as one simulation here."""
+        as one simulation here (an example with no fault: also in :attr:`on_baseline`)."""
         self.simulations += 1
+        if not faults:
+            self.on_baseline += 1
         self._store(faults, seed, *judged)
         if self.progress is not None:
             self.progress()
 
     def _record(self, faults: list, seed: int, baseline):
         """Simulate the schedule and pair it with ``baseline`` (no counting, no progress:
-        a worker process calls this too)."""
+        a worker process calls this too).
+
+        An example with no fault is judged on ``baseline`` itself: its scenario is the
+        baseline's (:meth:`baseline` simulates ``scenario_for([], seed)`` with its event
+        log), and a run is a pure function of its scenario, so a second simulation could only
+        give the same run again. Every baseline is re-run for determinism, and so is this
+        example if :meth:`sampled` picks it (issue 12, session 26: the default check's
+        searches judge the empty schedule once per seed, 3 of its 46 example simulations)."""
         scenario = self.scenario_for(faults, seed)
+        if not faults:
+            return inv.Record(scenario=scenario, result=baseline, baseline=baseline)
         return inv.Record(scenario=scenario, result=simulate(scenario, keep_events=True), baseline=baseline)
 
     @staticmethod
@@ -895,6 +911,7 @@ def check(
         interrupted=interrupted,
         determinism=det.to_dict(),
         speculation=dict(runner.speculation),
+        on_baseline=runner.on_baseline,
         cpu_s=cpu_s,
     )
 

@@ -432,3 +432,33 @@ def test_a_violation_names_what_its_schedule_loses_for_good(small_reports, capsy
     _print_check(sc, dataclasses.replace(one, invariants=[r]))
     out = capsys.readouterr().out
     assert f"beyond any policy: {why}" in out
+
+
+def test_an_example_with_no_fault_is_judged_on_its_baseline(monkeypatch):
+    """The empty schedule's run is its seed's baseline (the same scenario and seed), so the
+    checker judges it on the baseline instead of simulating it again (issue 12, session 26):
+    the same verdicts and hash as a run simulated for it, one simulation fewer, counted in
+    ``on_baseline``. An example with a fault is still simulated."""
+    from hailan_sim.properties import checker
+    from hailan_sim.properties.checker import Runner
+    from hailan_sim.sim import simulate
+
+    sc = _check_scenario(load_scenario(SMALL))
+    names = [n for n in inv.INVARIANTS if n != "determinism"]
+    runner = Runner(sc, names, jobs=1, rerun_every=0)
+    baseline = runner.baseline(1)
+    runs = []
+    monkeypatch.setattr(checker, "simulate", lambda scenario, **kw: runs.append(scenario) or simulate(scenario, **kw))
+    got = runner.verdicts([], 1)
+    assert runs == [] and runner.on_baseline == 1 and runner.simulations == 2  # the baseline and the example
+    assert runner.event_log_sha256([], 1) == baseline.event_log_sha256
+    fresh = inv.Record(scenario=runner.scenario_for([], 1), result=simulate(runner.scenario_for([], 1), keep_events=True),
+                       baseline=baseline)
+    want = {v.name: v for v in inv.evaluate(fresh, names)}
+    assert ({n: (v.holds, v.explanation, v.window) for n, v in got.items()}
+            == {n: (v.holds, v.explanation, v.window) for n, v in want.items()})
+    # A schedule with a fault is simulated, and not counted as judged on the baseline.
+    (crash,) = cover_faults(sc, fault_horizon(sc), kinds=["crash_instance"])[:1]
+    runner.verdicts([crash], 1)
+    assert len(runs) == 1 and runner.on_baseline == 1 and runner.simulations == 3
+    assert runner.event_log_sha256([crash], 1) != baseline.event_log_sha256

@@ -63,6 +63,8 @@ def test_check_json_reports_every_invariant_and_exits_accordingly(tmp_path, caps
     for r in d["invariants"].values():
         assert r["found_by"] in ((None,) if r["status"] == "held" else ("cover", "search"))
     assert d["simulations"] >= 2 and "sim" in out.err  # progress went to stderr
+    # examples with no fault, judged on their baseline's run: among the examples, not the baselines
+    assert 0 <= d["on_baseline"] <= d["simulations"] - d["determinism"]["baselines"]
     assert "five minutes" in out.err  # and so did Hypothesis's own output: stdout is the JSON
     # the version and the settings it ran with; the same report is saved beside the counterexamples
     assert d["version"] == __version__ and d["interrupted"] is False
