@@ -244,9 +244,11 @@ class Runner:
     def sampled(self, faults: list, seed: int) -> bool:
         """Whether this example is re-run for determinism: the SHA-256 of its cache key
         (schedule and seed) is 0 modulo ``rerun_every``. A function of the example alone,
-        so the same examples are re-run whatever the order, the jobs or the invariants."""
+        so the same examples are re-run whatever the order, the jobs or the invariants.
+        Never the schedule with no fault: its run is its seed's baseline (:meth:`_record`),
+        which is always re-run (:meth:`baseline`)."""
         k = self.determinism.every
-        if k <= 0:
+        if k <= 0 or not faults:
             return False
         digest = hashlib.sha256(self.key(faults, seed).encode("utf-8")).digest()
         return int.from_bytes(digest[:8], "big") % k == 0
@@ -257,13 +259,17 @@ class Runner:
         same scenario proves nothing the first did not, and each one is a whole simulation
         in the report's critical path (the default seed check reports one schedule under six
         invariants; issue 12 item 3). Nor is an example the sample re-ran (:meth:`sampled`):
-        that re-run already reproduced its hash, or recorded the mismatch. ``again``: the
-        re-run's hash, if a worker made it (``cpu``: the CPU seconds it took there)."""
+        that re-run already reproduced its hash, or recorded the mismatch. Nor is the schedule
+        with no fault: its run is its seed's baseline (:meth:`_record`), re-run when it was
+        simulated (:meth:`baseline`). ``again``: the re-run's hash, if a worker made it
+        (``cpu``: the CPU seconds it took there)."""
         key = self.key(faults, seed)
         sha = self.event_log_sha256(faults, seed)
         self.cpu["re-runs: counterexamples"] += cpu
         if sha is not None and key not in self._confirmed:
             self._confirmed.add(key)
+            if not faults:
+                return
             if again is None:
                 again, took = _timed(_rerun_sha, self.scenario_for(faults, seed))
                 self.cpu["re-runs: counterexamples"] += took

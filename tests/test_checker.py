@@ -233,8 +233,9 @@ def test_applicable_mechanisms_follow_the_policies():
 def test_rerun_sample_is_a_fixed_function_of_the_example():
     from hailan_sim.properties.checker import Runner
 
-    sc = load_scenario(SMALL)
-    examples = [([], s) for s in range(2000)]
+    sc = _check_scenario(load_scenario(SMALL))
+    fault = cover_faults(sc, fault_horizon(sc))[0]
+    examples = [([fault], s) for s in range(2000)]
     a, b = Runner(sc, ["conservation"], rerun_every=10), Runner(sc, ["conservation"], rerun_every=10)
     picked = [e for e in examples if a.sampled(*e)]
     # The same examples whatever the runner (and so whatever the order, jobs or invariants) ...
@@ -243,6 +244,8 @@ def test_rerun_sample_is_a_fixed_function_of_the_example():
     assert 200 - 67 <= len(picked) <= 200 + 67
     assert all(Runner(sc, [], rerun_every=1).sampled(*e) for e in examples[:50])
     assert not any(Runner(sc, [], rerun_every=0).sampled(*e) for e in examples[:50])
+    # Never the schedule with no fault: its run is its seed's baseline, re-run already.
+    assert not any(Runner(sc, [], rerun_every=1).sampled([], s) for s in range(50))
 
 
 def test_determinism_reruns_do_not_depend_on_jobs(small_reports):
@@ -445,12 +448,17 @@ def test_an_example_with_no_fault_is_judged_on_its_baseline(monkeypatch):
 
     sc = _check_scenario(load_scenario(SMALL))
     names = [n for n in inv.INVARIANTS if n != "determinism"]
-    runner = Runner(sc, names, jobs=1, rerun_every=0)
+    # Every example sampled for a determinism re-run, but not this one: its run is the
+    # baseline's, which was re-run when it was simulated; nor is it re-run as a counterexample.
+    runner = Runner(sc, names, jobs=1, rerun_every=1)
     baseline = runner.baseline(1)
+    assert runner.determinism.baselines == 1 and not runner.sampled([], 1)
     runs = []
     monkeypatch.setattr(checker, "simulate", lambda scenario, **kw: runs.append(scenario) or simulate(scenario, **kw))
     got = runner.verdicts([], 1)
+    runner.confirm([], 1)
     assert runs == [] and runner.on_baseline == 1 and runner.simulations == 2  # the baseline and the example
+    assert runner.determinism.reruns == 1 and runner.cpu["re-runs: examples"] == 0
     assert runner.event_log_sha256([], 1) == baseline.event_log_sha256
     fresh = inv.Record(scenario=runner.scenario_for([], 1), result=simulate(runner.scenario_for([], 1), keep_events=True),
                        baseline=baseline)
@@ -459,6 +467,9 @@ def test_an_example_with_no_fault_is_judged_on_its_baseline(monkeypatch):
             == {n: (v.holds, v.explanation, v.window) for n, v in want.items()})
     # A schedule with a fault is simulated, and not counted as judged on the baseline.
     (crash,) = cover_faults(sc, fault_horizon(sc), kinds=["crash_instance"])[:1]
+    assert runner.sampled([crash], 1)
     runner.verdicts([crash], 1)
-    assert len(runs) == 1 and runner.on_baseline == 1 and runner.simulations == 3
+    runner.confirm([crash], 1)  # re-run by the sample already
+    assert len(runs) == 2 and runner.on_baseline == 1 and runner.simulations == 3  # its run and its re-run
+    assert runner.determinism.examples == 1 and runner.determinism.reruns == 2
     assert runner.event_log_sha256([crash], 1) != baseline.event_log_sha256
