@@ -4,8 +4,9 @@
 Each mutant in a catalogue (tools/mutants.yaml by default) is one plausible bug: a snippet of
 a source file and what to replace it with. For each mutant, one at a time, the tool edits the
 file in place, runs the tests in a fresh pytest process, and restores the file (always, also
-on Ctrl-C). A mutant is *killed* when a test fails (or the run exceeds ``--timeout``: a hang
-is caught by CI's timeout too), *survived* when every test passes. docs/mutation.md explains
+on Ctrl-C or SIGTERM, which stop that mutant's tests too). A mutant is *killed* when a test
+fails (or the run exceeds ``--timeout``: a hang is caught by CI's timeout too), *survived*
+when every test passes. docs/mutation.md explains
 why a catalogue instead of a generated mutant set, and how to add mutants.
 
     python tools/mutate.py                         # every mutant of the catalogue
@@ -106,6 +107,10 @@ def run_tests(tests: list[str], deselect: str, timeout: float) -> tuple[str, flo
         os.killpg(proc.pid, signal.SIGKILL)  # the pytest process we started, and its children
         proc.communicate()
         return "timeout", time.monotonic() - t0, ""
+    except BaseException:  # stopped (Ctrl-C, SIGTERM): the tests of a mutant go with it
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
     dt = time.monotonic() - t0
     failed = next((line.split(" ", 1)[1].split(" - ")[0] for line in out.splitlines()
                    if line.startswith(("FAILED ", "ERROR "))), "")
@@ -116,7 +121,13 @@ def run_tests(tests: list[str], deselect: str, timeout: float) -> tuple[str, flo
     raise RuntimeError(f"pytest exited {proc.returncode} without a failing test:\n{out[-2000:]}")
 
 
+def _stop(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (kill, pkill, a CI timeout) as Ctrl-C: the mutated file is put back
+
+
 def main(argv: list[str]) -> int:
+    # Without this, SIGTERM ends the process at once and the mutant stays in the source file.
+    signal.signal(signal.SIGTERM, _stop)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("paths", nargs="*", help="only mutants in these files or folders (default: all)")
     ap.add_argument("--catalogue", type=Path, default=ROOT / "tools" / "mutants.yaml")
