@@ -2,7 +2,8 @@
 """Checker throughput benchmark (not a test: nothing here is asserted in CI).
 
 Four parts, all on the built-in default scenario as ``hailan-sim check --profile P`` runs it
-(warm-up 10 s, duration ``check_duration``: 10 s + 40 s of faults + the recovery time):
+(warm-up 10 s, duration ``check_duration``: 10 s + 120 s of faults + 110 s to recover and
+be judged = 240 s under both profiles):
 
   throughput  examples judged per minute by the checker's loop (``checker.Runner``, what
               ``check`` runs), for ``--profile seed`` and ``--profile hardened``, with
