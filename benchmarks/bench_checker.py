@@ -76,7 +76,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-from bench_engine import code_info  # noqa: E402  (benchmarks/ is on sys.path: run as a script)
+from bench_engine import code_info, emit  # noqa: E402  (benchmarks/ is on sys.path: run as a script)
 
 PROFILES = ("seed", "hardened")
 JOBS = (1, 2)
@@ -458,9 +458,7 @@ def main(argv=None) -> int:
                         args.whole_check)
     res["command"] = shlex.join([Path(sys.executable).name, *sys.argv])
     res["label"] = args.label
-    print(format_report(res))
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    emit(format_report(res), res, args.json)
     return 0
 
 

@@ -305,6 +305,14 @@ def measure_child(mode: str, requests: int = 0, window_s: float = 1.0) -> dict:
 # --------------------------------------------------------------------------- driver
 
 
+def emit(table: str, res: dict, json_path: str | None) -> None:
+    """A benchmark's last step: its table on stdout and, with ``--json FILE``, every figure in
+    FILE (bench_checker.py and prefix_share.py end the same way)."""
+    print(table)
+    if json_path:
+        Path(json_path).write_text(json.dumps(res, indent=2) + "\n")
+
+
 def code_info(folders: tuple[str, ...] = ("sim", "models"), module: str = "hailan_sim.sim") -> dict:
     """The commit benchmarked, which of ``folders`` differ from it, and where ``module`` was
     imported from (``<last part of module>_imported_from``). bench_checker.py calls it too."""
@@ -664,9 +672,7 @@ def main(argv=None) -> int:
     res = run_benchmark(args.quick, args.rounds, not args.no_memory, args.big_memory)
     res["command"] = shlex.join([Path(sys.executable).name, *sys.argv])
     res["label"] = args.label
-    print(format_report(res))
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    emit(format_report(res), res, args.json)
     if args.strict and any(r["pass"] is False for r in res["ratios"].values()):
         return 1
     return 0

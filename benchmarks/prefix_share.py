@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 from bench_checker import QUICK_CHECK_ARGS  # noqa: E402  (benchmarks/ is on sys.path: run as a script)
-from bench_engine import code_info  # noqa: E402
+from bench_engine import code_info, emit  # noqa: E402
 
 PROFILES = ("seed", "hardened")
 BIN_S = 10.0
@@ -168,9 +168,7 @@ def main(argv=None) -> int:
             report, rows = run_check(p, args.quick, Path(tmp))
             res["profiles"][p] = shares(report, rows, args.grid)
             res["rows"][p] = rows
-    print(format_report(res))
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    emit(format_report(res), res, args.json)
     return 0
 
 
