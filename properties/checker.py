@@ -292,9 +292,10 @@ class Runner:
         An example with no fault is judged on ``baseline`` itself: its scenario is the
         baseline's (:meth:`baseline` simulates ``scenario_for([], seed)`` with its event
         log), and a run is a pure function of its scenario, so a second simulation could only
-        give the same run again. Every baseline is re-run for determinism, and so is this
-        example if :meth:`sampled` picks it (issue 12, session 26: the default check's
-        searches judge the empty schedule once per seed, 3 of its 46 example simulations)."""
+        give the same run again. Every baseline is re-run for determinism, and that re-run
+        is this example's too (:meth:`sampled` and :meth:`confirm` do not re-run it again).
+        Issue 12, session 26: the default check's searches judge the empty schedule once per
+        seed, 3 of its 46 example simulations."""
         scenario = self.scenario_for(faults, seed)
         if not faults:
             return inv.Record(scenario=scenario, result=baseline, baseline=baseline)
