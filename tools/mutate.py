@@ -6,8 +6,8 @@ a source file and what to replace it with. For each mutant, one at a time, the t
 file in place, runs the tests in a fresh pytest process, and restores the file (always, also
 on Ctrl-C or SIGTERM, which stop that mutant's tests too). A mutant is *killed* when a test
 fails (or the run exceeds ``--timeout``: a hang is caught by CI's timeout too), *survived*
-when every test passes. docs/mutation.md explains
-why a catalogue instead of a generated mutant set, and how to add mutants.
+when every test passes. docs/mutation.md explains why a catalogue instead of a generated
+mutant set, and how to add mutants.
 
     python tools/mutate.py                         # every mutant of the catalogue
     python tools/mutate.py sim/client.py           # only mutants in these files / folders
@@ -108,7 +108,10 @@ def run_tests(tests: list[str], deselect: str, timeout: float) -> tuple[str, flo
         proc.communicate()
         return "timeout", time.monotonic() - t0, ""
     except BaseException:  # stopped (Ctrl-C, SIGTERM): the tests of a mutant go with it
-        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # they had just finished
+            pass
         proc.communicate()
         raise
     dt = time.monotonic() - t0
