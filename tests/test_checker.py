@@ -473,3 +473,20 @@ def test_an_example_with_no_fault_is_judged_on_its_baseline(monkeypatch):
     assert len(runs) == 2 and runner.on_baseline == 1 and runner.simulations == 3  # its run and its re-run
     assert runner.determinism.examples == 1 and runner.determinism.reruns == 2
     assert runner.event_log_sha256([crash], 1) != baseline.event_log_sha256
+
+
+def test_the_check_says_how_many_examples_it_judged_on_their_baseline(small_reports, capsys):
+    """The text report's first line counts the examples with no fault judged on their
+    baseline's run (``on_baseline``), and says nothing of them when there were none."""
+    import dataclasses
+
+    from hailan_sim.cli import _print_check
+
+    one, _, sc = small_reports
+    _print_check(sc, dataclasses.replace(one, on_baseline=2))
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.endswith(f"{one.simulations} simulations in {one.wall_s:.0f} s "
+                          "(2 of them with no fault, judged on their baseline's run)"), first
+    _print_check(sc, dataclasses.replace(one, on_baseline=0))
+    assert "no fault" not in capsys.readouterr().out.splitlines()[0]
+
